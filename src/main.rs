@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    print!("{}", modeldeploy::api::crd_yaml());
+}

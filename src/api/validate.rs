@@ -1,0 +1,434 @@
+//! What the CRD schema and CEL rules cannot check: quantities compared with each
+//! other, durations as numbers, and the raw Kubernetes objects in `template`.
+//! The result carries the parsed values, so nothing downstream parses again.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, PodSecurityContext, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+};
+use serde::de::DeserializeOwned;
+
+use super::quantity::parse_quantity;
+use super::spec::{ModelDeploymentSpec, PodOverrides};
+
+/// A spec the operator refuses, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidSpec {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidSpec {
+    InvalidSpec {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Durations and raw pod fields of a spec, parsed once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec {
+    pub metrics_interval: Duration,
+    pub analysis_interval: Duration,
+    pub progress_deadline: Duration,
+    pub scale_down_delay: Duration,
+    /// One entry per `rollout.steps` item: the pause duration, when it is a timed pause.
+    pub pause_durations: Vec<Option<Duration>>,
+    pub guard_window: Option<Duration>,
+    pub guard_interval: Option<Duration>,
+    pub ab_max_duration: Option<Duration>,
+    pub pod: RawPodFields,
+}
+
+/// The `template` fields the CRD carries as raw objects, decoded into their
+/// Kubernetes types.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RawPodFields {
+    pub affinity: Option<Affinity>,
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    pub volumes: Vec<Volume>,
+    pub volume_mounts: Vec<VolumeMount>,
+    pub pod_security_context: Option<PodSecurityContext>,
+    pub security_context: Option<SecurityContext>,
+}
+
+/// Smallest interval accepted for scraping and analysis: below it the operator
+/// would hammer pods and the API server.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Parse a Go-style duration (`300ms`, `2m`, `1h30m`) as `metav1.Duration` does.
+pub fn parse_duration(field: &str, value: &str) -> Result<Duration, InvalidSpec> {
+    let parsed: kube::core::Duration = value.parse().map_err(|e| {
+        invalid(
+            field,
+            format!("{value:?} is not a duration such as 30s, 2m or 1h30m ({e})"),
+        )
+    })?;
+    if parsed.is_negative() {
+        return Err(invalid(field, format!("{value:?} must not be negative")));
+    }
+    Ok(parsed.into())
+}
+
+fn parse_interval(field: &str, value: &str) -> Result<Duration, InvalidSpec> {
+    let d = parse_duration(field, value)?;
+    if d < MIN_INTERVAL {
+        return Err(invalid(field, format!("{value:?} is shorter than 1s")));
+    }
+    Ok(d)
+}
+
+pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
+    validate_model(spec)?;
+    validate_resources(spec)?;
+    let pod = decode_raw_pod_fields(spec.template.as_ref())?;
+    let metrics_interval = parse_interval("spec.metrics.interval", &spec.metrics.interval)?;
+
+    let rollout = spec.rollout.clone().unwrap_or_default();
+    let analysis_interval =
+        parse_interval("spec.rollout.analysis.interval", &rollout.analysis.interval)?;
+    let progress_deadline =
+        parse_interval("spec.rollout.progressDeadline", &rollout.progress_deadline)?;
+    let scale_down_delay =
+        parse_duration("spec.rollout.scaleDownDelay", &rollout.scale_down_delay)?;
+
+    let mut pause_durations = Vec::with_capacity(rollout.steps.len());
+    let mut last_weight = 0;
+    for (i, step) in rollout.steps.iter().enumerate() {
+        let kinds = [
+            step.set_weight.is_some(),
+            step.pause.is_some(),
+            step.analysis.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(invalid(
+                format!("spec.rollout.steps[{i}]"),
+                "each step sets exactly one of setWeight, pause or analysis",
+            ));
+        }
+        if let Some(w) = step.set_weight {
+            if !(0..=100).contains(&w) {
+                return Err(invalid(
+                    format!("spec.rollout.steps[{i}].setWeight"),
+                    format!("{w} is outside 0..100"),
+                ));
+            }
+            if w < last_weight {
+                return Err(invalid(
+                    format!("spec.rollout.steps[{i}].setWeight"),
+                    format!(
+                        "{w} is lower than the previous step's {last_weight}: weights must not decrease"
+                    ),
+                ));
+            }
+            last_weight = w;
+        }
+        let pause = match step.pause.as_ref().and_then(|p| p.duration.as_deref()) {
+            Some(d) => Some(parse_duration(
+                &format!("spec.rollout.steps[{i}].pause.duration"),
+                d,
+            )?),
+            None => None,
+        };
+        pause_durations.push(pause);
+    }
+
+    for (i, check) in rollout.analysis.checks.iter().enumerate() {
+        validate_check(&format!("spec.rollout.analysis.checks[{i}]"), check)?;
+    }
+
+    let (guard_window, guard_interval) = match &spec.guard {
+        Some(g) => {
+            for (i, check) in g.checks.iter().enumerate() {
+                validate_check(&format!("spec.guard.checks[{i}]"), check)?;
+            }
+            (
+                Some(parse_duration("spec.guard.window", &g.window)?),
+                Some(parse_interval("spec.guard.interval", &g.interval)?),
+            )
+        }
+        None => (None, None),
+    };
+
+    let ab_max_duration = match &rollout.ab_test {
+        Some(ab) => Some(parse_duration(
+            "spec.rollout.abTest.maxDuration",
+            &ab.max_duration,
+        )?),
+        None => None,
+    };
+
+    Ok(ValidSpec {
+        metrics_interval,
+        analysis_interval,
+        progress_deadline,
+        scale_down_delay,
+        pause_durations,
+        guard_window,
+        guard_interval,
+        ab_max_duration,
+        pod,
+    })
+}
+
+fn validate_model(spec: &ModelDeploymentSpec) -> Result<(), InvalidSpec> {
+    if spec.model.image.trim().is_empty() {
+        return Err(invalid("spec.model.image", "must not be empty"));
+    }
+    if spec.model.version.is_empty() {
+        return Err(invalid("spec.model.version", "must not be empty"));
+    }
+    if spec.replicas < 0 {
+        return Err(invalid("spec.replicas", "must not be negative"));
+    }
+    for (i, env) in spec.model.env.iter().enumerate() {
+        if env.name == "MODEL_URI" && spec.model.storage_uri.is_some() {
+            return Err(invalid(
+                format!("spec.model.env[{i}].name"),
+                "MODEL_URI is set from spec.model.storageUri; set one or the other",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_check(field: &str, check: &super::spec::Check) -> Result<(), InvalidSpec> {
+    if let Some(latency) = &check.latency {
+        let max = parse_duration(&format!("{field}.latency.max"), &latency.max)?;
+        if max.is_zero() {
+            return Err(invalid(format!("{field}.latency.max"), "must be above 0"));
+        }
+    }
+    Ok(())
+}
+
+/// Resource names the kubelet treats as overcommittable; everything else
+/// (GPUs and other extended resources) must request exactly its limit.
+const OVERCOMMITTABLE: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
+
+fn validate_resources(spec: &ModelDeploymentSpec) -> Result<(), InvalidSpec> {
+    let res = &spec.resources;
+    if res.limits.is_empty() {
+        return Err(invalid(
+            "spec.resources.limits",
+            "must name at least one resource",
+        ));
+    }
+    let mut limits = std::collections::BTreeMap::new();
+    for (name, q) in &res.limits {
+        let field = format!("spec.resources.limits.{name}");
+        let value = parse_quantity(&q.0).map_err(|e| invalid(&field, e))?;
+        if value <= 0.0 {
+            return Err(invalid(&field, format!("{:?} must be above zero", q.0)));
+        }
+        limits.insert(name.as_str(), value);
+    }
+    for (name, q) in &res.requests {
+        let field = format!("spec.resources.requests.{name}");
+        let request = parse_quantity(&q.0).map_err(|e| invalid(&field, e))?;
+        let overcommittable = OVERCOMMITTABLE.contains(&name.as_str());
+        match limits.get(name.as_str()) {
+            Some(&limit) if request > limit => {
+                return Err(invalid(
+                    &field,
+                    format!(
+                        "{:?} exceeds the limit {:?}",
+                        q.0,
+                        res.limits.get(name).map(|l| l.0.as_str()).unwrap_or("")
+                    ),
+                ));
+            }
+            Some(&limit) if !overcommittable && request != limit => {
+                return Err(invalid(
+                    &field,
+                    format!("{name} cannot be overcommitted: request must equal the limit"),
+                ));
+            }
+            None if !overcommittable => {
+                return Err(invalid(
+                    format!("spec.resources.limits.{name}"),
+                    format!("{name} is requested, so it needs a limit equal to the request"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn decode<T: DeserializeOwned>(
+    field: &str,
+    value: Option<&serde_json::Value>,
+) -> Result<Option<T>, InvalidSpec> {
+    value
+        .map(|v| serde_json::from_value(v.clone()).map_err(|e| invalid(field, e.to_string())))
+        .transpose()
+}
+
+fn decode_raw_pod_fields(template: Option<&PodOverrides>) -> Result<RawPodFields, InvalidSpec> {
+    let Some(t) = template else {
+        return Ok(RawPodFields::default());
+    };
+    Ok(RawPodFields {
+        affinity: decode("spec.template.affinity", t.affinity.as_ref())?,
+        topology_spread_constraints: decode(
+            "spec.template.topologySpreadConstraints",
+            t.topology_spread_constraints.as_ref(),
+        )?
+        .unwrap_or_default(),
+        volumes: decode("spec.template.volumes", t.volumes.as_ref())?.unwrap_or_default(),
+        volume_mounts: decode("spec.template.volumeMounts", t.volume_mounts.as_ref())?
+            .unwrap_or_default(),
+        pod_security_context: decode(
+            "spec.template.podSecurityContext",
+            t.pod_security_context.as_ref(),
+        )?,
+        security_context: decode("spec.template.securityContext", t.security_context.as_ref())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::spec::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use serde_json::json;
+
+    fn spec() -> ModelDeploymentSpec {
+        serde_json::from_value(json!({
+            "model": {"version": "1.0.0", "image": "example/model:1"},
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "1Gi"},
+                "limits": {"cpu": "2", "memory": "2Gi"}
+            }
+        }))
+        .unwrap()
+    }
+
+    fn refused(spec: &ModelDeploymentSpec) -> InvalidSpec {
+        validate(spec).expect_err("spec should be refused")
+    }
+
+    #[test]
+    fn a_minimal_spec_gets_defaults() {
+        let v = validate(&spec()).unwrap();
+        assert_eq!(v.metrics_interval, Duration::from_secs(10));
+        assert_eq!(v.analysis_interval, Duration::from_secs(30));
+        assert_eq!(v.progress_deadline, Duration::from_secs(600));
+        assert!(v.pause_durations.is_empty());
+    }
+
+    #[test]
+    fn a_request_above_its_limit_is_refused() {
+        let mut s = spec();
+        s.resources
+            .requests
+            .insert("memory".into(), Quantity("3Gi".into()));
+        let e = refused(&s);
+        assert_eq!(e.field, "spec.resources.requests.memory");
+        assert!(e.message.contains("exceeds the limit"), "{e}");
+    }
+
+    #[test]
+    fn gpus_must_request_their_limit() {
+        let mut s = spec();
+        s.resources
+            .limits
+            .insert("nvidia.com/gpu".into(), Quantity("2".into()));
+        s.resources
+            .requests
+            .insert("nvidia.com/gpu".into(), Quantity("1".into()));
+        assert_eq!(refused(&s).field, "spec.resources.requests.nvidia.com/gpu");
+        s.resources.limits.remove("nvidia.com/gpu");
+        assert_eq!(refused(&s).field, "spec.resources.limits.nvidia.com/gpu");
+        s.resources
+            .limits
+            .insert("nvidia.com/gpu".into(), Quantity("1".into()));
+        assert!(validate(&s).is_ok());
+    }
+
+    #[test]
+    fn a_malformed_quantity_names_its_field() {
+        let mut s = spec();
+        s.resources
+            .limits
+            .insert("cpu".into(), Quantity("two".into()));
+        let e = refused(&s);
+        assert_eq!(e.field, "spec.resources.limits.cpu");
+        assert!(e.message.contains("not a Kubernetes quantity"));
+    }
+
+    #[test]
+    fn empty_limits_are_refused_even_without_the_schema() {
+        let mut s = spec();
+        s.resources.limits.clear();
+        assert_eq!(refused(&s).field, "spec.resources.limits");
+    }
+
+    #[test]
+    fn intervals_below_a_second_are_refused() {
+        let mut s = spec();
+        s.metrics.interval = "100ms".into();
+        let e = refused(&s);
+        assert_eq!(e.field, "spec.metrics.interval");
+        s.metrics.interval = "ten seconds".into();
+        assert!(refused(&s).message.contains("not a duration"));
+    }
+
+    #[test]
+    fn steps_are_checked_even_if_cel_was_skipped() {
+        let mut s = spec();
+        s.rollout = Some(RolloutSpec {
+            steps: vec![
+                CanaryStep {
+                    set_weight: Some(50),
+                    ..Default::default()
+                },
+                CanaryStep {
+                    set_weight: Some(20),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        assert_eq!(refused(&s).field, "spec.rollout.steps[1].setWeight");
+        s.rollout.as_mut().unwrap().steps[1] = CanaryStep {
+            pause: Some(PauseStep {
+                duration: Some("forever".into()),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(refused(&s).field, "spec.rollout.steps[1].pause.duration");
+        s.rollout.as_mut().unwrap().steps[1] = CanaryStep::default();
+        assert_eq!(refused(&s).field, "spec.rollout.steps[1]");
+    }
+
+    #[test]
+    fn raw_pod_fields_must_be_valid_kubernetes_objects() {
+        let mut s = spec();
+        s.template = Some(PodOverrides {
+            volumes: Some(json!([{"name": "cache", "emptyDir": {"sizeLimit": "1Gi"}}])),
+            affinity: Some(json!({"nodeAffinity": "everywhere"})),
+            ..Default::default()
+        });
+        let e = refused(&s);
+        assert_eq!(e.field, "spec.template.affinity");
+        s.template.as_mut().unwrap().affinity = None;
+        let v = validate(&s).unwrap();
+        assert_eq!(v.pod.volumes[0].name, "cache");
+    }
+
+    #[test]
+    fn model_uri_cannot_be_set_twice() {
+        let mut s = spec();
+        s.model.storage_uri = Some("s3://m/1".into());
+        s.model.env = vec![k8s_openapi::api::core::v1::EnvVar {
+            name: "MODEL_URI".into(),
+            value: Some("s3://other".into()),
+            ..Default::default()
+        }];
+        assert_eq!(refused(&s).field, "spec.model.env[0].name");
+    }
+}

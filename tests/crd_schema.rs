@@ -1,0 +1,387 @@
+//! The CRD as the API server sees it: committed YAML in sync with the types, a
+//! structural schema, CEL rules that compile within the cost budget, and invalid
+//! specs refused with a message naming the field. CEL is evaluated client-side by
+//! kube-cel; the plain OpenAPI keywords (required, enum, ranges) by jsonschema.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use kube_cel::{ScopeContext, WarningKind, analyze_rule};
+use kube_cel::{Validator, compile_schema};
+use modeldeploy::api::{ModelDeployment, crd_yaml};
+use serde_json::{Value, json};
+
+const COMMITTED: [&str; 2] = [
+    "crds/modeldeployment.yaml",
+    "charts/modeldeploy/crds/modeldeployment.yaml",
+];
+
+#[test]
+fn committed_crds_match_the_rust_types() {
+    let generated = crd_yaml();
+    for path in COMMITTED {
+        let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&full).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{path} is out of date: run `cargo run -- crd > {path}`"
+        );
+    }
+}
+
+#[test]
+fn generated_yaml_is_a_valid_v1_crd() {
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&crd_yaml()).expect("parses as CRD");
+    assert_eq!(crd.spec.group, "modeldeploy.io");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["mdep".to_string()]));
+    let version = &crd.spec.versions[0];
+    assert_eq!(version.name, "v1alpha1");
+    assert!(version.subresources.as_ref().unwrap().status.is_some());
+    let columns: Vec<_> = version
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    for want in ["Version", "Phase", "Canary-Weight", "Age"] {
+        assert!(columns.contains(&want), "printer column {want} missing");
+    }
+    let schema =
+        serde_json::to_value(version.schema.as_ref().unwrap().open_api_v3_schema.as_ref()).unwrap();
+    assert_structural(&schema, "");
+}
+
+/// Every node of a structural schema says its type (or is int-or-string / free form).
+fn assert_structural(node: &Value, path: &str) {
+    let obj = node.as_object().expect("schema node is an object");
+    let free = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true))
+        || obj.get("x-kubernetes-int-or-string") == Some(&json!(true));
+    assert!(
+        obj.contains_key("type") || free,
+        "{path}: schema node has no type"
+    );
+    for banned in ["$ref", "oneOf", "allOf", "definitions", "$defs"] {
+        if banned == "oneOf" && free {
+            continue;
+        }
+        assert!(
+            !obj.contains_key(banned),
+            "{path}: {banned} is not structural"
+        );
+    }
+    if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            assert_structural(v, &format!("{path}.{k}"));
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        assert_structural(items, &format!("{path}[]"));
+    }
+    if let Some(extra) = obj.get("additionalProperties").filter(|v| v.is_object()) {
+        assert_structural(extra, &format!("{path}{{}}"));
+    }
+}
+
+fn open_api_schema() -> Value {
+    let crd = ModelDeployment::crd();
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// kube-cel's scope analysis flags variables bound by nested comprehension
+/// macros (`all(c, exists_one(d, ...))`) as out of scope, so only its cost
+/// estimate is enforced; compilation itself is checked too.
+#[test]
+fn every_cel_rule_compiles_within_the_cost_budget() {
+    fn walk(node: &Value, path: &str, rules: &mut usize) {
+        let Some(obj) = node.as_object() else { return };
+        if let Some(list) = obj
+            .get("x-kubernetes-validations")
+            .and_then(Value::as_array)
+        {
+            let compiled = compile_schema(node);
+            assert!(
+                !compiled.has_errors(),
+                "{path}: rule does not compile: {:?}",
+                compiled.compilation_errors()
+            );
+            for rule in list {
+                let text = rule["rule"].as_str().unwrap();
+                assert!(
+                    rule["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    "{path}: rule {text} has no message"
+                );
+                for w in analyze_rule(text, &compiled, ScopeContext::CrdValidation) {
+                    assert!(
+                        !matches!(w.kind, WarningKind::CostExceeded),
+                        "{path}: {text}: {}",
+                        w.message
+                    );
+                }
+                *rules += 1;
+            }
+        }
+        for key in ["properties"] {
+            if let Some(props) = obj.get(key).and_then(Value::as_object) {
+                for (k, v) in props {
+                    walk(v, &format!("{path}.{k}"), rules);
+                }
+            }
+        }
+        if let Some(items) = obj.get("items") {
+            walk(items, &format!("{path}[]"), rules);
+        }
+    }
+    let mut rules = 0;
+    walk(&open_api_schema(), "", &mut rules);
+    assert!(
+        rules >= 25,
+        "expected the CEL rules of the API, found {rules}"
+    );
+}
+
+fn example() -> Value {
+    let text = include_str!("../examples/canary-cpu.yaml");
+    serde_yaml::from_str(text).unwrap()
+}
+
+/// Messages from the OpenAPI keywords and the CEL rules, as `path: message`.
+fn rejections(object: &Value) -> Vec<String> {
+    let schema = open_api_schema();
+    let mut out = Vec::new();
+    let validator = jsonschema::options()
+        .should_validate_formats(false)
+        .build(&schema)
+        .expect("schema compiles as JSON schema");
+    for e in validator.iter_errors(object) {
+        out.push(format!("{}: {}", e.instance_path(), e));
+    }
+    if let Err(errors) = Validator::new().validate(&schema, object, None) {
+        for e in errors.iter() {
+            out.push(format!("{}: {}", e.field_path, e.message));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_example_is_accepted() {
+    assert_eq!(rejections(&example()), Vec::<String>::new());
+}
+
+fn assert_rejected(mutate: impl FnOnce(&mut Value), expected: &[&str]) {
+    let mut object = example();
+    mutate(&mut object);
+    let found = rejections(&object);
+    assert!(
+        found
+            .iter()
+            .any(|m| expected.iter().all(|want| m.contains(want))),
+        "expected a rejection mentioning {expected:?}, got {found:#?}"
+    );
+}
+
+#[test]
+fn missing_limits_are_refused() {
+    assert_rejected(
+        |o| {
+            o["spec"]["resources"]
+                .as_object_mut()
+                .unwrap()
+                .remove("limits");
+        },
+        &["/spec/resources", "limits"],
+    );
+    assert_rejected(
+        |o| o["spec"]["resources"]["limits"] = json!({}),
+        &["spec.resources.limits", "at least one"],
+    );
+}
+
+#[test]
+fn weight_above_100_is_refused() {
+    assert_rejected(
+        |o| o["spec"]["rollout"]["steps"][0] = json!({"setWeight": 150}),
+        &["setWeight must be within 0..100"],
+    );
+    assert_rejected(
+        |o| {
+            o["spec"]["rollout"]["strategy"] = json!("abTest");
+            o["spec"]["rollout"]["abTest"] =
+                json!({"weight": 101, "objective": {"metric": "errorRate", "goal": "minimize"}});
+        },
+        &["abTest.weight must be within 0..100"],
+    );
+}
+
+#[test]
+fn decreasing_steps_are_refused() {
+    assert_rejected(
+        |o| {
+            o["spec"]["rollout"]["steps"] =
+                json!([{"setWeight": 30}, {"pause": {}}, {"setWeight": 10}])
+        },
+        &["spec.rollout.steps", "must not decrease"],
+    );
+}
+
+#[test]
+fn unknown_strategy_is_refused() {
+    assert_rejected(
+        |o| o["spec"]["rollout"]["strategy"] = json!("blueGreen"),
+        &["/spec/rollout/strategy", "blueGreen"],
+    );
+}
+
+#[test]
+fn unparsable_durations_are_refused() {
+    assert_rejected(
+        |o| o["spec"]["rollout"]["steps"][1] = json!({"pause": {"duration": "2 minutes"}}),
+        &["pause.duration must be a duration"],
+    );
+    assert_rejected(
+        |o| o["spec"]["rollout"]["analysis"]["interval"] = json!("soon"),
+        &["spec.rollout.analysis.interval must be a duration"],
+    );
+    assert_rejected(
+        |o| o["spec"]["rollout"]["analysis"]["checks"][2]["latency"]["max"] = json!("300"),
+        &["latency.max must be a duration"],
+    );
+}
+
+#[test]
+fn empty_image_and_bad_version_are_refused() {
+    assert_rejected(
+        |o| o["spec"]["model"]["image"] = json!(""),
+        &["/spec/model/image"],
+    );
+    assert_rejected(
+        |o| o["spec"]["model"]["image"] = json!("   "),
+        &["spec.model.image must not be empty"],
+    );
+    assert_rejected(
+        |o| o["spec"]["model"]["version"] = json!("2.3.0 beta!"),
+        &["spec.model.version must be a valid label value"],
+    );
+}
+
+#[test]
+fn a_step_with_two_kinds_is_refused() {
+    assert_rejected(
+        |o| o["spec"]["rollout"]["steps"][0] = json!({"setWeight": 10, "pause": {}}),
+        &["exactly one of setWeight, pause or analysis"],
+    );
+}
+
+#[test]
+fn strategy_blocks_must_be_present() {
+    assert_rejected(
+        |o| o["spec"]["rollout"]["strategy"] = json!("abTest"),
+        &["spec.rollout.abTest is required"],
+    );
+    assert_rejected(
+        |o| {
+            o["spec"]["rollout"]
+                .as_object_mut()
+                .unwrap()
+                .remove("steps");
+        },
+        &["spec.rollout.steps must list at least one step"],
+    );
+    assert_rejected(
+        |o| o["spec"]["rollout"]["traffic"] = json!({"router": "gatewayAPI"}),
+        &["gatewayAPI (parentRefs) is required"],
+    );
+}
+
+#[test]
+fn header_matching_needs_the_gateway_router() {
+    assert_rejected(
+        |o| {
+            o["spec"]["rollout"]["strategy"] = json!("abTest");
+            o["spec"]["rollout"]["abTest"] = json!({
+                "match": [{"headers": {"x-model-variant": "b"}}],
+                "objective": {"metric": "errorRate", "goal": "minimize"}
+            });
+        },
+        &["abTest.match", "gatewayAPI"],
+    );
+}
+
+#[test]
+fn checks_need_unique_names_and_one_kind() {
+    assert_rejected(
+        |o| o["spec"]["rollout"]["analysis"]["checks"][1]["name"] = json!("errors"),
+        &["check names must be unique"],
+    );
+    assert_rejected(
+        |o| {
+            o["spec"]["rollout"]["analysis"]["checks"][0]["latency"] =
+                json!({"quantile": 0.9, "max": "1s"})
+        },
+        &["exactly one of errorRate, latency"],
+    );
+    assert_rejected(
+        |o| o["spec"]["rollout"]["analysis"]["checks"][0]["errorRate"] = json!({"max": 2.0}),
+        &["errorRate.max is a fraction"],
+    );
+    assert_rejected(
+        |o| o["spec"]["rollout"]["analysis"]["checks"][2]["latency"]["quantile"] = json!(1.5),
+        &["latency.quantile must be within"],
+    );
+}
+
+#[test]
+fn metrics_path_cannot_point_elsewhere() {
+    for path in [
+        "http://attacker.example/",
+        "//other-host/metrics",
+        "metrics",
+        "/m?x=1",
+    ] {
+        assert_rejected(
+            |o| o["spec"]["metrics"]["path"] = json!(path),
+            &["spec.metrics.path must be a plain absolute path"],
+        );
+    }
+}
+
+#[test]
+fn drift_reference_needs_exactly_one_source() {
+    assert_rejected(
+        |o| {
+            o["spec"]["drift"] = json!({"reference": {
+                "configMapRef": {"name": "ref", "key": "reference.json"}, "fromStable": true}})
+        },
+        &["exactly one of configMapRef or fromStable"],
+    );
+    assert_rejected(
+        |o| o["spec"]["drift"] = json!({"reference": {}}),
+        &["exactly one of configMapRef or fromStable"],
+    );
+}
+
+#[test]
+fn replicas_and_names_are_bounded() {
+    assert_rejected(|o| o["spec"]["replicas"] = json!(-1), &["/spec/replicas"]);
+    assert_rejected(
+        |o| o["metadata"]["name"] = json!("a".repeat(41)),
+        &["metadata.name must be at most 40 characters"],
+    );
+}
+
+#[test]
+fn the_example_deserializes_and_passes_reconcile_time_validation() {
+    let md: ModelDeployment = serde_json::from_value(example()).expect("example deserializes");
+    let valid = modeldeploy::api::validate(&md.spec).expect("example is valid");
+    assert_eq!(valid.analysis_interval.as_secs(), 30);
+    assert_eq!(valid.pause_durations[1].map(|d| d.as_secs()), Some(120));
+}
