@@ -1,0 +1,393 @@
+//! The objects a ModelDeployment wants to exist, built from the spec and the
+//! rollout decision. No I/O: the controller applies what this returns.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    Service, ServicePort, ServiceSpec, TCPSocketAction,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::api::{ModelDeployment, ModelDeploymentSpec, ValidSpec, labels};
+
+/// Name of the serving container; also how the operator finds it in pod status.
+pub const MODEL_CONTAINER: &str = "model";
+/// Annotation holding the hash of what the operator last applied to an object,
+/// so an unchanged object is not written again.
+pub const APPLIED_HASH: &str = "modeldeploy.io/applied-hash";
+const MANAGER_NAME: &str = "modeldeploy";
+
+/// Identifies a revision by what its pods run: the model, the resources and the
+/// pod overrides. Replicas, metrics and rollout settings do not make a new revision.
+pub fn revision_hash(spec: &ModelDeploymentSpec) -> String {
+    let pod_relevant = serde_json::json!({
+        "model": spec.model,
+        "resources": spec.resources,
+        "template": spec.template,
+    });
+    short_hash(&pod_relevant)
+}
+
+fn short_hash(value: &serde_json::Value) -> String {
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    digest[..5].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Name of the Deployment serving one revision.
+pub fn deployment_name(md_name: &str, hash: &str) -> String {
+    format!("{md_name}-{hash}")
+}
+
+/// One revision's Deployment as the rollout wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionWorkload {
+    pub hash: String,
+    pub revision: i64,
+    pub version: String,
+    pub replicas: i32,
+}
+
+/// Labels shared by every object of one ModelDeployment.
+fn base_labels(md: &ModelDeployment) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_string(), md.name_any()),
+        (labels::MANAGED_BY.to_string(), MANAGER_NAME.to_string()),
+    ])
+}
+
+fn revision_labels(md: &ModelDeployment, w: &RevisionWorkload) -> BTreeMap<String, String> {
+    let mut l = base_labels(md);
+    l.insert(labels::HASH.into(), w.hash.clone());
+    l.insert(labels::REVISION.into(), w.revision.to_string());
+    l.insert(labels::VERSION.into(), w.version.clone());
+    l
+}
+
+fn selector_labels(md: &ModelDeployment, hash: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_string(), md.name_any()),
+        (labels::HASH.to_string(), hash.to_string()),
+    ])
+}
+
+fn owned_meta(md: &ModelDeployment, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: md.namespace(),
+        labels: Some(labels),
+        owner_references: md.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// Stamp the hash of an object's desired content on it (see [`APPLIED_HASH`]).
+fn stamp<T: serde::Serialize + Resource>(mut obj: T) -> T {
+    let hash = short_hash(&serde_json::to_value(&obj).unwrap_or_default());
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH.into(), hash);
+    obj
+}
+
+/// The Deployment of one revision. The pod template depends only on the spec
+/// of that revision, so scaling it up on promotion restarts nothing.
+pub fn deployment(md: &ModelDeployment, valid: &ValidSpec, w: &RevisionWorkload) -> Deployment {
+    let spec = &md.spec;
+    let template = spec.template.clone().unwrap_or_default();
+    let model_port = spec.model.port;
+
+    let mut ports = vec![ContainerPort {
+        name: Some("http".into()),
+        container_port: model_port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }];
+    if let Some(metrics_port) = spec.metrics.port.filter(|p| *p != model_port) {
+        ports.push(ContainerPort {
+            name: Some("metrics".into()),
+            container_port: metrics_port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        });
+    }
+
+    let mut env = vec![EnvVar {
+        name: "MODEL_VERSION".into(),
+        value: Some(spec.model.version.clone()),
+        ..Default::default()
+    }];
+    if let Some(uri) = &spec.model.storage_uri {
+        env.push(EnvVar {
+            name: "MODEL_URI".into(),
+            value: Some(uri.clone()),
+            ..Default::default()
+        });
+    }
+    env.extend(spec.model.env.iter().cloned());
+
+    let default_readiness = Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("http".into()),
+            host: None,
+        }),
+        period_seconds: Some(5),
+        failure_threshold: Some(3),
+        ..Default::default()
+    };
+
+    let container = Container {
+        name: MODEL_CONTAINER.into(),
+        image: Some(spec.model.image.clone()),
+        command: (!spec.model.command.is_empty()).then(|| spec.model.command.clone()),
+        args: (!spec.model.args.is_empty()).then(|| spec.model.args.clone()),
+        ports: Some(ports),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(spec.resources.requests.clone()),
+            limits: Some(spec.resources.limits.clone()),
+            ..Default::default()
+        }),
+        readiness_probe: Some(
+            template
+                .readiness_probe
+                .clone()
+                .unwrap_or(default_readiness),
+        ),
+        liveness_probe: template.liveness_probe.clone(),
+        startup_probe: template.startup_probe.clone(),
+        volume_mounts: non_empty(valid.pod.volume_mounts.clone()),
+        security_context: valid.pod.security_context.clone(),
+        ..Default::default()
+    };
+
+    let mut pod_labels = template.labels.clone();
+    pod_labels.extend(revision_labels(md, w));
+
+    let pod = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: (!template.annotations.is_empty()).then(|| template.annotations.clone()),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            service_account_name: template.service_account_name.clone(),
+            node_selector: (!template.node_selector.is_empty())
+                .then(|| template.node_selector.clone()),
+            tolerations: non_empty(template.tolerations.clone()),
+            affinity: valid.pod.affinity.clone(),
+            priority_class_name: template.priority_class_name.clone(),
+            runtime_class_name: template.runtime_class_name.clone(),
+            termination_grace_period_seconds: template.termination_grace_period_seconds,
+            image_pull_secrets: non_empty(template.image_pull_secrets.clone()),
+            volumes: non_empty(valid.pod.volumes.clone()),
+            topology_spread_constraints: non_empty(valid.pod.topology_spread_constraints.clone()),
+            security_context: valid.pod.pod_security_context.clone(),
+            ..Default::default()
+        }),
+    };
+
+    stamp(Deployment {
+        metadata: owned_meta(
+            md,
+            deployment_name(&md.name_any(), &w.hash),
+            revision_labels(md, w),
+        ),
+        spec: Some(DeploymentSpec {
+            replicas: Some(w.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(md, &w.hash)),
+                ..Default::default()
+            },
+            template: pod,
+            // One pod template per Deployment: older ReplicaSets are never needed.
+            revision_history_limit: Some(1),
+            progress_deadline_seconds: i32::try_from(valid.progress_deadline.as_secs()).ok(),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
+
+/// The Service clients call: it selects the pods of every serving revision, so
+/// with the replicas router traffic splits by ready pod counts.
+pub fn service(md: &ModelDeployment) -> Service {
+    stamp(Service {
+        metadata: owned_meta(md, md.name_any(), base_labels(md)),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(labels::NAME.to_string(), md.name_any())])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: md.spec.model.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::validate;
+    use serde_json::json;
+
+    fn md(extra: serde_json::Value) -> ModelDeployment {
+        let mut spec = json!({
+            "model": {"version": "1.2.0", "image": "example/model:1.2.0", "port": 9000,
+                      "storageUri": "s3://models/m/1.2.0"},
+            "replicas": 3,
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                          "limits": {"cpu": "2", "memory": "2Gi", "nvidia.com/gpu": "1"}}
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let mut md = ModelDeployment::new("scorer", serde_json::from_value(spec).unwrap());
+        md.metadata.namespace = Some("risk".into());
+        md.metadata.uid = Some("uid-1".into());
+        md
+    }
+
+    fn build(md: &ModelDeployment) -> Deployment {
+        let valid = validate(&md.spec).unwrap();
+        let w = RevisionWorkload {
+            hash: revision_hash(&md.spec),
+            revision: 4,
+            version: md.spec.model.version.clone(),
+            replicas: 3,
+        };
+        deployment(md, &valid, &w)
+    }
+
+    #[test]
+    fn the_deployment_carries_limits_port_labels_and_owner() {
+        let md = md(json!({}));
+        let d = build(&md);
+        let hash = revision_hash(&md.spec);
+        assert_eq!(
+            d.metadata.name.as_deref(),
+            Some(format!("scorer-{hash}").as_str())
+        );
+        assert_eq!(d.metadata.namespace.as_deref(), Some("risk"));
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "ModelDeployment");
+        assert_eq!(owner.controller, Some(true));
+        let labels = d.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[labels::REVISION], "4");
+        assert_eq!(labels[labels::VERSION], "1.2.0");
+
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["memory"].0, "2Gi");
+        assert_eq!(limits["nvidia.com/gpu"].0, "1");
+        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 9000);
+        let env = c.env.as_ref().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "MODEL_URI" && e.value.as_deref() == Some("s3://models/m/1.2.0"))
+        );
+        let probe = c.readiness_probe.as_ref().unwrap();
+        assert!(probe.tcp_socket.is_some(), "default readiness probe");
+        let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in spec.selector.match_labels.unwrap() {
+            assert_eq!(pod_labels.get(&k), Some(&v), "selector must match the pods");
+        }
+    }
+
+    #[test]
+    fn template_overrides_merge_in_and_our_labels_win() {
+        let md = md(json!({"template": {
+            "labels": {"team": "risk", "modeldeploy.io/name": "spoofed"},
+            "nodeSelector": {"gpu": "a100"},
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "serviceAccountName": "model-reader",
+            "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": 9000}},
+            "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+            "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}]
+        }}));
+        let d = build(&md);
+        let template = d.spec.unwrap().template;
+        let labels = template.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["team"], "risk");
+        assert_eq!(labels[labels::NAME], "scorer");
+        let pod = template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["gpu"], "a100");
+        assert_eq!(pod.service_account_name.as_deref(), Some("model-reader"));
+        assert_eq!(pod.volumes.unwrap()[0].name, "shm");
+        let c = &pod.containers[0];
+        assert_eq!(c.volume_mounts.as_ref().unwrap()[0].mount_path, "/dev/shm");
+        let probe = c.readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/v2/health/ready")
+        );
+        assert!(probe.tcp_socket.is_none());
+    }
+
+    #[test]
+    fn only_pod_relevant_fields_make_a_new_revision() {
+        let a = md(json!({}));
+        let mut b = a.clone();
+        b.spec.replicas = 10;
+        b.spec.metrics.interval = "1m".into();
+        assert_eq!(revision_hash(&a.spec), revision_hash(&b.spec));
+        b.spec.model.version = "1.3.0".into();
+        assert_ne!(revision_hash(&a.spec), revision_hash(&b.spec));
+        let mut c = a.clone();
+        c.spec.resources.limits.insert(
+            "memory".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("4Gi".into()),
+        );
+        assert_ne!(revision_hash(&a.spec), revision_hash(&c.spec));
+    }
+
+    #[test]
+    fn the_applied_hash_changes_with_content_only() {
+        let md = md(json!({}));
+        let a = build(&md);
+        let b = build(&md);
+        let hash = |d: &Deployment| d.annotations()[APPLIED_HASH].clone();
+        assert_eq!(hash(&a), hash(&b));
+        let valid = validate(&md.spec).unwrap();
+        let scaled = deployment(
+            &md,
+            &valid,
+            &RevisionWorkload {
+                hash: revision_hash(&md.spec),
+                revision: 4,
+                version: "1.2.0".into(),
+                replicas: 0,
+            },
+        );
+        assert_ne!(hash(&a), hash(&scaled));
+    }
+
+    #[test]
+    fn the_service_selects_every_revision_on_the_model_port() {
+        let md = md(json!({}));
+        let s = service(&md);
+        let spec = s.spec.unwrap();
+        assert_eq!(
+            spec.selector.unwrap(),
+            BTreeMap::from([(labels::NAME.to_string(), "scorer".to_string())])
+        );
+        assert_eq!(spec.ports.unwrap()[0].port, 9000);
+    }
+}
