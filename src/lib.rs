@@ -1,2 +1,3 @@
 pub mod api;
 pub mod resources;
+pub mod rollout;

@@ -58,6 +58,10 @@ pub struct ModelDeploymentStatus {
     /// The revision before `stable`, kept for the guard and for rollbacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<RevisionStatus>,
+    /// The newest revision, rolled back: not tried again while the spec still
+    /// names it, until a retry is requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RevisionStatus>,
     /// Highest revision number handed out so far.
     #[serde(default)]
     pub latest_revision: i64,
