@@ -1,3 +1,157 @@
-fn main() {
-    print!("{}", modeldeploy::api::crd_yaml());
+//! `modeldeploy`: the operator, and the generated CRD.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use modeldeploy::operator::{self, LeaderElection, OperatorConfig, Stopped};
+use modeldeploy::telemetry::{self, Metrics, Readiness};
+
+#[derive(Parser)]
+#[command(
+    name = "modeldeploy",
+    version,
+    about = "Releases machine-learning model servers safely on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the ModelDeployment CustomResourceDefinition (YAML).
+    Crd,
+    /// Run the operator against the cluster of the current kubeconfig or service account.
+    Operator(OperatorArgs),
+}
+
+#[derive(clap::Args)]
+struct OperatorArgs {
+    /// Namespaces to watch, comma separated; all namespaces when empty.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    namespaces: Vec<String>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Log filter when RUST_LOG is not set (e.g. info, modeldeploy=debug).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "LOG_JSON")]
+    log_json: bool,
+    /// Elect a leader through a coordination.k8s.io Lease so only one replica acts.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    #[arg(long, env = "LEASE_NAME", default_value = "modeldeploy-leader")]
+    lease_name: String,
+    /// Namespace of the Lease; the operator's own namespace in a cluster.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a lease holds without renewal.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity in the lease and in events.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", modeldeploy::api::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Operator(args) => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("modeldeploy: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run_operator(args))
+        }
+    }
+}
+
+async fn run_operator(args: OperatorArgs) -> ExitCode {
+    telemetry::init_logging(&args.log_level, args.log_json);
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "modeldeploy: no Kubernetes configuration found (in-cluster service account or kubeconfig): {e}"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("modeldeploy-{}", std::process::id()))
+    });
+    let config = OperatorConfig {
+        namespaces: args
+            .namespaces
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
+        metrics_addr: Some(args.metrics_addr),
+        leader_election: args.leader_election.then(|| LeaderElection {
+            lease_name: args.lease_name,
+            lease_namespace: args.lease_namespace,
+            lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        }),
+        identity,
+    };
+    match operator::run(
+        client,
+        config,
+        Metrics::new(),
+        Readiness::default(),
+        shutdown_signal(),
+    )
+    .await
+    {
+        Ok(Stopped::Shutdown) => ExitCode::SUCCESS,
+        Ok(Stopped::LostLeadership) => {
+            eprintln!(
+                "modeldeploy: lost the leader lease; exiting so this replica restarts as a standby"
+            );
+            ExitCode::FAILURE
+        }
+        Err(message) => {
+            eprintln!("modeldeploy: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
 }

@@ -25,6 +25,16 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Pending,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Promoting,
+        Phase::Stable,
+        Phase::RolledBack,
+        Phase::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Pending => "Pending",

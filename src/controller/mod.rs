@@ -1,0 +1,508 @@
+//! Thin glue between the cluster and the pure parts: read the object and what
+//! it owns from the watch caches, validate, decide, apply what changed, write
+//! the status when it changed, and tell a person what happened.
+
+mod observe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::api::{ModelDeployment, ModelDeploymentStatus, labels, validate};
+use crate::resources::{self, APPLIED_HASH};
+use crate::rollout::{self, Input, NoteKind};
+use crate::telemetry::{Metrics, Readiness};
+
+/// The one field manager for everything the operator writes.
+pub const FIELD_MANAGER: &str = "modeldeploy";
+/// How often an object at rest is looked at anyway (it causes no writes).
+const RESYNC: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// A static, low-cardinality category for metric labels and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 || s.code == 401 => "forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => "rejected",
+            Error::Kube(kube::Error::Api(s)) if s.code >= 500 => "server_error",
+            Error::Kube(kube::Error::Api(_)) => "api_other",
+            Error::Kube(_) => "transport",
+            Error::MissingField(_) => "malformed_object",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The status this operator wrote last, per object, until the watch cache
+/// catches up: a reconcile that reads the object before its own status write
+/// has arrived must not redo a transition (a second promotion, a second history entry).
+#[derive(Clone)]
+struct WrittenStatus {
+    resource_version_before: String,
+    status: ModelDeploymentStatus,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+    written: Mutex<HashMap<ObjectRef<ModelDeployment>, WrittenStatus>>,
+    failures: Mutex<HashMap<ObjectRef<ModelDeployment>, u32>>,
+}
+
+/// What to watch and how to report.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Reported as the events' reporting instance (the pod name).
+    pub instance: String,
+}
+
+/// Ask the API server for the CRD before anything else, so a missing CRD or an
+/// unreachable cluster is one clear message instead of a stream of watch errors.
+pub async fn preflight(client: &Client, settings: &Settings) -> std::result::Result<(), String> {
+    let api: Api<ModelDeployment> = match settings.namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(
+            "the ModelDeployment CRD is not installed: run `modeldeploy crd | kubectl apply -f -` \
+             (or install the Helm chart)"
+                .into(),
+        ),
+        Err(kube::Error::Api(s)) if s.code == 403 => Err(format!(
+            "not allowed to list ModelDeployments ({}): check the operator's RBAC",
+            s.message
+        )),
+        Err(e) => Err(format!("cannot reach the Kubernetes API server: {e}")),
+    }
+}
+
+/// Run the controllers (one per watched namespace, or one for all) until
+/// `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = shutdown.shared();
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+    let runs = scopes.into_iter().map(|ns| {
+        let readiness = readiness.clone();
+        let remaining = remaining.clone();
+        run_scope(
+            client.clone(),
+            ns,
+            settings.instance.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            move || {
+                if remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                    readiness.ready();
+                }
+            },
+        )
+    });
+    futures::future::join_all(runs).await;
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_scope(
+    client: Client,
+    ns: Option<String>,
+    instance: String,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    on_synced: impl FnOnce() + Send + 'static,
+) {
+    let mdeps: Api<ModelDeployment> = scoped(&client, ns.as_deref());
+    let deploy_api: Api<Deployment> = scoped(&client, ns.as_deref());
+    let service_api: Api<Service> = scoped(&client, ns.as_deref());
+    // Only objects this operator made: keeps the caches small on busy clusters.
+    let owned = watcher::Config::default().labels(&format!("{}=modeldeploy", labels::MANAGED_BY));
+
+    let (deployments, deploy_writer) = reflector::store();
+    let deploy_stream = reflector::reflector(deploy_writer, watcher(deploy_api, owned.clone()))
+        .default_backoff()
+        .touched_objects();
+    let (services, service_writer) = reflector::store();
+    let service_stream = reflector::reflector(service_writer, watcher(service_api, owned))
+        .default_backoff()
+        .touched_objects();
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "modeldeploy".into(),
+            instance: Some(instance),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        recorder,
+        metrics,
+        deployments: deployments.clone(),
+        services: services.clone(),
+        written: Mutex::default(),
+        failures: Mutex::default(),
+    });
+
+    let controller = Controller::new(mdeps, watcher::Config::default().any_semantic());
+    let main_store = controller.store();
+    tokio::spawn(async move {
+        let synced = futures::join!(
+            main_store.wait_until_ready(),
+            deployments.wait_until_ready(),
+            services.wait_until_ready()
+        );
+        if synced.0.is_ok() && synced.1.is_ok() && synced.2.is_ok() {
+            on_synced();
+        }
+    });
+
+    controller
+        .owns_stream(deploy_stream)
+        .owns_stream(service_stream)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                // Objects that fail to deserialize land here too; the watch goes on.
+                warn!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+}
+
+pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = md
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = md.name_any();
+    let span = info_span!("reconcile", namespace = %ns, name = %name);
+    async move {
+        let started = Instant::now();
+        ctx.metrics.reconciles.inc();
+        let result = reconcile_inner(&md, &ctx).await;
+        ctx.metrics
+            .duration
+            .with_label_values(&[] as &[&str])
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            lock(&ctx.failures).remove(&ObjectRef::from_obj(md.as_ref()));
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> {
+    let ns = md
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = md.name_any();
+    if md.meta().deletion_timestamp.is_some() {
+        // Children go with their owner through garbage collection.
+        ctx.metrics.forget(&ns, &name);
+        lock(&ctx.written).remove(&ObjectRef::from_obj(md));
+        return Ok(Action::await_change());
+    }
+    let status = current_status(md, ctx);
+    let now = Timestamp::now();
+    let generation = md.meta().generation;
+
+    let valid = match validate(&md.spec) {
+        Ok(v) => v,
+        Err(invalid) => {
+            let next = rollout::invalid_spec(&status, &invalid, generation, now);
+            if next != status {
+                write_status(md, ctx, &next).await?;
+                publish(
+                    md,
+                    ctx,
+                    EventType::Warning,
+                    "InvalidSpec",
+                    &invalid.to_string(),
+                )
+                .await;
+            }
+            set_phase_metric(ctx, md, &next);
+            // Nothing to retry until the object changes.
+            return Ok(Action::await_change());
+        }
+    };
+
+    let owned: Vec<Arc<Deployment>> = ctx
+        .deployments
+        .state()
+        .into_iter()
+        .filter(|d| is_owned_by(d.as_ref(), md))
+        .collect();
+    let observed = observe::revisions(&owned);
+    let decision = rollout::decide(&Input {
+        spec: &md.spec,
+        valid: &valid,
+        generation,
+        status: &status,
+        observed: &observed,
+        now,
+    });
+
+    apply_if_changed(
+        ctx,
+        &ns,
+        resources::service(md),
+        ctx.services
+            .get(&ObjectRef::new(&name).within(&ns))
+            .as_deref(),
+    )
+    .await?;
+    let mut keep = Vec::with_capacity(decision.workloads.len());
+    for w in &decision.workloads {
+        let desired = resources::deployment(md, &valid, w);
+        let desired_name = desired.name_any();
+        let current = owned.iter().find(|d| d.name_any() == desired_name);
+        apply_if_changed(ctx, &ns, desired, current.map(|d| d.as_ref())).await?;
+        keep.push(desired_name);
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    for stale in owned.iter().filter(|d| !keep.contains(&d.name_any())) {
+        info!(deployment = %stale.name_any(), "deleting a revision beyond the history limit");
+        match api
+            .delete(&stale.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    if decision.status != status {
+        write_status(md, ctx, &decision.status).await?;
+        for note in &decision.notes {
+            let kind = match note.kind {
+                NoteKind::Normal => EventType::Normal,
+                NoteKind::Warning => EventType::Warning,
+            };
+            publish(md, ctx, kind, note.reason, &note.message).await;
+        }
+    }
+    set_phase_metric(ctx, md, &decision.status);
+    Ok(Action::requeue(decision.requeue_after.unwrap_or(RESYNC)))
+}
+
+fn set_phase_metric(ctx: &Context, md: &ModelDeployment, status: &ModelDeploymentStatus) {
+    if let (Some(ns), Some(phase)) = (md.namespace(), status.phase) {
+        ctx.metrics.set_phase(&ns, &md.name_any(), phase.as_str());
+    }
+}
+
+/// The object's status, or the one this operator wrote last if the watch cache
+/// has not caught up with that write yet.
+fn current_status(md: &ModelDeployment, ctx: &Context) -> ModelDeploymentStatus {
+    let key = ObjectRef::from_obj(md);
+    let mut written = lock(&ctx.written);
+    match written.get(&key) {
+        Some(w) if md.resource_version().as_deref() == Some(w.resource_version_before.as_str()) => {
+            w.status.clone()
+        }
+        Some(_) => {
+            written.remove(&key);
+            md.status.clone().unwrap_or_default()
+        }
+        None => md.status.clone().unwrap_or_default(),
+    }
+}
+
+fn is_owned_by(d: &Deployment, md: &ModelDeployment) -> bool {
+    let uid = md.uid();
+    d.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+}
+
+/// Server-side apply, skipped when the object already carries the same applied
+/// hash (and, for Deployments, the same size): an object at rest is not written.
+async fn apply_if_changed<K>(ctx: &Context, ns: &str, desired: K, current: Option<&K>) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let hash = |o: &K| o.annotations().get(APPLIED_HASH).cloned();
+    if let Some(current) = current
+        && hash(current).is_some()
+        && hash(current) == hash(&desired)
+        && same_replicas(current, &desired)
+    {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let name = desired.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Someone may scale a revision's Deployment by hand; the operator owns its size.
+fn same_replicas<K: serde::Serialize>(current: &K, desired: &K) -> bool {
+    let replicas = |o: &K| {
+        serde_json::to_value(o)
+            .ok()
+            .and_then(|v| v.pointer("/spec/replicas").cloned())
+    };
+    replicas(current) == replicas(desired)
+}
+
+async fn write_status(
+    md: &ModelDeployment,
+    ctx: &Context,
+    status: &ModelDeploymentStatus,
+) -> Result<()> {
+    let ns = md
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = json!({
+        "apiVersion": ModelDeployment::api_version(&()),
+        "kind": ModelDeployment::kind(&()),
+        "status": status,
+    });
+    let written = api
+        .patch_status(
+            &md.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    if let Some(before) = md.resource_version()
+        && written.resource_version().as_deref() != Some(before.as_str())
+    {
+        lock(&ctx.written).insert(
+            ObjectRef::from_obj(md),
+            WrittenStatus {
+                resource_version_before: before,
+                status: status.clone(),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Events are best effort: a failure to record one is logged, never retried
+/// into a reconcile error.
+async fn publish(
+    md: &ModelDeployment,
+    ctx: &Context,
+    type_: EventType,
+    reason: &str,
+    message: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(message, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot record event");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Transient errors retry with a per-object exponential backoff; a conflict
+/// (someone else wrote first) retries almost at once.
+pub fn error_policy(md: Arc<ModelDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+    let category = error.category();
+    ctx.metrics.failures.with_label_values(&[category]).inc();
+    let mut failures = lock(&ctx.failures);
+    let n = failures
+        .entry(ObjectRef::from_obj(md.as_ref()))
+        .or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = if category == "conflict" {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_millis(500u64.saturating_mul(1 << (*n).min(10))).min(MAX_BACKOFF)
+    };
+    warn!(
+        namespace = md.namespace().unwrap_or_default(),
+        name = %md.name_any(),
+        category,
+        error = %error,
+        retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}

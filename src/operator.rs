@@ -1,0 +1,152 @@
+//! The operator process: preflight, telemetry, leader election, controllers,
+//! and a clean stop on SIGTERM or when leadership is lost.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::FutureExt;
+use kube::Client;
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::controller::{self, Settings};
+use crate::telemetry::{self, Metrics, Readiness};
+
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen; `None` serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
+    pub leader_election: Option<LeaderElection>,
+    /// This replica's name (the pod name in a cluster).
+    pub identity: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    /// How long a lease holds without renewal; a standby takes over after it.
+    pub lease_duration: Duration,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to stop (SIGTERM / Ctrl-C).
+    Shutdown,
+    /// Another replica holds the lease now; restarting makes this one a standby.
+    LostLeadership,
+}
+
+/// Run until `shutdown` resolves or leadership is lost. Errors are for a person:
+/// the CRD is missing, the cluster cannot be reached, the lease cannot be used.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Stopped, String> {
+    let shutdown = shutdown.shared();
+    let settings = Settings {
+        namespaces: config.namespaces.clone(),
+        instance: config.identity.clone(),
+    };
+    controller::preflight(&client, &settings).await?;
+
+    if let Some(addr) = config.metrics_addr {
+        let (m, r, s) = (metrics.clone(), readiness.clone(), shutdown.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} for metrics and health: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = telemetry::serve_on(listener, m, r, s).await {
+                warn!(error = %e, "telemetry server stopped");
+            }
+        });
+    }
+
+    let Some(le) = config.leader_election.clone() else {
+        controller::run(client, settings, metrics, readiness, shutdown).await;
+        return Ok(Stopped::Shutdown);
+    };
+
+    readiness.standby();
+    let seconds = |d: Duration| d.as_secs().max(1);
+    let manager = LeaseManagerBuilder::new(client.clone(), &le.lease_name)
+        .with_namespace(&le.lease_namespace)
+        .with_identity(&config.identity)
+        .with_duration(seconds(le.lease_duration))
+        .with_grace(seconds(le.lease_duration / 3))
+        .with_field_manager(controller::FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot set up the leader lease {}/{}: {e}",
+                le.lease_namespace, le.lease_name
+            )
+        })?;
+    let (mut leading, lease_task) = manager.watch().await;
+
+    info!(lease = %le.lease_name, identity = %config.identity, "waiting for the leader lease");
+    let acquired = async {
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    let outcome = tokio::select! {
+        got = acquired => {
+            if !got {
+                return Err("the leader lease watch stopped".into());
+            }
+            info!(identity = %config.identity, "acquired the leader lease");
+            let lost = lost_leadership(leading.clone());
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let stop = {
+                let mut stop_rx = stop_rx.clone();
+                async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                }
+            };
+            let run = controller::run(client, settings, metrics, readiness.clone(), stop);
+            tokio::pin!(run);
+            let reason = tokio::select! {
+                _ = shutdown.clone() => Stopped::Shutdown,
+                _ = lost => Stopped::LostLeadership,
+                _ = &mut run => Stopped::Shutdown,
+            };
+            let _ = stop_tx.send(true);
+            // Let in-flight reconciles finish before the lease is released.
+            let _ = tokio::time::timeout(Duration::from_secs(20), run).await;
+            reason
+        }
+        _ = shutdown.clone() => Stopped::Shutdown,
+    };
+    readiness.starting();
+    // Dropping the channel makes the manager release the lease, so a standby
+    // takes over at once instead of after the lease expires.
+    drop(leading);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader lease"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "releasing the leader lease"),
+        Ok(Err(e)) => warn!(error = %e, "lease task"),
+        Err(_) => warn!("timed out releasing the leader lease"),
+    }
+    Ok(outcome)
+}
+
+async fn lost_leadership(mut leading: watch::Receiver<bool>) {
+    loop {
+        if leading.changed().await.is_err() || !*leading.borrow_and_update() {
+            warn!("lost the leader lease");
+            return;
+        }
+    }
+}

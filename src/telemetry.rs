@@ -1,0 +1,193 @@
+//! The operator's own observability: `/metrics`, `/healthz`, `/readyz` on one
+//! port, and the log setup.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Metrics of the reconcile loop. Labels are static categories, or the
+/// namespace/name of a ModelDeployment (bounded by the objects watched; their
+/// series are removed when the object goes away).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: IntCounter,
+    pub failures: IntCounterVec,
+    pub duration: HistogramVec,
+    pub phase: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("modeldeploy".into()), None)
+            .unwrap_or_else(|_| Registry::new());
+        let reconciles =
+            IntCounter::new("reconcile_total", "Reconciles run.").expect("valid metric definition");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "reconcile_failures_total",
+                "Reconciles that failed, by error category.",
+            ),
+            &["category"],
+        )
+        .expect("valid metric definition");
+        let duration = HistogramVec::new(
+            HistogramOpts::new("reconcile_duration_seconds", "Time spent in one reconcile.")
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]),
+            &[],
+        )
+        .expect("valid metric definition");
+        let phase = IntGaugeVec::new(
+            Opts::new(
+                "phase",
+                "1 for the current phase of each ModelDeployment, 0 for the others.",
+            ),
+            &["namespace", "name", "phase"],
+        )
+        .expect("valid metric definition");
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failures.clone()),
+            Box::new(duration.clone()),
+            Box::new(phase.clone()),
+        ] {
+            // Registering fresh collectors in a fresh registry cannot clash.
+            let _ = registry.register(c);
+        }
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            phase,
+        }
+    }
+
+    pub fn set_phase(&self, namespace: &str, name: &str, phase: &str) {
+        for p in crate::api::Phase::ALL {
+            let value = i64::from(p.as_str() == phase);
+            self.phase
+                .with_label_values(&[namespace, name, p.as_str()])
+                .set(value);
+        }
+    }
+
+    pub fn forget(&self, namespace: &str, name: &str) {
+        for p in crate::api::Phase::ALL {
+            let _ = self
+                .phase
+                .remove_label_values(&[namespace, name, p.as_str()]);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicU8>);
+
+const STARTING: u8 = 0;
+const STANDBY: u8 = 1;
+const READY: u8 = 2;
+
+impl Readiness {
+    /// Waiting for the leader lease: ready to take over, so a rollout of the
+    /// operator's own Deployment is not held up by the standby replica.
+    pub fn standby(&self) {
+        self.0.store(STANDBY, Ordering::SeqCst);
+    }
+    /// Leading, with every watch synced.
+    pub fn ready(&self) {
+        self.0.store(READY, Ordering::SeqCst);
+    }
+    pub fn starting(&self) {
+        self.0.store(STARTING, Ordering::SeqCst);
+    }
+    pub fn state(&self) -> &'static str {
+        match self.0.load(Ordering::SeqCst) {
+            STANDBY => "standby",
+            READY => "ready",
+            _ => "starting",
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz_handler))
+        .with_state(ServerState { metrics, readiness })
+}
+
+async fn metrics_handler(State(s): State<ServerState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz_handler(State(s): State<ServerState>) -> impl IntoResponse {
+    match s.readiness.state() {
+        "starting" => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
+        other => (StatusCode::OK, other),
+    }
+}
+
+/// Serve the telemetry endpoints until `shutdown` resolves.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    axum::serve(listener, router(metrics, readiness))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Logs as JSON or text; the level comes from `RUST_LOG`, or the given default.
+pub fn init_logging(default_level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
