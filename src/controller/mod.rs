@@ -194,8 +194,22 @@ async fn run_scope(
         failures: Mutex::default(),
     });
 
-    let controller = Controller::new(mdeps, watcher::Config::default().any_semantic());
-    let main_store = controller.store();
+    // The main watch is ours (not the Controller's) so deletions are seen:
+    // a deleted object's metric series go with it.
+    let (main_store, main_writer) = reflector::store();
+    let forget = ctx.metrics.clone();
+    let main_stream = reflector::reflector(
+        main_writer,
+        watcher(mdeps, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(md)) = event {
+            forget.forget(&md.namespace().unwrap_or_default(), &md.name_any());
+        }
+    })
+    .touched_objects();
+    let controller = Controller::for_stream(main_stream, main_store.clone());
     tokio::spawn(async move {
         let synced = futures::join!(
             main_store.wait_until_ready(),
@@ -213,9 +227,15 @@ async fn run_scope(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                // Objects that fail to deserialize land here too; the watch goes on.
-                warn!(error = %e, "reconcile loop");
+            match res {
+                Ok(_) => {}
+                // A deleted object's last event: nothing left to reconcile.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(object = %obj, "object is gone");
+                }
+                // Reconcile errors were reported by error_policy; objects that
+                // fail to deserialize land here too, and the watch goes on.
+                Err(e) => warn!(error = %e, "reconcile loop"),
             }
         })
         .await;
