@@ -13,6 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -58,6 +59,11 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What the controller watches: an object that does not decode (say, written
+/// by a newer operator version) is reported on its own instead of breaking the
+/// watch for every other ModelDeployment.
+pub type Watched = DeserializeGuard<ModelDeployment>;
+
 /// The status this operator wrote last, per object, until the watch cache
 /// catches up: a reconcile that reads the object before its own status write
 /// has arrived must not redo a transition (a second promotion, a second history entry).
@@ -74,7 +80,9 @@ pub struct Context {
     deployments: Store<Deployment>,
     services: Store<Service>,
     written: Mutex<HashMap<ObjectRef<ModelDeployment>, WrittenStatus>>,
-    failures: Mutex<HashMap<ObjectRef<ModelDeployment>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<Watched>, u32>>,
+    /// Undecodable objects already reported, by resourceVersion.
+    reported_undecodable: Mutex<HashMap<ObjectRef<Watched>, String>>,
 }
 
 /// What to watch and how to report.
@@ -162,7 +170,7 @@ async fn run_scope(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     on_synced: impl FnOnce() + Send + 'static,
 ) {
-    let mdeps: Api<ModelDeployment> = scoped(&client, ns.as_deref());
+    let mdeps: Api<Watched> = scoped(&client, ns.as_deref());
     let deploy_api: Api<Deployment> = scoped(&client, ns.as_deref());
     let service_api: Api<Service> = scoped(&client, ns.as_deref());
     // Only objects this operator made: keeps the caches small on busy clusters.
@@ -192,6 +200,7 @@ async fn run_scope(
         services: services.clone(),
         written: Mutex::default(),
         failures: Mutex::default(),
+        reported_undecodable: Mutex::default(),
     });
 
     // The main watch is ours (not the Controller's) so deletions are seen:
@@ -241,22 +250,25 @@ async fn run_scope(
         .await;
 }
 
-pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = md
+pub async fn reconcile(guard: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = guard
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = md.name_any();
+    let name = guard.name_any();
     let span = info_span!("reconcile", namespace = %ns, name = %name);
     async move {
         let started = Instant::now();
         ctx.metrics.reconciles.inc();
-        let result = reconcile_inner(&md, &ctx).await;
+        let result = match &guard.0 {
+            Ok(md) => reconcile_inner(md, &ctx).await,
+            Err(invalid) => report_undecodable(&guard, invalid, &ctx).await,
+        };
         ctx.metrics
             .duration
             .with_label_values(&[] as &[&str])
             .observe(started.elapsed().as_secs_f64());
         if result.is_ok() {
-            lock(&ctx.failures).remove(&ObjectRef::from_obj(md.as_ref()));
+            lock(&ctx.failures).remove(&ObjectRef::from_obj(guard.as_ref()));
         }
         result
     }
@@ -362,6 +374,35 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
     }
     set_phase_metric(ctx, md, &decision.status);
     Ok(Action::requeue(decision.requeue_after.unwrap_or(RESYNC)))
+}
+
+/// An object that does not decode: say so once per version of it, touch nothing.
+async fn report_undecodable(
+    guard: &Watched,
+    invalid: &InvalidObject,
+    ctx: &Context,
+) -> Result<Action> {
+    let key = ObjectRef::from_obj(guard);
+    let version = guard.resource_version().unwrap_or_default();
+    let first = lock(&ctx.reported_undecodable).insert(key, version.clone()) != Some(version);
+    if first {
+        warn!(error = %invalid.error, "cannot decode the object; leaving it and its children as they are");
+        let reference = guard.object_ref(&());
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            note: Some(truncate(
+                &format!("cannot decode the object: {}", invalid.error),
+                1000,
+            )),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            warn!(error = %e, "cannot record event");
+        }
+    }
+    Ok(Action::await_change())
 }
 
 fn set_phase_metric(ctx: &Context, md: &ModelDeployment, status: &ModelDeploymentStatus) {
@@ -503,7 +544,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Transient errors retry with a per-object exponential backoff; a conflict
 /// (someone else wrote first) retries almost at once.
-pub fn error_policy(md: Arc<ModelDeployment>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(md: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Action {
     let category = error.category();
     ctx.metrics.failures.with_label_values(&[category]).inc();
     let mut failures = lock(&ctx.failures);
