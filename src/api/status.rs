@@ -72,6 +72,19 @@ pub struct ModelDeploymentStatus {
     /// names it, until a retry is requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RevisionStatus>,
+    /// A rolled-back revision that keeps its pods until the restored one is
+    /// available again (a guard rollback), so capacity never drops to zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<RevisionStatus>,
+    /// When the previous revision's pods are scaled to zero after a promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_scale_down_at: Option<Time>,
+    /// The post-promotion guard, while its window lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardStatus>,
+    /// Id of the last `kubectl modeldeploy` request carried out, so each runs once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
     /// Highest revision number handed out so far.
     #[serde(default)]
     pub latest_revision: i64,
@@ -107,8 +120,12 @@ pub struct CanaryStatus {
     pub version: String,
     pub image: String,
     pub hash: String,
-    /// Percent of traffic the canary actually receives.
+    /// Percent of traffic the canary actually receives (with the replicas
+    /// router: its share of available pods).
     pub weight: i32,
+    /// Percent of traffic the current step asks for.
+    #[serde(default)]
+    pub set_weight: i32,
     /// Index of the current step in `spec.rollout.steps`.
     pub step: i32,
     /// When the current step began.
@@ -117,6 +134,33 @@ pub struct CanaryStatus {
     /// When the rollout of this revision began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// Why the rollout waits, while it waits for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PauseReason>,
+    /// All steps are done: the canary scales to full size and takes over.
+    #[serde(default)]
+    pub promoting: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PauseReason {
+    /// A `pause` step without a duration.
+    Step,
+    /// `kubectl modeldeploy pause`.
+    UserRequest,
+    /// `inconclusiveLimit` analysis runs in a row lacked data.
+    Inconclusive,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardStatus {
+    /// The promoted revision the guard watches.
+    pub revision: i64,
+    /// The guard stops judging after this time.
+    pub until: Option<Time>,
+    #[serde(default)]
+    pub analysis: AnalysisStatus,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

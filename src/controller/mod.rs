@@ -323,12 +323,16 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
         .filter(|d| is_owned_by(d.as_ref(), md))
         .collect();
     let observed = observe::revisions(&owned);
+    let request = pending_request(md);
     let decision = rollout::decide(&Input {
         spec: &md.spec,
         valid: &valid,
         generation,
         status: &status,
         observed: &observed,
+        analysis: None,
+        canary_pods_failure: None,
+        request: request.as_ref(),
         now,
     });
 
@@ -403,6 +407,18 @@ async fn report_undecodable(
         }
     }
     Ok(Action::await_change())
+}
+
+/// The `kubectl modeldeploy` request on the object, if it carries a readable one.
+fn pending_request(md: &ModelDeployment) -> Option<rollout::Request> {
+    let raw = md.annotations().get(rollout::requests::ANNOTATION)?;
+    match rollout::Request::parse(raw) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(error = %e, "ignoring the request annotation");
+            None
+        }
+    }
 }
 
 fn set_phase_metric(ctx: &Context, md: &ModelDeployment, status: &ModelDeploymentStatus) {

@@ -3,12 +3,23 @@
 //! decision's status back in changes nothing, so a restarted operator resumes
 //! where it was and an object at rest causes no writes.
 //!
-//! Without `spec.rollout`, a new revision replaces the running one: its
-//! Deployment starts at full size next to the old one, and once it is available
-//! the old one scales to zero. A revision that is not available within the
-//! progress deadline is rolled back.
+//! Every new revision goes through the same path:
+//! - with `rollout.strategy: canary`, Argo-style steps shift traffic to it
+//!   while analysis judges it, then it is promoted;
+//! - without `spec.rollout`, it is promoted at once: it starts at full size
+//!   beside the old revision, which scales down once the new one is available;
+//! - either way, a revision that does not become available within the progress
+//!   deadline, fails its analysis, or crash-loops is rolled back, and is not
+//!   tried again until the spec changes or a retry is requested.
+//!
+//! After a promotion the previous revision is kept for `scaleDownDelay`, and
+//! the guard (if configured) keeps judging the new one for `guard.window`.
 
+mod canary;
 pub mod conditions;
+mod guard;
+pub mod requests;
+pub mod weights;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,10 +28,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{
-    CanaryStatus, HistoryEntry, InvalidSpec, ModelDeploymentSpec, ModelDeploymentStatus, Outcome,
-    Phase, RevisionStatus, ValidSpec,
+    AnalysisStatus, CheckStatus, CheckVerdict, HistoryEntry, InvalidSpec, ModelDeploymentSpec,
+    ModelDeploymentStatus, Outcome, Phase, RevisionStatus, ValidSpec,
 };
 use crate::resources::{RevisionWorkload, revision_hash};
+pub use requests::{Request, RequestAction};
 
 /// What the operator sees of one revision's Deployment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,12 +51,72 @@ pub struct ObservedRevision {
 /// Owned Deployments by revision hash.
 pub type Observed = BTreeMap<String, ObservedRevision>;
 
+/// One analysis run: every check's verdict at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisRun {
+    pub at: Timestamp,
+    pub checks: Vec<CheckStatus>,
+    /// Evidence strong enough to roll back without waiting for `failureLimit`
+    /// runs in a row (see docs/statistics.md).
+    pub decisive: bool,
+}
+
+impl AnalysisRun {
+    /// Fail if any check fails, Inconclusive if any lacks data, else Pass.
+    pub fn verdict(&self) -> CheckVerdict {
+        if self.checks.iter().any(|c| c.verdict == CheckVerdict::Fail) {
+            CheckVerdict::Fail
+        } else if self
+            .checks
+            .iter()
+            .any(|c| c.verdict == CheckVerdict::Inconclusive)
+        {
+            CheckVerdict::Inconclusive
+        } else {
+            CheckVerdict::Pass
+        }
+    }
+
+    /// The failing checks, for a person: `errors: 0.05 > 0.01 (3000 samples)`.
+    pub fn failures(&self) -> String {
+        self.checks
+            .iter()
+            .filter(|c| c.verdict == CheckVerdict::Fail)
+            .map(describe_check)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn describe_check(c: &CheckStatus) -> String {
+    let mut s = c.name.clone();
+    match (c.value, c.threshold) {
+        (Some(v), Some(t)) => s.push_str(&format!(": value {v:.4} vs threshold {t:.4}")),
+        (Some(v), None) => s.push_str(&format!(": value {v:.4}")),
+        _ => {}
+    }
+    s.push_str(&format!(" ({} samples)", c.samples));
+    if let Some(m) = c.message.as_deref().filter(|m| !m.is_empty()) {
+        s.push_str(&format!(", {m}"));
+    }
+    s
+}
+
+/// Everything the decision depends on.
 pub struct Input<'a> {
     pub spec: &'a ModelDeploymentSpec,
     pub valid: &'a ValidSpec,
     pub generation: Option<i64>,
     pub status: &'a ModelDeploymentStatus,
     pub observed: &'a Observed,
+    /// The newest analysis run of the canary (or, after promotion, of the
+    /// guarded revision), if one was made; runs already recorded are ignored.
+    pub analysis: Option<&'a AnalysisRun>,
+    /// Why the canary's pods are unhealthy (restarts, CrashLoopBackOff,
+    /// OOMKilled, image pull errors), if they are.
+    pub canary_pods_failure: Option<&'a str>,
+    /// A `kubectl modeldeploy` request; one already carried out is ignored.
+    pub request: Option<&'a Request>,
     pub now: Timestamp,
 }
 
@@ -67,41 +139,57 @@ pub struct Decision {
     /// Every revision Deployment that should exist, with its size. Owned
     /// Deployments not listed here are deleted.
     pub workloads: Vec<RevisionWorkload>,
+    /// Percent of traffic the canary should get from a weighted router.
+    pub canary_weight: i32,
     pub status: ModelDeploymentStatus,
     pub notes: Vec<Note>,
-    /// When to look again even if nothing changes (deadlines, timed steps).
+    /// When to look again even if nothing changes (deadlines, timed steps,
+    /// the next analysis run).
     pub requeue_after: Option<Duration>,
 }
 
 /// How often a revision in progress is looked at when no watch event arrives.
 const PROGRESS_POLL: Duration = Duration::from_secs(30);
 
-fn available(obs: Option<&ObservedRevision>, replicas: i32) -> bool {
-    obs.is_some_and(|o| o.up_to_date && o.replicas == replicas && o.available_replicas >= replicas)
+/// The working state of one decision.
+struct Draft<'a> {
+    input: &'a Input<'a>,
+    status: ModelDeploymentStatus,
+    notes: Vec<Note>,
+    requeue: Option<Duration>,
+    now: Time,
 }
 
-fn history_entry(
-    rev: &RevisionStatus,
-    outcome: Outcome,
-    reason: String,
-    now: &Time,
-) -> HistoryEntry {
-    HistoryEntry {
-        revision: rev.revision,
-        version: rev.version.clone(),
-        image: rev.image.clone(),
-        at: now.clone(),
-        outcome,
-        reason,
+impl Draft<'_> {
+    fn note(&mut self, kind: NoteKind, reason: &'static str, message: String) {
+        self.notes.push(Note {
+            kind,
+            reason,
+            message,
+        });
     }
-}
 
-fn push_history(status: &mut ModelDeploymentStatus, entry: HistoryEntry, limit: i32) {
-    status.history.push(entry);
-    let limit = usize::try_from(limit.max(1)).unwrap_or(1);
-    if status.history.len() > limit {
-        let excess = status.history.len() - limit;
-        status.history.drain(..excess);
+    fn requeue_within(&mut self, d: Duration) {
+        let d = d.max(Duration::from_secs(1));
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    fn history(&mut self, rev: &RevisionStatus, outcome: Outcome, reason: String) {
+        self.status.history.push(HistoryEntry {
+            revision: rev.revision,
+            version: rev.version.clone(),
+            image: rev.image.clone(),
+            at: self.now.clone(),
+            outcome,
+            reason,
+        });
+        let limit = usize::try_from(self.input.spec.revision_history_limit.max(1)).unwrap_or(1);
+        let excess = self.status.history.len().saturating_sub(limit);
+        self.status.history.drain(..excess);
+    }
+
+    fn elapsed_since(&self, t: Option<&Time>) -> Duration {
+        elapsed(t, self.input.now)
     }
 }
 
@@ -111,308 +199,357 @@ fn elapsed(since: Option<&Time>, now: Timestamp) -> Duration {
         .unwrap_or_default()
 }
 
+pub(crate) fn available(obs: Option<&ObservedRevision>, replicas: i32) -> bool {
+    obs.is_some_and(|o| o.up_to_date && o.replicas == replicas && o.available_replicas >= replicas)
+}
+
 /// Decide what should run and what the status says.
 pub fn decide(input: &Input<'_>) -> Decision {
-    let Input {
-        spec,
-        valid,
-        generation,
-        status: old,
-        observed,
-        now,
-    } = *input;
-    let now_time = Time(now);
-    let mut status = old.clone();
-    let mut notes = Vec::new();
-    let mut requeue_after = None;
-    status.observed_generation = generation;
+    let mut d = Draft {
+        input,
+        status: input.status.clone(),
+        notes: Vec::new(),
+        requeue: None,
+        now: Time(input.now),
+    };
+    d.status.observed_generation = input.generation;
 
-    let hash = revision_hash(spec);
+    let hash = revision_hash(input.spec);
     let target = RevisionStatus {
-        revision: revision_number(&hash, old, observed),
-        version: spec.model.version.clone(),
-        image: spec.model.image.clone(),
+        revision: revision_number(&hash, input.status, input.observed),
+        version: input.spec.model.version.clone(),
+        image: input.spec.model.image.clone(),
         hash: hash.clone(),
     };
-    status.latest_revision = status.latest_revision.max(target.revision);
-    let replicas = spec.replicas;
+    d.status.latest_revision = d.status.latest_revision.max(target.revision);
 
-    match old.stable.clone() {
-        // The first revision: it is the stable one from the start.
-        None => {
-            status.stable = Some(target.clone());
-        }
+    requests::apply(&mut d, &target);
+
+    match d.status.stable.clone() {
+        // The first revision is the stable one from the start.
+        None => d.status.stable = Some(target.clone()),
         Some(stable) if stable.hash == hash => {
-            status.canary = None;
-            status.rolled_back = None;
-        }
-        Some(_) if old.rolled_back.as_ref().is_some_and(|r| r.hash == hash) => {
-            // Keep serving the previous revision until the spec moves on.
-            status.canary = None;
-        }
-        Some(stable) => {
-            let canary = match &old.canary {
-                Some(c) if c.hash == hash => c.clone(),
-                superseded => {
-                    if let Some(c) = superseded {
-                        let rev = RevisionStatus {
-                            revision: c.revision,
-                            version: c.version.clone(),
-                            image: c.image.clone(),
-                            hash: c.hash.clone(),
-                        };
-                        push_history(
-                            &mut status,
-                            history_entry(
-                                &rev,
-                                Outcome::Superseded,
-                                format!("revision {} arrived before it finished", target.revision),
-                                &now_time,
-                            ),
-                            spec.revision_history_limit,
-                        );
-                    }
-                    notes.push(Note {
-                        kind: NoteKind::Normal,
-                        reason: "RevisionStarted",
-                        message: format!(
-                            "revision {} (version {}) starts replacing revision {} (version {})",
-                            target.revision, target.version, stable.revision, stable.version
-                        ),
-                    });
-                    CanaryStatus {
-                        revision: target.revision,
-                        version: target.version.clone(),
-                        image: target.image.clone(),
-                        hash: hash.clone(),
-                        weight: 0,
-                        step: 0,
-                        step_started_at: Some(now_time.clone()),
-                        started_at: Some(now_time.clone()),
-                    }
-                }
-            };
-            let obs = observed.get(&hash);
-            let waited = elapsed(canary.started_at.as_ref(), now);
-            if available(obs, replicas) {
-                push_history(
-                    &mut status,
-                    history_entry(
-                        &target,
-                        Outcome::Replaced,
-                        format!("replaced revision {}", stable.revision),
-                        &now_time,
-                    ),
-                    spec.revision_history_limit,
+            if let Some(c) = d.status.canary.take() {
+                // The spec went back to the stable revision mid-rollout.
+                let abandoned = canary::revision_of(&c);
+                d.history(
+                    &abandoned,
+                    Outcome::Superseded,
+                    format!("the spec went back to revision {}", stable.revision),
                 );
-                notes.push(Note {
-                    kind: NoteKind::Normal,
-                    reason: "Replaced",
-                    message: format!(
-                        "revision {} (version {}) is available and serves all traffic; revision {} scales down",
-                        target.revision, target.version, stable.revision
-                    ),
-                });
-                status.previous = Some(stable);
-                status.stable = Some(target.clone());
-                status.canary = None;
-            } else if waited >= valid.progress_deadline || obs.is_some_and(|o| o.deadline_exceeded)
-            {
-                let reason = format!(
-                    "revision {} was not available within the progress deadline of {}s",
-                    target.revision,
-                    valid.progress_deadline.as_secs()
-                );
-                push_history(
-                    &mut status,
-                    history_entry(&target, Outcome::RolledBack, reason.clone(), &now_time),
-                    spec.revision_history_limit,
-                );
-                notes.push(Note {
-                    kind: NoteKind::Warning,
-                    reason: "RolledBack",
-                    message: format!("{reason}; revision {} keeps serving", stable.revision),
-                });
-                status.rolled_back = Some(target.clone());
-                status.canary = None;
-            } else {
-                let ready_new = obs.map_or(0, |o| o.available_replicas);
-                let ready_old = observed
-                    .get(&stable.hash)
-                    .map_or(0, |o| o.available_replicas);
-                let total = ready_new + ready_old;
-                let weight = if total == 0 {
-                    0
-                } else {
-                    ready_new * 100 / total
-                };
-                status.canary = Some(CanaryStatus { weight, ..canary });
-                let left = valid.progress_deadline.saturating_sub(waited);
-                requeue_after = Some(left.min(PROGRESS_POLL));
             }
+            d.status.rolled_back = None;
         }
+        Some(_)
+            if d.status
+                .rolled_back
+                .as_ref()
+                .is_some_and(|r| r.hash == hash) =>
+        {
+            // Keep serving the previous revision until the spec moves on or a
+            // retry is requested.
+            d.status.canary = None;
+        }
+        Some(stable) => canary::progress(&mut d, &stable, &target),
     }
 
-    let workloads = workloads(spec, &status, observed, replicas);
-    let stable = status.stable.clone().unwrap_or_default();
-    let stable_ready = available(observed.get(&stable.hash), replicas);
-    let first_revision = status.history.is_empty();
+    guard::watch(&mut d);
+    scale_down_previous(&mut d);
+    summarize(&mut d, &target);
 
-    // Phase and conditions follow from the state reached above.
+    let workloads = weights::workloads(input.spec, &d.status, input.observed, input.now);
+    let canary_weight = d.status.canary.as_ref().map_or(0, |c| c.weight);
+    Decision {
+        workloads,
+        canary_weight,
+        status: d.status,
+        notes: d.notes,
+        requeue_after: d.requeue,
+    }
+}
 
-    let c = &mut status.conditions;
-    if status.canary.is_some() {
-        status.phase = Some(Phase::Progressing);
-        status.message = Some(format!(
-            "revision {} is starting; revision {} serves",
-            target.revision, stable.revision
-        ));
+/// Is an analysis run due now? The controller asks before reading metrics;
+/// the decision then records the run so it is not counted twice.
+pub fn analysis_due(
+    spec: &ModelDeploymentSpec,
+    valid: &ValidSpec,
+    status: &ModelDeploymentStatus,
+    now: Timestamp,
+) -> bool {
+    if let Some(c) = &status.canary {
+        if c.weight == 0 || c.paused.is_some() {
+            return false;
+        }
+        let last = status.analysis.as_ref().and_then(|a| a.last_time.as_ref());
+        return last.is_none() || elapsed(last, now) >= valid.analysis_interval;
+    }
+    if let (Some(g), Some(interval)) = (&status.guard, valid.guard_interval) {
+        if spec.guard.is_none() {
+            return false;
+        }
+        let last = g.analysis.last_time.as_ref();
+        return last.is_none() || elapsed(last, now) >= interval;
+    }
+    false
+}
+
+/// Count a run into the analysis status, once. Returns its verdict when it is new.
+fn record_run(analysis: &mut AnalysisStatus, run: &AnalysisRun) -> Option<CheckVerdict> {
+    if analysis.last_time.as_ref().is_some_and(|t| t.0 >= run.at) {
+        return None;
+    }
+    let verdict = run.verdict();
+    analysis.checks = run.checks.clone();
+    analysis.last_time = Some(Time(run.at));
+    match verdict {
+        CheckVerdict::Pass => {
+            analysis.passed_in_a_row += 1;
+            analysis.failed_in_a_row = 0;
+            analysis.inconclusive_in_a_row = 0;
+        }
+        CheckVerdict::Fail => {
+            analysis.failed_in_a_row += 1;
+            analysis.passed_in_a_row = 0;
+            analysis.inconclusive_in_a_row = 0;
+        }
+        CheckVerdict::Inconclusive => {
+            analysis.inconclusive_in_a_row += 1;
+            analysis.passed_in_a_row = 0;
+            analysis.failed_in_a_row = 0;
+        }
+    }
+    Some(verdict)
+}
+
+/// After a promotion the previous revision keeps its pods for `scaleDownDelay`.
+fn scale_down_previous(d: &mut Draft<'_>) {
+    if let Some(at) = d.status.previous_scale_down_at.clone() {
+        if d.input.now >= at.0 {
+            d.status.previous_scale_down_at = None;
+        } else {
+            let left = Duration::try_from(at.0.duration_since(d.input.now)).unwrap_or_default();
+            d.requeue_within(left);
+        }
+    }
+}
+
+/// Phase, message and conditions follow from the state reached.
+fn summarize(d: &mut Draft<'_>, target: &RevisionStatus) {
+    let generation = d.input.generation;
+    let replicas = d.input.spec.replicas;
+    let stable = d.status.stable.clone().unwrap_or_default();
+    let stable_obs = d.input.observed.get(&stable.hash);
+    let stable_ready = available(stable_obs, replicas);
+    let now = d.now.clone();
+    let first_revision = d.status.history.is_empty();
+    let old_phase = d.input.status.phase;
+
+    let (phase, message) = if let Some(c) = d.status.canary.clone() {
+        let c_rev = canary::revision_of(&c);
+        let progressing = format!(
+            "revision {} (version {}) is rolling out",
+            c.revision, c.version
+        );
+        let cs = &mut d.status.conditions;
         conditions::set(
-            c,
+            cs,
             conditions::PROGRESSING,
             true,
             "NewRevision",
-            format!("revision {} is rolling out", target.revision),
+            progressing,
             generation,
-            &now_time,
+            &now,
         );
-    } else if let Some(rb) = status.rolled_back.clone() {
-        status.phase = Some(Phase::RolledBack);
-        status.message = Some(format!(
-            "revision {} (version {}) was rolled back; revision {} serves",
-            rb.revision, rb.version, stable.revision
-        ));
         conditions::set(
-            c,
+            cs,
+            conditions::DEGRADED,
+            false,
+            "Progressing",
+            "",
+            generation,
+            &now,
+        );
+        if let Some(reason) = c.paused {
+            let why = match reason {
+                crate::api::PauseReason::Step => {
+                    "a pause step waits for `kubectl modeldeploy promote`".to_string()
+                }
+                crate::api::PauseReason::UserRequest => {
+                    "paused by `kubectl modeldeploy pause`".to_string()
+                }
+                crate::api::PauseReason::Inconclusive => format!(
+                    "analysis lacked data {} times in a row; `kubectl modeldeploy resume` to keep judging, `promote` or `abort` to decide",
+                    d.status
+                        .analysis
+                        .as_ref()
+                        .map_or(0, |a| a.inconclusive_in_a_row)
+                ),
+            };
+            (
+                Phase::Paused,
+                format!(
+                    "revision {} is paused at step {} with {}% of traffic: {why}",
+                    c_rev.revision, c.step, c.weight
+                ),
+            )
+        } else if c.promoting {
+            (
+                Phase::Promoting,
+                format!(
+                    "revision {} passed its rollout and scales up to take over from revision {}",
+                    c_rev.revision, stable.revision
+                ),
+            )
+        } else {
+            (
+                Phase::Progressing,
+                format!(
+                    "revision {} at step {} with {}% of traffic; revision {} serves the rest",
+                    c_rev.revision, c.step, c.weight, stable.revision
+                ),
+            )
+        }
+    } else if let Some(rb) = d.status.rolled_back.clone() {
+        let cs = &mut d.status.conditions;
+        let why = d
+            .status
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.revision == rb.revision && h.outcome == Outcome::RolledBack)
+            .map(|h| h.reason.clone())
+            .unwrap_or_default();
+        conditions::set(
+            cs,
             conditions::PROGRESSING,
             false,
             "RolledBack",
             format!("revision {} was rolled back", rb.revision),
             generation,
-            &now_time,
+            &now,
         );
         conditions::set(
-            c,
+            cs,
             conditions::DEGRADED,
             true,
             "RolledBack",
             format!(
-                "revision {} (version {}) was rolled back",
+                "revision {} (version {}) was rolled back: {why}",
                 rb.revision, rb.version
             ),
             generation,
-            &now_time,
+            &now,
         );
-    } else if stable_ready {
-        if first_revision && old.phase != Some(Phase::Stable) {
-            push_history(
-                &mut status,
-                history_entry(
-                    &stable,
-                    Outcome::Deployed,
-                    "first revision is available".into(),
-                    &now_time,
-                ),
-                spec.revision_history_limit,
+        (
+            Phase::RolledBack,
+            format!(
+                "revision {} (version {}) was rolled back; revision {} serves. Change the spec or run `kubectl modeldeploy retry`",
+                rb.revision, rb.version, stable.revision
+            ),
+        )
+    } else if stable_ready || (old_phase == Some(Phase::Stable) && !first_revision) {
+        if stable_ready && first_revision {
+            d.history(
+                &stable,
+                Outcome::Deployed,
+                "first revision is available".into(),
             );
-            notes.push(Note {
-                kind: NoteKind::Normal,
-                reason: "Deployed",
-                message: format!(
+            d.note(
+                NoteKind::Normal,
+                "Deployed",
+                format!(
                     "revision {} (version {}) is available with {replicas} replicas",
                     stable.revision, stable.version
                 ),
-            });
+            );
         }
-        status.phase = Some(Phase::Stable);
-        status.message = Some(format!(
-            "revision {} (version {}) serves all traffic",
-            stable.revision, stable.version
-        ));
-        let c = &mut status.conditions;
+        let cs = &mut d.status.conditions;
         conditions::set(
-            c,
+            cs,
             conditions::PROGRESSING,
             false,
             "Stable",
             format!("revision {} is stable", stable.revision),
             generation,
-            &now_time,
+            &now,
         );
         conditions::set(
-            c,
+            cs,
             conditions::DEGRADED,
             false,
             "Stable",
             "",
             generation,
-            &now_time,
+            &now,
         );
-    } else if old.stable.is_none()
-        || old.phase == Some(Phase::Pending)
-        || old.phase.is_none()
-        || old.phase == Some(Phase::Failed)
-    {
-        let deadline_missed = observed
-            .get(&stable.hash)
-            .is_some_and(|o| o.deadline_exceeded);
-        if deadline_missed {
-            status.phase = Some(Phase::Failed);
-            status.message = Some(format!(
-                "revision {} was not available within the progress deadline; its pods keep trying",
-                stable.revision
-            ));
-            if old.phase != Some(Phase::Failed) {
-                notes.push(Note {
-                    kind: NoteKind::Warning,
-                    reason: "ProgressDeadlineExceeded",
-                    message: format!(
-                        "revision {} (version {}) is not available",
-                        stable.revision, stable.version
-                    ),
-                });
-            }
-        } else {
-            status.phase = Some(Phase::Pending);
-            status.message = Some(format!(
-                "revision {} (version {}) is starting",
+        (
+            Phase::Stable,
+            format!(
+                "revision {} (version {}) serves all traffic",
                 stable.revision, stable.version
-            ));
-            requeue_after = Some(PROGRESS_POLL);
+            ),
+        )
+    } else {
+        let deadline_missed = stable_obs.is_some_and(|o| o.deadline_exceeded);
+        if deadline_missed && old_phase != Some(Phase::Failed) {
+            d.note(
+                NoteKind::Warning,
+                "ProgressDeadlineExceeded",
+                format!(
+                    "revision {} (version {}) is not available",
+                    stable.revision, stable.version
+                ),
+            );
         }
+        if !deadline_missed {
+            d.requeue_within(PROGRESS_POLL);
+        }
+        let reason = if deadline_missed {
+            "ProgressDeadlineExceeded"
+        } else {
+            "NewRevision"
+        };
+        let cs = &mut d.status.conditions;
         conditions::set(
-            c,
+            cs,
             conditions::PROGRESSING,
             !deadline_missed,
-            if deadline_missed {
-                "ProgressDeadlineExceeded"
-            } else {
-                "NewRevision"
-            },
+            reason,
             format!("revision {} is starting", stable.revision),
             generation,
-            &now_time,
+            &now,
         );
         conditions::set(
-            c,
+            cs,
             conditions::DEGRADED,
             deadline_missed,
-            if deadline_missed {
-                "ProgressDeadlineExceeded"
-            } else {
-                "Starting"
-            },
+            reason,
             "",
             generation,
-            &now_time,
+            &now,
         );
-    } else {
-        // Stable revision lost pods after it was available: keep the phase,
-        // Ready says the rest.
-        status.phase = old.phase.or(Some(Phase::Stable));
-    }
+        if deadline_missed {
+            (
+                Phase::Failed,
+                format!(
+                    "revision {} was not available within the progress deadline; its pods keep trying",
+                    stable.revision
+                ),
+            )
+        } else {
+            (
+                Phase::Pending,
+                format!(
+                    "revision {} (version {}) is starting",
+                    stable.revision, stable.version
+                ),
+            )
+        }
+    };
+    d.status.phase = Some(phase);
+    d.status.message = Some(message);
+    let _ = target;
 
-    let stable_obs = observed.get(&stable.hash);
     let (ready, reason, message) = if stable_ready {
         (
             true,
@@ -434,24 +571,17 @@ pub fn decide(input: &Input<'_>) -> Decision {
         )
     };
     conditions::set(
-        &mut status.conditions,
+        &mut d.status.conditions,
         conditions::READY,
         ready,
         reason,
         message,
         generation,
-        &now_time,
+        &now,
     );
-
-    Decision {
-        workloads,
-        status,
-        notes,
-        requeue_after,
-    }
 }
 
-/// A revision keeps its number while its Deployment exists; a new one gets the next.
+/// A revision keeps its number while it is known; a new one gets the next.
 fn revision_number(hash: &str, status: &ModelDeploymentStatus, observed: &Observed) -> i64 {
     let known = [
         status.stable.as_ref(),
@@ -468,49 +598,6 @@ fn revision_number(hash: &str, status: &ModelDeploymentStatus, observed: &Observ
         return o.revision;
     }
     status.latest_revision + 1
-}
-
-/// Deployments to keep: stable and canary sized, the rest at zero up to the
-/// history limit, newest first.
-fn workloads(
-    spec: &ModelDeploymentSpec,
-    status: &ModelDeploymentStatus,
-    observed: &Observed,
-    replicas: i32,
-) -> Vec<RevisionWorkload> {
-    let mut out = Vec::new();
-    let mut push = |hash: &str, revision: i64, version: &str, replicas: i32| {
-        if !out.iter().any(|w: &RevisionWorkload| w.hash == hash) {
-            out.push(RevisionWorkload {
-                hash: hash.to_string(),
-                revision,
-                version: version.to_string(),
-                replicas,
-            });
-        }
-    };
-    if let Some(s) = &status.stable {
-        push(&s.hash, s.revision, &s.version, replicas);
-    }
-    if let Some(c) = &status.canary {
-        push(&c.hash, c.revision, &c.version, replicas);
-    }
-    let mut older: Vec<_> = observed.iter().collect();
-    older.sort_by_key(|(_, o)| std::cmp::Reverse(o.revision));
-    let keep = usize::try_from(spec.revision_history_limit.max(0)).unwrap_or(0);
-    for (hash, o) in older
-        .into_iter()
-        .filter(|(h, _)| !out_contains(status, h))
-        .take(keep)
-    {
-        push(hash, o.revision, &o.version, 0);
-    }
-    out
-}
-
-fn out_contains(status: &ModelDeploymentStatus, hash: &str) -> bool {
-    status.stable.as_ref().is_some_and(|s| s.hash == hash)
-        || status.canary.as_ref().is_some_and(|c| c.hash == hash)
 }
 
 /// The status for a spec the operator refuses: nothing running is touched.

@@ -30,6 +30,9 @@ fn run(
         generation: Some(1),
         status,
         observed,
+        analysis: None,
+        canary_pods_failure: None,
+        request: None,
         now,
     })
 }
@@ -120,8 +123,8 @@ fn a_new_version_replaces_the_old_once_available() {
     let h2 = revision_hash(&v2);
 
     let d = run(&v2, &status, &obs, at(100));
-    assert_eq!(d.status.phase, Some(Phase::Progressing));
-    assert_eq!(d.notes[0].reason, "RevisionStarted");
+    assert_eq!(d.status.phase, Some(Phase::Promoting));
+    assert_eq!(d.notes[0].reason, "RolloutStarted");
     let canary = d.status.canary.clone().unwrap();
     assert_eq!((canary.revision, canary.hash.as_str()), (2, h2.as_str()));
     let sizes: BTreeMap<_, _> = d
@@ -168,7 +171,12 @@ fn a_revision_that_never_becomes_available_is_rolled_back_and_not_retried() {
     let d = run(&v2, &status, &obs, at(100));
     let stuck = observe(&d, &[&revision_hash(&v1)]);
     let late = run(&v2, &d.status, &stuck, at(100 + 601));
-    assert_eq!(late.status.phase, Some(Phase::RolledBack));
+    assert_eq!(
+        late.status.phase,
+        Some(Phase::RolledBack),
+        "{:?}",
+        late.status.message
+    );
     assert!(conditions::is_true(
         &late.status.conditions,
         conditions::DEGRADED
@@ -199,7 +207,7 @@ fn a_revision_that_never_becomes_available_is_rolled_back_and_not_retried() {
     // A new spec moves on.
     let v3 = spec("3.0.0");
     let next = run(&v3, &late.status, &obs, at(2_100));
-    assert_eq!(next.status.phase, Some(Phase::Progressing));
+    assert_eq!(next.status.phase, Some(Phase::Promoting));
     assert_eq!(next.status.canary.as_ref().unwrap().revision, 3);
 }
 

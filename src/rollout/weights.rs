@@ -1,0 +1,156 @@
+//! How many pods each revision runs, and how much traffic the canary gets.
+//! With the `replicas` router the fleet keeps its size and the canary's share
+//! of pods is its share of traffic; with the `gatewayAPI` router the stable
+//! revision keeps its full size and an HTTPRoute splits traffic exactly.
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{
+    CanaryStatus, ModelDeploymentSpec, ModelDeploymentStatus, RevisionStatus, Router,
+};
+use crate::resources::RevisionWorkload;
+
+use super::{Observed, available};
+
+fn router(spec: &ModelDeploymentSpec) -> Router {
+    spec.rollout
+        .as_ref()
+        .map(|r| r.traffic.router)
+        .unwrap_or_default()
+}
+
+/// Pods the canary runs at its current step: its weight's share of the fleet,
+/// at least one while it has any weight, all of them while promoting.
+pub fn canary_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
+    let total = spec.replicas;
+    if c.promoting {
+        return total;
+    }
+    if c.set_weight <= 0 || total == 0 {
+        return 0;
+    }
+    let share = i64::from(total) * i64::from(c.set_weight.min(100));
+    let n = match router(spec) {
+        // Nearest share of the fleet: the split is approximate by nature.
+        Router::Replicas => (share + 50) / 100,
+        // Enough pods to carry the weight the route sends.
+        Router::GatewayApi => (share + 99) / 100,
+    };
+    i32::try_from(n).unwrap_or(total).clamp(1, total)
+}
+
+/// Pods the stable revision runs while a canary is out.
+pub fn stable_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
+    match router(spec) {
+        _ if c.promoting => spec.replicas,
+        Router::Replicas => spec.replicas - canary_replicas(spec, c),
+        Router::GatewayApi => spec.replicas,
+    }
+}
+
+/// The canary's actual share of traffic.
+pub fn achieved(
+    spec: &ModelDeploymentSpec,
+    c: &CanaryStatus,
+    stable: &RevisionStatus,
+    observed: &Observed,
+) -> i32 {
+    let canary_up = observed.get(&c.hash).map_or(0, |o| o.available_replicas);
+    match router(spec) {
+        Router::Replicas => {
+            let stable_up = observed
+                .get(&stable.hash)
+                .map_or(0, |o| o.available_replicas);
+            let total = canary_up + stable_up;
+            if total == 0 {
+                0
+            } else {
+                canary_up * 100 / total
+            }
+        }
+        // Traffic moves only once the canary can carry it.
+        Router::GatewayApi => {
+            let target = if c.promoting { 100 } else { c.set_weight };
+            if available(observed.get(&c.hash), canary_replicas(spec, c)) {
+                target
+            } else {
+                c.weight.min(target)
+            }
+        }
+    }
+}
+
+/// The current setWeight step is reached: both revisions run at their sizes.
+pub fn reached(
+    spec: &ModelDeploymentSpec,
+    c: &CanaryStatus,
+    observed: &Observed,
+    stable: Option<&RevisionStatus>,
+) -> bool {
+    let canary_ok = available(observed.get(&c.hash), canary_replicas(spec, c));
+    let stable_ok = stable.is_none_or(|s| {
+        observed
+            .get(&s.hash)
+            .is_some_and(|o| o.replicas == stable_replicas(spec, c))
+    });
+    canary_ok && stable_ok
+}
+
+/// Every revision Deployment that should exist and its size, newest first
+/// after the serving ones; older ones at zero up to the history limit.
+pub fn workloads(
+    spec: &ModelDeploymentSpec,
+    status: &ModelDeploymentStatus,
+    observed: &Observed,
+    now: Timestamp,
+) -> Vec<RevisionWorkload> {
+    let total = spec.replicas;
+    let mut out: Vec<RevisionWorkload> = Vec::new();
+    let mut push = |r: &RevisionStatus, replicas: i32| {
+        if !out.iter().any(|w| w.hash == r.hash) {
+            out.push(RevisionWorkload {
+                hash: r.hash.clone(),
+                revision: r.revision,
+                version: r.version.clone(),
+                replicas,
+            });
+        }
+    };
+    if let Some(s) = &status.stable {
+        let n = status
+            .canary
+            .as_ref()
+            .map_or(total, |c| stable_replicas(spec, c));
+        push(s, n);
+    }
+    if let Some(c) = &status.canary {
+        push(&super::canary::revision_of(c), canary_replicas(spec, c));
+    }
+    if let Some(dr) = &status.draining {
+        push(dr, total);
+    }
+    if let Some(p) = &status.previous {
+        let keep = status
+            .previous_scale_down_at
+            .as_ref()
+            .is_some_and(|at| now < at.0);
+        push(p, if keep { total } else { 0 });
+    }
+    let serving = out.len();
+    let mut older: Vec<_> = observed
+        .iter()
+        .filter(|(h, _)| !out.iter().any(|w| &w.hash == *h))
+        .collect();
+    older.sort_by_key(|(_, o)| std::cmp::Reverse(o.revision));
+    let keep = usize::try_from(spec.revision_history_limit.max(0)).unwrap_or(0);
+    let room = keep.saturating_sub(serving.saturating_sub(1));
+    for (hash, o) in older.into_iter().take(room) {
+        out.push(RevisionWorkload {
+            hash: hash.clone(),
+            revision: o.revision,
+            version: o.version.clone(),
+            replicas: 0,
+        });
+    }
+    out
+}
