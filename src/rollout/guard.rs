@@ -93,7 +93,9 @@ fn roll_back_to_previous(d: &mut Draft<'_>, bad: &RevisionStatus, why: String) {
             bad.revision, bad.version, previous.revision
         ),
     );
-    d.status.draining = Some(bad.clone());
+    if !available(d.input.observed.get(&previous.hash), d.input.spec.replicas) {
+        d.status.draining = Some(bad.clone());
+    }
     d.status.rolled_back = Some(bad.clone());
     d.status.stable = Some(previous);
     d.status.previous = None;

@@ -627,3 +627,6 @@ pub fn invalid_spec(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod canary_tests;

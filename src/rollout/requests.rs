@@ -176,7 +176,9 @@ fn rollback_to(d: &mut Draft<'_>, revision: i64, target: &RevisionStatus) -> (No
         crate::api::Outcome::RolledBack,
         format!("rolled back to revision {revision} by request"),
     );
-    d.status.draining = Some(stable.clone());
+    if !super::available(d.input.observed.get(&old.hash), d.input.spec.replicas) {
+        d.status.draining = Some(stable.clone());
+    }
     d.status.stable = Some(old);
     d.status.previous = None;
     d.status.previous_scale_down_at = None;

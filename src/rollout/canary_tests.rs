@@ -1,0 +1,633 @@
+//! Canary stories and invariants, with a tiny stand-in for the Deployment
+//! controller: every workload reaches its size unless told otherwise.
+
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::api::{CheckStatus, CheckVerdict, ModelDeploymentSpec, PauseReason, validate};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+fn canary_spec(version: &str, extra: Value) -> ModelDeploymentSpec {
+    let mut v = json!({
+        "model": {"version": version, "image": format!("example/model:{version}")},
+        "replicas": 10,
+        "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}},
+        "rollout": {
+            "strategy": "canary",
+            "steps": [
+                {"setWeight": 20},
+                {"pause": {"duration": "60s"}},
+                {"setWeight": 50},
+                {"analysis": {}},
+                {"setWeight": 80}
+            ],
+            "scaleDownDelay": "30s",
+            "analysis": {
+                "interval": "30s", "failureLimit": 3, "inconclusiveLimit": 4,
+                "checks": [{"name": "errors", "errorRate": {"max": 0.01}}]
+            }
+        },
+        "guard": {"window": "10m", "interval": "30s", "failureLimit": 2,
+                  "checks": [{"name": "errors", "errorRate": {"max": 0.02}}]}
+    });
+    merge(&mut v, extra);
+    serde_json::from_value(v).unwrap()
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+fn run_with(verdict: CheckVerdict, at: Timestamp) -> AnalysisRun {
+    AnalysisRun {
+        at,
+        checks: vec![CheckStatus {
+            name: "errors".into(),
+            value: Some(match verdict {
+                CheckVerdict::Fail => 0.05,
+                _ => 0.001,
+            }),
+            threshold: Some(0.01),
+            verdict,
+            samples: 3000,
+            message: None,
+        }],
+        decisive: false,
+    }
+}
+
+struct Sim {
+    spec: ModelDeploymentSpec,
+    status: ModelDeploymentStatus,
+    observed: Observed,
+    t: i64,
+    /// Revisions whose pods never become available.
+    broken: BTreeSet<String>,
+    notes: Vec<Note>,
+    last: Option<Decision>,
+}
+
+impl Sim {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + self.t).unwrap()
+    }
+
+    /// A stable v1 at rest.
+    fn settled(spec: ModelDeploymentSpec) -> Self {
+        let mut sim = Sim {
+            spec,
+            status: ModelDeploymentStatus::default(),
+            observed: Observed::new(),
+            t: 0,
+            broken: BTreeSet::new(),
+            notes: Vec::new(),
+            last: None,
+        };
+        sim.tick(None, None, None);
+        sim.tick(None, None, None);
+        assert_eq!(sim.status.phase, Some(Phase::Stable));
+        sim
+    }
+
+    fn tick(
+        &mut self,
+        run: Option<AnalysisRun>,
+        pods: Option<&str>,
+        request: Option<&Request>,
+    ) -> &Decision {
+        let valid = validate(&self.spec).unwrap();
+        let d = decide(&Input {
+            spec: &self.spec,
+            valid: &valid,
+            generation: Some(1),
+            status: &self.status,
+            observed: &self.observed,
+            analysis: run.as_ref(),
+            canary_pods_failure: pods,
+            request,
+            now: self.now(),
+        });
+        // Deciding again on its own output changes nothing.
+        let again = decide(&Input {
+            spec: &self.spec,
+            valid: &valid,
+            generation: Some(1),
+            status: &d.status,
+            observed: &self.observed,
+            analysis: run.as_ref(),
+            canary_pods_failure: None,
+            request,
+            now: self.now(),
+        });
+        assert_eq!(
+            again.status, d.status,
+            "a second decision changed the status"
+        );
+        self.observed = d
+            .workloads
+            .iter()
+            .map(|w| {
+                let up = !self.broken.contains(&w.hash);
+                (
+                    w.hash.clone(),
+                    ObservedRevision {
+                        revision: w.revision,
+                        version: w.version.clone(),
+                        image: format!("example/model:{}", w.version),
+                        replicas: w.replicas,
+                        available_replicas: if up { w.replicas } else { 0 },
+                        up_to_date: true,
+                        deadline_exceeded: false,
+                    },
+                )
+            })
+            .collect();
+        self.status = d.status.clone();
+        self.notes.extend(d.notes.iter().cloned());
+        self.last = Some(d);
+        self.last.as_ref().unwrap()
+    }
+
+    /// Time passes by one analysis interval, with one run of the given verdict.
+    fn interval(&mut self, verdict: CheckVerdict) -> &Decision {
+        self.t += 30;
+        let due = {
+            let valid = validate(&self.spec).unwrap();
+            analysis_due(&self.spec, &valid, &self.status, self.now())
+        };
+        let run = due.then(|| run_with(verdict, self.now()));
+        self.tick(run, None, None)
+    }
+
+    /// Start rolling out `spec` and let its first pods come up.
+    fn start(&mut self, spec: ModelDeploymentSpec) {
+        self.spec = spec;
+        self.tick(None, None, None);
+        self.t += 5;
+        self.tick(None, None, None);
+    }
+
+    fn sizes(&self) -> BTreeMap<i64, i32> {
+        self.last
+            .as_ref()
+            .unwrap()
+            .workloads
+            .iter()
+            .map(|w| (w.revision, w.replicas))
+            .collect()
+    }
+
+    fn reasons(&self) -> Vec<&'static str> {
+        self.notes.iter().map(|n| n.reason).collect()
+    }
+}
+
+#[test]
+fn a_good_canary_is_promoted_step_by_step() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    assert_eq!(
+        sim.sizes(),
+        BTreeMap::from([(1, 8), (2, 2)]),
+        "20% of 10 pods, fleet size kept"
+    );
+    let mut weights = Vec::new();
+    for _ in 0..20 {
+        sim.interval(CheckVerdict::Pass);
+        if let Some(c) = &sim.status.canary {
+            weights.push(c.set_weight);
+        }
+        if sim.status.phase == Some(Phase::Stable) {
+            break;
+        }
+    }
+    weights.dedup();
+    assert_eq!(weights, vec![20, 50, 80], "steps in order");
+    assert_eq!(sim.status.stable.as_ref().unwrap().revision, 2);
+    assert_eq!(
+        sim.status.history.last().unwrap().outcome,
+        Outcome::Promoted
+    );
+    assert!(sim.reasons().contains(&"Promoting") && sim.reasons().contains(&"Promoted"));
+    // The old revision keeps its pods for scaleDownDelay, then lets go.
+    assert_eq!(sim.sizes()[&1], 10);
+    sim.interval(CheckVerdict::Pass);
+    sim.interval(CheckVerdict::Pass);
+    assert_eq!(sim.sizes()[&1], 0);
+    assert!(
+        sim.status.guard.is_some(),
+        "the guard watches the promoted revision"
+    );
+}
+
+#[test]
+fn failed_checks_in_a_row_roll_back_and_cut_canary_traffic_at_once() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.start(canary_spec("2.0.0", json!({})));
+    sim.interval(CheckVerdict::Fail);
+    sim.interval(CheckVerdict::Fail);
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    let d = sim.interval(CheckVerdict::Fail);
+    assert_eq!(d.status.phase, Some(Phase::RolledBack));
+    assert_eq!(d.canary_weight, 0);
+    let sizes = sim.sizes();
+    assert_eq!((sizes[&1], sizes[&2]), (10, 0));
+    let rb = sim.notes.iter().find(|n| n.reason == "RolledBack").unwrap();
+    assert_eq!(rb.kind, NoteKind::Warning);
+    assert!(
+        rb.message
+            .contains("errors: value 0.0500 vs threshold 0.0100"),
+        "{}",
+        rb.message
+    );
+    assert!(conditions::is_true(
+        &sim.status.conditions,
+        conditions::DEGRADED
+    ));
+}
+
+#[test]
+fn a_decisive_failure_rolls_back_in_one_interval() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    sim.t += 30;
+    let mut run = run_with(CheckVerdict::Fail, sim.now());
+    run.decisive = true;
+    sim.tick(Some(run), None, None);
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+}
+
+#[test]
+fn crash_looping_canary_pods_roll_back_without_waiting_for_data() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    sim.t += 5;
+    sim.tick(None, Some("container model in CrashLoopBackOff"), None);
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    assert!(
+        sim.status
+            .history
+            .last()
+            .unwrap()
+            .reason
+            .contains("CrashLoopBackOff")
+    );
+}
+
+#[test]
+fn a_canary_that_never_gets_ready_is_rolled_back_at_the_deadline() {
+    let mut sim = Sim::settled(canary_spec(
+        "1.0.0",
+        json!({"rollout": {"progressDeadline": "2m"}}),
+    ));
+    sim.spec = canary_spec("2.0.0", json!({"rollout": {"progressDeadline": "2m"}}));
+    sim.broken.insert(revision_hash(&sim.spec));
+    sim.tick(None, None, None);
+    for _ in 0..3 {
+        sim.interval(CheckVerdict::Inconclusive);
+        assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    }
+    sim.interval(CheckVerdict::Inconclusive);
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+}
+
+#[test]
+fn no_data_pauses_and_never_promotes() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    for _ in 0..12 {
+        sim.interval(CheckVerdict::Inconclusive);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::Paused));
+    let c = sim.status.canary.clone().unwrap();
+    assert_eq!(c.paused, Some(PauseReason::Inconclusive));
+    assert_eq!(
+        (c.step, c.set_weight),
+        (3, 50),
+        "held at the analysis step: {c:?}"
+    );
+    assert!(sim.reasons().contains(&"AnalysisInconclusive"));
+    // A resume starts the count again.
+    sim.t += 1;
+    sim.tick(None, None, Some(&Request::new("r1", RequestAction::Resume)));
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    assert_eq!(
+        sim.status.analysis.as_ref().unwrap().inconclusive_in_a_row,
+        0
+    );
+}
+
+#[test]
+fn inconclusive_can_be_a_rollback_by_policy() {
+    let extra = json!({"rollout": {"analysis": {"inconclusivePolicy": "rollback"}}});
+    let mut sim = Sim::settled(canary_spec("1.0.0", extra.clone()));
+    sim.start(canary_spec("2.0.0", extra));
+    for _ in 0..4 {
+        sim.interval(CheckVerdict::Inconclusive);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+}
+
+#[test]
+fn the_last_step_waits_for_a_passing_run_before_promotion() {
+    let extra = json!({"rollout": {"steps": [{"setWeight": 50}]}});
+    let mut sim = Sim::settled(canary_spec("1.0.0", extra.clone()));
+    sim.spec = canary_spec("2.0.0", extra);
+    sim.tick(None, None, None);
+    sim.interval(CheckVerdict::Inconclusive);
+    sim.interval(CheckVerdict::Inconclusive);
+    assert_ne!(sim.status.phase, Some(Phase::Promoting));
+    assert!(!sim.status.canary.as_ref().unwrap().promoting);
+    sim.interval(CheckVerdict::Pass);
+    assert_eq!(sim.status.phase, Some(Phase::Promoting));
+}
+
+#[test]
+fn an_untimed_pause_waits_for_promote() {
+    let extra =
+        json!({"rollout": {"steps": [{"setWeight": 30}, {"pause": {}}, {"setWeight": 60}]}});
+    let mut sim = Sim::settled(canary_spec("1.0.0", extra.clone()));
+    sim.spec = canary_spec("2.0.0", extra);
+    sim.tick(None, None, None);
+    for _ in 0..5 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::Paused));
+    assert_eq!(
+        sim.status.canary.as_ref().unwrap().paused,
+        Some(PauseReason::Step)
+    );
+    let promote = Request::new("p1", RequestAction::Promote);
+    sim.t += 1;
+    sim.tick(None, None, Some(&promote));
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    assert_eq!(sim.status.canary.as_ref().unwrap().set_weight, 60);
+    // The same request again is not carried out twice.
+    let requests = |sim: &Sim| sim.notes.iter().filter(|n| n.reason == "Request").count();
+    assert_eq!(requests(&sim), 1);
+    sim.t += 1;
+    sim.tick(None, None, Some(&promote));
+    assert_eq!(requests(&sim), 1);
+    assert_eq!(sim.status.last_request.as_deref(), Some("p1"));
+}
+
+#[test]
+fn abort_then_retry() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    sim.t += 1;
+    sim.tick(None, None, Some(&Request::new("a", RequestAction::Abort)));
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    assert_eq!(sim.sizes()[&2], 0);
+    sim.t += 60;
+    sim.tick(None, None, None);
+    assert_eq!(
+        sim.status.phase,
+        Some(Phase::RolledBack),
+        "not retried on its own"
+    );
+    sim.t += 1;
+    sim.tick(None, None, Some(&Request::new("b", RequestAction::Retry)));
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    let c = sim.status.canary.as_ref().unwrap();
+    assert_eq!((c.revision, c.step), (2, 0));
+}
+
+#[test]
+fn a_new_version_mid_rollout_restarts_it() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    for _ in 0..4 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert!(sim.status.canary.as_ref().unwrap().step >= 2);
+    sim.spec = canary_spec("3.0.0", json!({}));
+    sim.t += 1;
+    sim.tick(None, None, None);
+    let c = sim.status.canary.as_ref().unwrap();
+    assert_eq!((c.revision, c.step, c.set_weight), (3, 0, 20));
+    assert_eq!(sim.sizes()[&2], 0, "the abandoned canary gets no traffic");
+    assert_eq!(
+        sim.status.history.last().unwrap().outcome,
+        Outcome::Superseded
+    );
+}
+
+#[test]
+fn the_guard_rolls_back_to_the_previous_revision() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    while sim.status.phase != Some(Phase::Stable) {
+        sim.interval(CheckVerdict::Pass);
+    }
+    for _ in 0..4 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert_eq!(sim.sizes()[&1], 0, "previous scaled down after the delay");
+    sim.interval(CheckVerdict::Fail);
+    assert_eq!(sim.status.phase, Some(Phase::Stable));
+    sim.interval(CheckVerdict::Fail);
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    assert_eq!(sim.status.stable.as_ref().unwrap().revision, 1);
+    assert_eq!(sim.status.rolled_back.as_ref().unwrap().revision, 2);
+    let rb = sim.status.history.last().unwrap();
+    assert!(rb.reason.contains("guard"), "{}", rb.reason);
+    // The bad revision keeps its pods until the restored one is available.
+    assert_eq!(sim.sizes(), BTreeMap::from([(1, 10), (2, 10)]));
+    sim.t += 5;
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes()[&2], 0);
+    assert!(sim.status.draining.is_none());
+}
+
+#[test]
+fn the_guard_ends_after_its_window() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    while sim.status.phase != Some(Phase::Stable) {
+        sim.interval(CheckVerdict::Pass);
+    }
+    for _ in 0..25 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert!(sim.status.guard.is_none());
+    assert!(sim.reasons().contains(&"GuardPassed"));
+}
+
+#[test]
+fn the_gateway_router_keeps_stable_whole_and_moves_weight_when_the_canary_is_ready() {
+    let extra = json!({"rollout": {"traffic": {"router": "gatewayAPI",
+        "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}}});
+    let mut sim = Sim::settled(canary_spec("1.0.0", extra.clone()));
+    sim.spec = canary_spec("2.0.0", extra);
+    let d = sim.tick(None, None, None);
+    assert_eq!(d.canary_weight, 0, "no traffic before the canary is ready");
+    assert_eq!(sim.sizes(), BTreeMap::from([(1, 10), (2, 2)]));
+    sim.t += 5;
+    let d = sim.tick(None, None, None);
+    assert_eq!(d.canary_weight, 20);
+}
+
+#[test]
+fn rollback_to_an_older_revision_by_request() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    while sim.status.phase != Some(Phase::Stable) {
+        sim.interval(CheckVerdict::Pass);
+    }
+    sim.t += 1;
+    sim.tick(
+        None,
+        None,
+        Some(&Request::new(
+            "x",
+            RequestAction::RollbackTo { revision: 1 },
+        )),
+    );
+    assert_eq!(sim.status.stable.as_ref().unwrap().revision, 1);
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    sim.t += 1;
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes()[&2], 0);
+    assert_eq!(sim.sizes()[&1], 10);
+}
+
+#[test]
+fn requests_round_trip_through_the_annotation() {
+    for action in [
+        RequestAction::Promote,
+        RequestAction::PromoteFull,
+        RequestAction::Pause,
+        RequestAction::Resume,
+        RequestAction::Abort,
+        RequestAction::Retry,
+        RequestAction::RollbackTo { revision: 3 },
+    ] {
+        let r = Request::new("id-1", action);
+        assert_eq!(Request::parse(&r.to_annotation()).unwrap(), r);
+    }
+    assert!(Request::parse("promote").is_err());
+    assert!(Request::parse(r#"{"id":"","action":"promote"}"#).is_err());
+    assert!(Request::parse(r#"{"id":"1","action":"explode"}"#).is_err());
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Interval(Option<CheckVerdict>, bool),
+    PodsFail,
+    Break,
+    Req(u8),
+    NewVersion,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        6 => (prop_oneof![Just(None), Just(Some(CheckVerdict::Pass)), Just(Some(CheckVerdict::Fail)), Just(Some(CheckVerdict::Inconclusive))], any::<bool>())
+            .prop_map(|(v, decisive)| Event::Interval(v, decisive)),
+        1 => Just(Event::PodsFail),
+        1 => Just(Event::Break),
+        1 => (0u8..7).prop_map(Event::Req),
+        1 => Just(Event::NewVersion),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Invariants of every decision along random rollouts.
+    #[test]
+    fn rollout_invariants(events in proptest::collection::vec(event(), 1..40), gateway in any::<bool>()) {
+        let extra = if gateway {
+            json!({"rollout": {"traffic": {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}}}})
+        } else {
+            json!({})
+        };
+        let mut sim = Sim::settled(canary_spec("1.0.0", extra.clone()));
+        let mut version = 2;
+        sim.spec = canary_spec("2.0.0", extra.clone());
+        for (i, ev) in events.into_iter().enumerate() {
+            let before = sim.status.clone();
+            let mut run = None;
+            let mut pods = None;
+            let mut req = None;
+            sim.t += 30;
+            match ev {
+                Event::Interval(v, decisive) => {
+                    let valid = validate(&sim.spec).unwrap();
+                    if let Some(v) = v.filter(|_| analysis_due(&sim.spec, &valid, &sim.status, sim.now())) {
+                        let mut r = run_with(v, sim.now());
+                        r.decisive = decisive && v == CheckVerdict::Fail;
+                        run = Some(r);
+                    }
+                }
+                Event::PodsFail => pods = Some("OOMKilled"),
+                Event::Break => { sim.broken.insert(revision_hash(&sim.spec)); }
+                Event::Req(k) => {
+                    let action = match k {
+                        0 => RequestAction::Promote,
+                        1 => RequestAction::PromoteFull,
+                        2 => RequestAction::Pause,
+                        3 => RequestAction::Resume,
+                        4 => RequestAction::Abort,
+                        5 => RequestAction::Retry,
+                        _ => RequestAction::RollbackTo { revision: 1 },
+                    };
+                    req = Some(Request::new(format!("req-{i}"), action));
+                }
+                Event::NewVersion => {
+                    version += 1;
+                    sim.spec = canary_spec(&format!("{version}.0.0"), extra.clone());
+                }
+            }
+            let failing = run.as_ref().map(|r| r.verdict() == CheckVerdict::Fail && (r.decisive || before.analysis.as_ref().map_or(0, |a| a.failed_in_a_row) + 1 >= 3)).unwrap_or(false);
+            let had_canary = before.canary.is_some();
+            let d = sim.tick(run.clone(), pods, req.as_ref()).clone();
+
+            // Weights stay in 0..=100, and the canary never asks for more than its step allows.
+            prop_assert!((0..=100).contains(&d.canary_weight));
+            if let Some(c) = &d.status.canary {
+                prop_assert!((0..=100).contains(&c.weight) && (0..=100).contains(&c.set_weight));
+                let allowed = sim.spec.rollout.as_ref().unwrap().steps.iter()
+                    .take(usize::try_from(c.step).unwrap() + 1)
+                    .filter_map(|s| s.set_weight).max().unwrap_or(0);
+                prop_assert!(c.promoting || c.set_weight <= allowed, "set_weight {} above step allowance {}", c.set_weight, allowed);
+            }
+            // A reached failure limit takes canary traffic to zero in the same decision.
+            if had_canary && failing && before.canary.as_ref().is_some_and(|c| c.paused.is_none()) && req.is_none() {
+                prop_assert_eq!(d.canary_weight, 0);
+                prop_assert!(d.status.canary.is_none());
+            }
+            // Promotion never follows a failed or inconclusive judgement.
+            let promoted_now = d.status.history.len() >= before.history.len()
+                && d.status.history.last().is_some_and(|h| h.outcome == Outcome::Promoted)
+                && d.status.history.last() != before.history.last();
+            if promoted_now {
+                let last = before.analysis.as_ref().map(|a| a.checks.clone()).unwrap_or_default();
+                let forced = before.canary.as_ref().is_some_and(|c| c.promoting) || req.is_some();
+                prop_assert!(forced || (!last.is_empty() && last.iter().all(|c| c.verdict == CheckVerdict::Pass)));
+            }
+            // Sizes never go negative and the canary never doubles the fleet on the replicas router.
+            for w in &d.workloads {
+                prop_assert!(w.replicas >= 0 && w.replicas <= sim.spec.replicas);
+            }
+        }
+    }
+}
