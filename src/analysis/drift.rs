@@ -159,6 +159,12 @@ pub struct DriftScores {
 // Numerical kernels
 // ---------------------------------------------------------------------------
 
+/// ln 2 split in two: `LN2_HI` has 21 trailing zero bits, so `n * LN2_HI` is
+/// exact for the integers `n` below 2^21 that [`fast_ln`] and
+/// [`fast_exp_nonpositive`] use; `LN2_HI + LN2_LO` is ln 2 to ~1e-26.
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+
 /// Natural logarithm, accurate to a few ulp for every positive finite input
 /// (subnormals included), written branch-free so the compiler vectorises the
 /// drift loops; `f64::ln` is a libm call that it cannot vectorise, and three
@@ -178,9 +184,6 @@ pub(crate) fn fast_ln(x: f64) -> f64 {
     const TWO_POW_54: f64 = 18_014_398_509_481_984.0;
     // 2^52 + 1023: lets the biased exponent become an f64 without an int→float conversion.
     const EXP_MAGIC: f64 = 4_503_599_627_371_519.0;
-    // ln 2 split so that e * LN2_HI is exact for |e| < 2^11.
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
 
     let subnormal = x < f64::MIN_POSITIVE;
     let xs = if subnormal { x * TWO_POW_54 } else { x };
@@ -227,8 +230,6 @@ fn x_ln_x(x: f64) -> f64 {
 #[inline(always)]
 pub(crate) fn fast_exp_nonpositive(x: f64) -> f64 {
     const LOG2_E: f64 = std::f64::consts::LOG2_E;
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     const ROUND: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
     let xc = x.max(-746.0);
     let shifted = xc * LOG2_E + ROUND;
@@ -1252,7 +1253,13 @@ mod tests {
         let mut x = 1e-310f64;
         let mut worst = 0.0f64;
         while x < 1e300 {
-            for y in [x, x * 1.1, x * 1.37, x * 1.4142, x * 1.9999] {
+            for y in [
+                x,
+                x * 1.1,
+                x * 1.37,
+                x * std::f64::consts::SQRT_2,
+                x * 1.9999,
+            ] {
                 let want = y.ln();
                 let got = fast_ln(y);
                 let err = if want == 0.0 {
@@ -1270,7 +1277,7 @@ mod tests {
             1.0 - 1e-12,
             0.5,
             2.0,
-            0.7071067811865476,
+            std::f64::consts::FRAC_1_SQRT_2,
             1e-4,
             5e-324,
         ] {
@@ -1283,6 +1290,21 @@ mod tests {
             worst = worst.max(err);
         }
         assert!(worst < 1e-15, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn fast_exp_matches_std() {
+        let mut worst = 0.0f64;
+        let mut x = 0.0f64;
+        while x > -708.0 {
+            let (want, got) = (x.exp(), fast_exp_nonpositive(x));
+            worst = worst.max(((got - want) / want).abs());
+            x -= 0.0137;
+        }
+        assert!(worst < 1e-15, "worst relative error {worst}");
+        assert_eq!(fast_exp_nonpositive(0.0), 1.0);
+        assert_eq!(fast_exp_nonpositive(-710.0), 0.0);
+        assert_eq!(fast_exp_nonpositive(f64::NEG_INFINITY), 0.0);
     }
 
     #[test]
@@ -1432,6 +1454,10 @@ mod tests {
             let batch = DriftBatch::new(f, k, &reference).unwrap();
             let mut out = vec![None; f];
             batch.score(&observed, &mut out).unwrap();
+            // The portable (non-SIMD-dispatched) code path gives the same bits.
+            let mut portable = vec![None; f];
+            batch.score_impl(&observed, &mut portable).unwrap();
+            prop_assert_eq!(&portable, &out);
             let mut psi_out = vec![None; f];
             batch.score_psi(&observed, &mut psi_out).unwrap();
             let mut js_out = vec![None; f];

@@ -336,6 +336,53 @@ pub fn histogram_quantile(q: f64, hist: &Histogram) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Random valid histograms: ascending finite bounds (possibly negative),
+    /// then +Inf; per-bucket counts, some zero.
+    fn histogram() -> impl Strategy<Value = Histogram> {
+        (1usize..15)
+            .prop_flat_map(|k| {
+                (
+                    -5.0f64..5.0,
+                    proptest::collection::vec(0.001f64..3.0, k),
+                    proptest::collection::vec(prop_oneof![Just(0.0), 0.0f64..1000.0], k + 1),
+                )
+            })
+            .prop_map(|(start, widths, counts)| {
+                let mut bounds: Vec<f64> = widths
+                    .iter()
+                    .scan(start, |b, w| {
+                        *b += w;
+                        Some(*b)
+                    })
+                    .collect();
+                bounds.push(f64::INFINITY);
+                Histogram::from_bucket_counts(bounds, &counts).unwrap()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn quantile_monotone_in_q(h in histogram(), a in 0.0f64..=1.0, b in 0.0f64..=1.0) {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            match (histogram_quantile(lo, &h), histogram_quantile(hi, &h)) {
+                (Some(x), Some(y)) if !x.is_nan() && !y.is_nan() => {
+                    prop_assert!(x <= y, "q={lo} -> {x}, q={hi} -> {y}");
+                    // Within the finite bounds, or 0 below a positive first bound.
+                    let finite = &h.upper_bounds()[..h.upper_bounds().len() - 1];
+                    if let (Some(first), Some(last)) = (finite.first(), finite.last()) {
+                        prop_assert!(x >= first.min(0.0) && y <= *last);
+                    }
+                }
+                (None, None) => prop_assert_eq!(h.total(), 0.0),
+                (x, y) => prop_assert!(
+                    x.is_some_and(f64::is_nan) || y.is_some_and(f64::is_nan) || h.total() == 0.0,
+                    "{x:?} {y:?}"
+                ),
+            }
+        }
+    }
 
     fn h(bounds: &[f64], counts: &[f64]) -> Histogram {
         Histogram::new(bounds.to_vec(), counts.to_vec()).unwrap()
