@@ -5,7 +5,8 @@
 //! counts, mismatched lengths, empty distributions) gives a [`DriftError`].
 //! Exact formulas are stated on each function; `scripts/gen_analysis_fixtures.py`
 //! computes the same quantities with numpy/scipy and the fixture tests hold
-//! the two within 1e-9 relative.
+//! the two within 1e-9 relative (plus 1e-15 absolute, for values that are
+//! differences of O(1) numbers; see `tests/analysis_fixtures.rs`).
 //!
 //! For many features at once use [`DriftBatch`]: it precomputes the
 //! reference side once and scores PSI, Jensen–Shannon and Kolmogorov–Smirnov
