@@ -1,0 +1,8 @@
+//! Pure statistics for judging model versions: histograms and PromQL
+//! quantiles, drift distances, multiple-testing corrections and
+//! classification quality. No I/O.
+
+pub mod drift;
+pub mod histogram;
+pub mod multiple_testing;
+pub mod quality;
