@@ -5,4 +5,5 @@
 pub mod drift;
 pub mod histogram;
 pub mod multiple_testing;
+pub mod pods;
 pub mod quality;

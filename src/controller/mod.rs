@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
@@ -79,6 +79,7 @@ pub struct Context {
     pub metrics: Metrics,
     deployments: Store<Deployment>,
     services: Store<Service>,
+    pods: Store<Pod>,
     written: Mutex<HashMap<ObjectRef<ModelDeployment>, WrittenStatus>>,
     failures: Mutex<HashMap<ObjectRef<Watched>, u32>>,
     /// Undecodable objects already reported, by resourceVersion.
@@ -181,7 +182,14 @@ async fn run_scope(
         .default_backoff()
         .touched_objects();
     let (services, service_writer) = reflector::store();
-    let service_stream = reflector::reflector(service_writer, watcher(service_api, owned))
+    let service_stream = reflector::reflector(service_writer, watcher(service_api, owned.clone()))
+        .default_backoff()
+        .touched_objects();
+    // Pods belong to ReplicaSets, not to the ModelDeployment: map them back by
+    // label, so a crash-looping canary pod is seen at once.
+    let pod_api: Api<Pod> = scoped(&client, ns.as_deref());
+    let (pods, pod_writer) = reflector::store();
+    let pod_stream = reflector::reflector(pod_writer, watcher(pod_api, owned))
         .default_backoff()
         .touched_objects();
 
@@ -198,6 +206,7 @@ async fn run_scope(
         metrics,
         deployments: deployments.clone(),
         services: services.clone(),
+        pods: pods.clone(),
         written: Mutex::default(),
         failures: Mutex::default(),
         reported_undecodable: Mutex::default(),
@@ -223,9 +232,10 @@ async fn run_scope(
         let synced = futures::join!(
             main_store.wait_until_ready(),
             deployments.wait_until_ready(),
-            services.wait_until_ready()
+            services.wait_until_ready(),
+            pods.wait_until_ready()
         );
-        if synced.0.is_ok() && synced.1.is_ok() && synced.2.is_ok() {
+        if synced.0.is_ok() && synced.1.is_ok() && synced.2.is_ok() && synced.3.is_ok() {
             on_synced();
         }
     });
@@ -233,6 +243,10 @@ async fn run_scope(
     controller
         .owns_stream(deploy_stream)
         .owns_stream(service_stream)
+        .watches_stream(pod_stream, |pod: Pod| {
+            let name = pod.labels().get(labels::NAME)?.clone();
+            Some(ObjectRef::new(&name).within(&pod.namespace()?))
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -324,6 +338,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
         .collect();
     let observed = observe::revisions(&owned);
     let request = pending_request(md);
+    let canary_pods_failure = canary_health(md, ctx, &status, &valid, now);
     let decision = rollout::decide(&Input {
         spec: &md.spec,
         valid: &valid,
@@ -331,7 +346,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
         status: &status,
         observed: &observed,
         analysis: None,
-        canary_pods_failure: None,
+        canary_pods_failure: canary_pods_failure.as_deref(),
         request: request.as_ref(),
         now,
     });
@@ -407,6 +422,38 @@ async fn report_undecodable(
         }
     }
     Ok(Action::await_change())
+}
+
+/// Why the canary's pods are unhealthy, straight from pod status.
+fn canary_health(
+    md: &ModelDeployment,
+    ctx: &Context,
+    status: &ModelDeploymentStatus,
+    valid: &crate::api::ValidSpec,
+    now: Timestamp,
+) -> Option<String> {
+    let canary = status.canary.as_ref()?;
+    let ns = md.namespace();
+    let name = md.name_any();
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace() == ns
+                && p.labels().get(labels::NAME) == Some(&name)
+                && p.labels().get(labels::HASH) == Some(&canary.hash)
+        })
+        .collect();
+    let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
+    let max = md
+        .spec
+        .rollout
+        .as_ref()
+        .map_or(crate::api::RestartsCheck::default().max, |r| {
+            r.analysis.restarts.max
+        });
+    crate::analysis::pods::unhealthy(&refs, max, valid.progress_deadline, now)
 }
 
 /// The `kubectl modeldeploy` request on the object, if it carries a readable one.
