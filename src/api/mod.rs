@@ -1,6 +1,7 @@
 //! The `ModelDeployment` API: types, schema rules, and the checks the schema
 //! cannot express. No I/O.
 
+pub mod presets;
 mod quantity;
 pub mod spec;
 pub mod status;

@@ -28,8 +28,10 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidSpec 
 }
 
 /// Durations and raw pod fields of a spec, parsed once.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ValidSpec {
+    /// Which series mean traffic, errors, latency, inputs and outcomes.
+    pub names: super::presets::Names,
     pub metrics_interval: Duration,
     pub analysis_interval: Duration,
     pub progress_deadline: Duration,
@@ -85,6 +87,12 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
     validate_resources(spec)?;
     let pod = decode_raw_pod_fields(spec.template.as_ref())?;
     let metrics_interval = parse_interval("spec.metrics.interval", &spec.metrics.interval)?;
+    let names = super::presets::Names::resolve(spec.metrics.preset, &spec.metrics.names).map_err(
+        |message| InvalidSpec {
+            field: "spec.metrics.names.errors.matches".into(),
+            message,
+        },
+    )?;
 
     let rollout = spec.rollout.clone().unwrap_or_default();
     let analysis_interval =
@@ -161,6 +169,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
     };
 
     Ok(ValidSpec {
+        names,
         metrics_interval,
         analysis_interval,
         progress_deadline,
