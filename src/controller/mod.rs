@@ -39,6 +39,10 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no {0}")]
     MissingField(&'static str),
+    #[error(
+        "spec.rollout.traffic.router is gatewayAPI but the cluster has no HTTPRoute (gateway.networking.k8s.io/v1) API: install the Gateway API CRDs"
+    )]
+    GatewayApiMissing,
 }
 
 impl Error {
@@ -53,6 +57,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api_other",
             Error::Kube(_) => "transport",
             Error::MissingField(_) => "malformed_object",
+            Error::GatewayApiMissing => "gateway_api_missing",
         }
     }
 }
@@ -368,6 +373,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
         apply_if_changed(ctx, &ns, desired, current.map(|d| d.as_ref())).await?;
         keep.push(desired_name);
     }
+    route_traffic(md, ctx, &ns, &decision).await?;
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     for stale in owned.iter().filter(|d| !keep.contains(&d.name_any())) {
         info!(deployment = %stale.name_any(), "deleting a revision beyond the history limit");
@@ -422,6 +428,54 @@ async fn report_undecodable(
         }
     }
     Ok(Action::await_change())
+}
+
+/// With the Gateway API router: a Service per variant and the weighted HTTPRoute.
+async fn route_traffic(
+    md: &ModelDeployment,
+    ctx: &Context,
+    ns: &str,
+    decision: &rollout::Decision,
+) -> Result<()> {
+    use crate::resources::gateway::{self, HTTPRoute};
+    let Some(rollout_spec) = md.spec.rollout.as_ref() else {
+        return Ok(());
+    };
+    let Some(gw) = rollout_spec.traffic.gateway_api.as_ref() else {
+        return Ok(());
+    };
+    if rollout_spec.traffic.router != crate::api::Router::GatewayApi {
+        return Ok(());
+    }
+    let Some(stable) = decision.status.stable.as_ref() else {
+        return Ok(());
+    };
+    let canary_hash = decision
+        .status
+        .canary
+        .as_ref()
+        .map_or(stable.hash.as_str(), |c| c.hash.as_str());
+    for (variant, hash) in [
+        (gateway::STABLE, stable.hash.as_str()),
+        (gateway::CANARY, canary_hash),
+    ] {
+        let desired = gateway::variant_service(md, variant, hash);
+        let key = ObjectRef::new(&desired.name_any()).within(ns);
+        apply_if_changed(ctx, ns, desired, ctx.services.get(&key).as_deref()).await?;
+    }
+    let matches = rollout_spec
+        .ab_test
+        .as_ref()
+        .and_then(|ab| ab.matches.clone())
+        .unwrap_or_default();
+    let route = gateway::http_route(md, gw, decision.canary_weight, &matches);
+    let api: Api<HTTPRoute> = Api::namespaced(ctx.client.clone(), ns);
+    let current = api.get_opt(&md.name_any()).await?;
+    // A 404 on apply means the HTTPRoute kind itself is unknown to the cluster.
+    match apply_if_changed(ctx, ns, route, current.as_ref()).await {
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Err(Error::GatewayApiMissing),
+        other => other,
+    }
 }
 
 /// Why the canary's pods are unhealthy, straight from pod status.

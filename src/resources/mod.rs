@@ -13,6 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+pub mod gateway;
+
 use crate::api::{ModelDeployment, ModelDeploymentSpec, ValidSpec, labels};
 
 /// Name of the serving container; also how the operator finds it in pod status.
