@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod operator;
 pub mod resources;

@@ -63,6 +63,46 @@ impl Request {
     }
 }
 
+/// Whether a request can do anything in this state, and if not, why. The
+/// plugin asks before sending; the operator asks again before carrying it out.
+pub fn applicable(
+    status: &crate::api::ModelDeploymentStatus,
+    spec_hash: &str,
+    action: &RequestAction,
+) -> Result<(), String> {
+    let canary = status.canary.as_ref().filter(|c| c.hash == spec_hash);
+    match action {
+        RequestAction::Promote
+        | RequestAction::PromoteFull
+        | RequestAction::Pause
+        | RequestAction::Abort
+            if canary.is_none() =>
+        {
+            Err("no rollout is in progress".into())
+        }
+        RequestAction::Resume if canary.is_none_or(|c| c.paused.is_none()) => {
+            Err("the rollout is not paused".into())
+        }
+        RequestAction::Retry
+            if status
+                .rolled_back
+                .as_ref()
+                .is_none_or(|r| r.hash != spec_hash) =>
+        {
+            Err("the revision the spec names was not rolled back".into())
+        }
+        RequestAction::RollbackTo { revision }
+            if status
+                .stable
+                .as_ref()
+                .is_some_and(|s| s.revision == *revision) =>
+        {
+            Err(format!("revision {revision} already serves"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Carry out a request once. Runs before the rollout moves on, so its effect
 /// is seen in the same decision.
 pub(super) fn apply(d: &mut Draft<'_>, target: &RevisionStatus) {
@@ -73,6 +113,14 @@ pub(super) fn apply(d: &mut Draft<'_>, target: &RevisionStatus) {
         return;
     }
     d.status.last_request = Some(request.id.clone());
+    if let Err(why) = applicable(&d.status, &target.hash, &request.action) {
+        d.note(
+            NoteKind::Warning,
+            "Request",
+            format!("request {:?} ignored: {why}", request.action),
+        );
+        return;
+    }
     let canary = d.status.canary.clone().filter(|c| c.hash == target.hash);
     let done = |what: String| (NoteKind::Normal, what);
     let (kind, message) = match (&request.action, canary) {

@@ -1,0 +1,232 @@
+//! What `kubectl modeldeploy` prints, as pure functions of the object, so the
+//! plugin's output is tested without a cluster.
+
+use std::fmt::Write;
+
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::api::{CheckVerdict, ModelDeployment};
+use crate::rollout::conditions;
+use crate::rollout::requests::{ANNOTATION, Request};
+
+/// Field manager of the plugin's writes: only the request annotation.
+pub const PLUGIN_FIELD_MANAGER: &str = "kubectl-modeldeploy";
+
+/// Send a request as an annotation under the plugin's own field manager, so
+/// GitOps tools leave it alone and re-applying a manifest does not repeat it.
+pub async fn send_request(
+    api: &Api<ModelDeployment>,
+    name: &str,
+    request: &Request,
+) -> Result<(), String> {
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {ANNOTATION: request.to_annotation()}}});
+    let params = PatchParams {
+        field_manager: Some(PLUGIN_FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(name, &params, &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot send the request to {name}: {e}"))
+}
+
+/// Unique enough for one object's requests: time and process.
+pub fn request_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{:x}", std::process::id())
+}
+
+fn verdict(v: CheckVerdict) -> &'static str {
+    match v {
+        CheckVerdict::Pass => "pass",
+        CheckVerdict::Fail => "FAIL",
+        CheckVerdict::Inconclusive => "inconclusive",
+    }
+}
+
+fn number(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.4}"))
+}
+
+/// `kubectl modeldeploy status`.
+pub fn render_status(md: &ModelDeployment) -> String {
+    let mut out = String::new();
+    let status = md.status.clone().unwrap_or_default();
+    let name = md.metadata.name.as_deref().unwrap_or("?");
+    let ns = md.metadata.namespace.as_deref().unwrap_or("default");
+    let _ = writeln!(out, "Name:        {ns}/{name}");
+    let _ = writeln!(
+        out,
+        "Phase:       {}",
+        status.phase.map_or("Unknown", |p| p.as_str())
+    );
+    if let Some(m) = &status.message {
+        let _ = writeln!(out, "Message:     {m}");
+    }
+    let _ = writeln!(
+        out,
+        "Spec:        version {} ({})",
+        md.spec.model.version, md.spec.model.image
+    );
+    if let Some(s) = &status.stable {
+        let _ = writeln!(
+            out,
+            "Stable:      revision {} version {} ({})",
+            s.revision, s.version, s.image
+        );
+    }
+    if let Some(c) = &status.canary {
+        let steps = md.spec.rollout.as_ref().map_or(0, |r| r.steps.len());
+        let _ = writeln!(
+            out,
+            "Canary:      revision {} version {}, step {}/{steps}, weight {}% (step asks {}%){}{}",
+            c.revision,
+            c.version,
+            c.step,
+            c.weight,
+            c.set_weight,
+            if c.promoting { ", promoting" } else { "" },
+            c.paused
+                .map_or(String::new(), |p| format!(", paused ({p:?})"))
+        );
+    }
+    if let Some(rb) = &status.rolled_back {
+        let _ = writeln!(
+            out,
+            "Rolled back: revision {} version {} (kubectl modeldeploy retry {name} to try again)",
+            rb.revision, rb.version
+        );
+    }
+    if let Some(a) = &status.analysis
+        && !a.checks.is_empty()
+    {
+        let _ = writeln!(
+            out,
+            "Analysis:    {} failed / {} inconclusive / {} passed in a row",
+            a.failed_in_a_row, a.inconclusive_in_a_row, a.passed_in_a_row
+        );
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>12} {:>12} {:>10}  {:<12} note",
+            "CHECK", "VALUE", "THRESHOLD", "SAMPLES", "VERDICT"
+        );
+        for c in &a.checks {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:>12} {:>12} {:>10}  {:<12} {}",
+                c.name,
+                number(c.value),
+                number(c.threshold),
+                c.samples,
+                verdict(c.verdict),
+                c.message.as_deref().unwrap_or("")
+            );
+        }
+    }
+    if let Some(d) = &status.drift
+        && !d.features.is_empty()
+    {
+        let _ = writeln!(out, "Drift:       max score {}", number(d.max_score));
+        for f in d.features.iter().take(10) {
+            let _ = writeln!(out, "  {:<24} {:<12} {:.4}", f.name, f.method, f.score);
+        }
+    }
+    if let Some(ab) = &status.ab_test {
+        let _ = writeln!(
+            out,
+            "A/B test:    winner {}, effect {}, p-value {}",
+            ab.winner.as_deref().unwrap_or("undecided"),
+            number(ab.effect),
+            number(ab.p_value)
+        );
+    }
+    for c in &status.conditions {
+        let _ = writeln!(
+            out,
+            "Condition:   {}={} ({}) {}",
+            c.type_, c.status, c.reason, c.message
+        );
+    }
+    if conditions::is_true(&status.conditions, conditions::DEGRADED) {
+        let _ = writeln!(
+            out,
+            "Hint:        kubectl modeldeploy history {name} shows why"
+        );
+    }
+    out.push_str(&render_history(md));
+    out
+}
+
+/// `kubectl modeldeploy history`.
+pub fn render_history(md: &ModelDeployment) -> String {
+    let mut out = String::new();
+    let history = md
+        .status
+        .as_ref()
+        .map(|s| s.history.as_slice())
+        .unwrap_or_default();
+    if history.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "History:");
+    let _ = writeln!(
+        out,
+        "  {:<8} {:<12} {:<12} {:<26} reason",
+        "REVISION", "VERSION", "OUTCOME", "AT"
+    );
+    for h in history {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<12} {:<12} {:<26} {}",
+            h.revision,
+            h.version,
+            format!("{:?}", h.outcome),
+            h.at.0.to_string(),
+            h.reason
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_shows_phase_canary_checks_and_history() {
+        let md: ModelDeployment = serde_json::from_value(json!({
+            "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "scorer", "namespace": "risk"},
+            "spec": {"model": {"version": "2.0.0", "image": "m:2"},
+                     "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}},
+                     "rollout": {"steps": [{"setWeight": 20}, {"setWeight": 50}]}},
+            "status": {
+                "phase": "Progressing",
+                "stable": {"revision": 1, "version": "1.0.0", "image": "m:1", "hash": "a"},
+                "canary": {"revision": 2, "version": "2.0.0", "image": "m:2", "hash": "b",
+                           "weight": 20, "setWeight": 20, "step": 1},
+                "analysis": {"checks": [{"name": "errors", "value": 0.002, "threshold": 0.01,
+                                          "verdict": "Pass", "samples": 3000}],
+                             "passedInARow": 2},
+                "history": [{"revision": 1, "version": "1.0.0", "image": "m:1",
+                             "at": "2026-01-01T00:00:00Z", "outcome": "Deployed"}]
+            }
+        }))
+        .unwrap();
+        let out = render_status(&md);
+        assert!(out.contains("Phase:       Progressing"), "{out}");
+        assert!(out.contains("step 1/2, weight 20%"), "{out}");
+        assert!(
+            out.contains("errors")
+                && out.contains("0.0020")
+                && out.contains("0.0100")
+                && out.contains("pass"),
+            "{out}"
+        );
+        assert!(out.contains("Deployed"), "{out}");
+    }
+}
