@@ -6,7 +6,19 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod demo;
 pub mod operator;
 pub mod resources;
 pub mod rollout;
 pub mod telemetry;
+
+/// One HTTP client setup for everything the operator fetches (pod metrics,
+/// Prometheus, webhooks): TLS through ring, the same crypto the kube client uses.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    static CRYPTO: std::sync::Once = std::sync::Once::new();
+    CRYPTO.call_once(|| {
+        // Fails only when a provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
