@@ -75,13 +75,14 @@ pub async fn run(
     };
 
     readiness.standby();
-    let seconds = |d: Duration| d.as_secs().max(1);
+    // The lease crate needs 0 < grace < duration.
+    let duration = le.lease_duration.as_secs().max(2);
+    let grace = (duration / 3).max(1);
     let manager = LeaseManagerBuilder::new(client.clone(), &le.lease_name)
         .with_namespace(&le.lease_namespace)
         .with_identity(&config.identity)
-        .with_duration(seconds(le.lease_duration))
-        .with_grace(seconds(le.lease_duration / 3))
-        .with_field_manager(controller::FIELD_MANAGER)
+        .with_duration(duration)
+        .with_grace(grace)
         .build()
         .await
         .map_err(|e| {
