@@ -1,2 +1,160 @@
 //! Shared test support: the fake API server and story helpers.
 pub mod fake_apiserver;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fake_apiserver::FakeApiServer;
+use modeldeploy::operator::{self, LeaderElection, OperatorConfig, Stopped};
+use modeldeploy::telemetry::{Metrics, Readiness};
+use serde_json::{Value, json};
+
+/// Plays the Deployment controller and the kubelet: every Deployment reports
+/// its pods available unless `available` says otherwise. Stops when dropped.
+pub struct DeploymentController {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for DeploymentController {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn deployment_controller(
+    server: &Arc<FakeApiServer>,
+    available: impl Fn(&Value) -> bool + Send + 'static,
+) -> DeploymentController {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (server, flag) = (server.clone(), stop.clone());
+    tokio::spawn(async move {
+        while !flag.load(Ordering::SeqCst) {
+            for d in server.list("deployments", "") {
+                let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+                let up = if available(&d) { replicas } else { 0 };
+                let want = json!({
+                    "observedGeneration": d["metadata"]["generation"],
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": up,
+                    "availableReplicas": up,
+                });
+                let current = &d["status"];
+                if ["observedGeneration", "replicas", "availableReplicas"]
+                    .iter()
+                    .any(|k| current[*k] != want[*k])
+                {
+                    let ns = d["metadata"]["namespace"].as_str().unwrap_or_default();
+                    let name = d["metadata"]["name"].as_str().unwrap_or_default();
+                    server.patch_status("deployments", ns, name, want);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    DeploymentController { stop }
+}
+
+/// An operator running in this process against the fake server.
+pub struct RunningOperator {
+    pub readiness: Readiness,
+    pub metrics: Metrics,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<Stopped, String>>,
+}
+
+impl RunningOperator {
+    pub async fn stop(mut self) -> Result<Stopped, String> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("operator stops")
+            .expect("operator task")
+    }
+}
+
+pub fn start_operator(
+    server: &FakeApiServer,
+    identity: &str,
+    leader_election: bool,
+) -> RunningOperator {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let readiness = Readiness::default();
+    let metrics = Metrics::new();
+    let config = OperatorConfig {
+        namespaces: vec![],
+        metrics_addr: None,
+        leader_election: leader_election.then(|| LeaderElection {
+            lease_name: "modeldeploy-leader".into(),
+            lease_namespace: "default".into(),
+            lease_duration: Duration::from_secs(3),
+        }),
+        identity: identity.into(),
+    };
+    let task = tokio::spawn(operator::run(
+        server.client(),
+        config,
+        metrics.clone(),
+        readiness.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    RunningOperator {
+        readiness,
+        metrics,
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// Poll `check` until it returns `Some`, or fail the test with `what`.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A ModelDeployment manifest as a user would apply it.
+pub fn model_deployment(name: &str, version: &str, extra: Value) -> Value {
+    let mut v = json!({
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "model": {"version": version, "image": format!("example/scorer:{version}"), "port": 8080,
+                      "storageUri": format!("s3://models/scorer/{version}")},
+            "replicas": 3,
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                          "limits": {"cpu": "2", "memory": "2Gi"}}
+        }
+    });
+    merge(&mut v, extra);
+    v
+}
+
+pub fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}

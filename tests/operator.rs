@@ -1,0 +1,391 @@
+//! The operator against the fake API server, told as stories: the real kube
+//! client, watches, leader election and reconcile loop run here.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use modeldeploy::api::ModelDeployment;
+use modeldeploy::operator::Stopped;
+use serde_json::{Value, json};
+use support::fake_apiserver::FakeApiServer;
+use support::{deployment_controller, eventually, model_deployment, start_operator};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn status(server: &FakeApiServer, name: &str) -> Value {
+    server
+        .get("modeldeployments", "default", name)
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn deployments_of(server: &FakeApiServer, name: &str) -> Vec<Value> {
+    server
+        .list("deployments", "default")
+        .into_iter()
+        .filter(|d| d["metadata"]["labels"]["modeldeploy.io/name"] == name)
+        .collect()
+}
+
+async fn create(server: &FakeApiServer, manifest: Value) {
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    let md: ModelDeployment = serde_json::from_value(manifest).unwrap();
+    api.create(&PostParams::default(), &md).await.unwrap();
+}
+
+fn events(server: &FakeApiServer, reason: &str) -> Vec<Value> {
+    server
+        .list("events", "default")
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_deployment_update_and_delete() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("scorer", "1.0.0", json!({}))).await;
+
+    // A Deployment with the declared limits, and a Service, both owned.
+    let d = eventually("the first Deployment", WAIT, || {
+        deployments_of(&server, "scorer").pop()
+    })
+    .await;
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["resources"]["limits"],
+        json!({"cpu": "2", "memory": "2Gi"})
+    );
+    assert_eq!(
+        c["resources"]["requests"],
+        json!({"cpu": "500m", "memory": "1Gi"})
+    );
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "MODEL_URI" && e["value"] == "s3://models/scorer/1.0.0")
+    );
+    assert_eq!(d["metadata"]["labels"]["modeldeploy.io/revision"], "1");
+    assert_eq!(
+        d["metadata"]["ownerReferences"][0]["kind"],
+        "ModelDeployment"
+    );
+    let svc = eventually("the Service", WAIT, || {
+        server.get("services", "default", "scorer")
+    })
+    .await;
+    assert_eq!(svc["spec"]["selector"]["modeldeploy.io/name"], "scorer");
+    assert_eq!(svc["metadata"]["ownerReferences"][0]["name"], "scorer");
+
+    // Ready once the Deployment is available.
+    let s = eventually("Stable and Ready", WAIT, || {
+        let s = status(&server, "scorer");
+        (s["phase"] == "Stable" && condition(&s, "Ready").is_some_and(|c| c["status"] == "True"))
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(s["stable"]["revision"], 1);
+    assert_eq!(s["observedGeneration"], 1);
+    assert_eq!(s["history"][0]["outcome"], "Deployed");
+    eventually("a Deployed event", WAIT, || {
+        events(&server, "Deployed").pop()
+    })
+    .await;
+
+    // A new version replaces the old one.
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    api.patch(
+        "scorer",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"model": {"version": "2.0.0", "image": "example/scorer:2.0.0"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let s = eventually("revision 2 stable", WAIT, || {
+        let s = status(&server, "scorer");
+        (s["stable"]["revision"] == 2 && s["phase"] == "Stable").then_some(s)
+    })
+    .await;
+    assert_eq!(s["previous"]["revision"], 1);
+    assert_eq!(
+        s["history"].as_array().unwrap().last().unwrap()["outcome"],
+        "Replaced"
+    );
+    eventually("the old revision scaled to zero", WAIT, || {
+        let ds = deployments_of(&server, "scorer");
+        let old = ds
+            .iter()
+            .find(|d| d["metadata"]["labels"]["modeldeploy.io/revision"] == "1")?;
+        (ds.len() == 2 && old["spec"]["replicas"] == 0).then_some(())
+    })
+    .await;
+
+    // Deleting the ModelDeployment takes its children with it.
+    api.delete("scorer", &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually("children gone", WAIT, || {
+        (deployments_of(&server, "scorer").is_empty()
+            && server.get("services", "default", "scorer").is_none())
+        .then_some(())
+    })
+    .await;
+    assert_eq!(op.stop().await, Ok(Stopped::Shutdown));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_at_rest_causes_zero_writes() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("idle", "1.0.0", json!({}))).await;
+    eventually("Stable", WAIT, || {
+        (status(&server, "idle")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    // Let the last events and status writes land.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.reset_counts();
+    let reconciles_before = op.metrics.reconciles.get();
+
+    // Make it reconcile again and again without changing what it wants:
+    // unrelated labels on it and on its Deployment (written past the API, so
+    // not counted), and dropped watches.
+    for i in 0..3 {
+        let mut md = server.get("modeldeployments", "default", "idle").unwrap();
+        md["metadata"]["labels"] = json!({"touch": i.to_string()});
+        server.upsert("modeldeployments", md);
+        let mut d = deployments_of(&server, "idle").pop().unwrap();
+        d["metadata"]["annotations"]["touched-by"] = json!(format!("someone-{i}"));
+        server.upsert("deployments", d);
+        server.drop_watches();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eventually("more reconciles", WAIT, || {
+        (op.metrics.reconciles.get() >= reconciles_before + 3).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.writes(&[
+            "modeldeployments",
+            "deployments",
+            "services",
+            "events",
+            "httproutes"
+        ]),
+        0,
+        "writes at rest: {:?}",
+        server.counts()
+    );
+    op.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_spec_is_reported_once_and_waits_for_a_fix() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op-1", false);
+    // The schema cannot compare a request with its limit; the operator does.
+    create(
+        &server,
+        model_deployment(
+            "bad",
+            "1.0.0",
+            json!({"spec": {"resources": {"requests": {"memory": "4Gi"}}}}),
+        ),
+    )
+    .await;
+    let s = eventually("InvalidSpec", WAIT, || {
+        let s = status(&server, "bad");
+        condition(&s, "Ready")
+            .filter(|c| c["reason"] == "InvalidSpec")
+            .map(|c| c.clone())
+    })
+    .await;
+    assert_eq!(s["status"], "False");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.resources.requests.memory"),
+        "{s}"
+    );
+    let warning = eventually("a Warning event", WAIT, || {
+        events(&server, "InvalidSpec").pop()
+    })
+    .await;
+    assert_eq!(warning["type"], "Warning");
+    assert!(
+        deployments_of(&server, "bad").is_empty(),
+        "nothing is deployed from an invalid spec"
+    );
+
+    // No hot loop: it waits for a change.
+    let before = op.metrics.reconciles.get();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        op.metrics.reconciles.get() <= before + 2,
+        "reconciled {} times while waiting",
+        op.metrics.reconciles.get() - before
+    );
+    assert_eq!(events(&server, "InvalidSpec").len(), 1, "reported once");
+
+    // The fix is picked up.
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    api.patch(
+        "bad",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"resources": {"requests": {"memory": "1Gi"}}}})),
+    )
+    .await
+    .unwrap();
+    eventually("Stable after the fix", WAIT, || {
+        (status(&server, "bad")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_api_errors_are_retried() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    server.fail_next(3, Some("apply"), Some("deployments"), 500);
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("flaky", "1.0.0", json!({}))).await;
+    eventually("Stable despite errors", WAIT, || {
+        (status(&server, "flaky")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let failures = op
+        .metrics
+        .failures
+        .with_label_values(&["server_error"])
+        .get();
+    assert!(failures >= 1, "failures by category are counted");
+    op.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_crd_is_one_clear_error() {
+    let server = FakeApiServer::start_without_crd().await;
+    let op = start_operator(&server, "op-1", false);
+    let result = tokio::time::timeout(WAIT, op.task).await.unwrap().unwrap();
+    let message = result.unwrap_err();
+    assert!(message.contains("CRD is not installed"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_acts_and_a_standby_takes_over() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let a = start_operator(&server, "op-a", true);
+    let b = start_operator(&server, "op-b", true);
+    let leader = eventually("one leader", WAIT, || {
+        let states = (a.readiness.state(), b.readiness.state());
+        match states {
+            ("ready", "standby") => Some("op-a"),
+            ("standby", "ready") => Some("op-b"),
+            _ => None,
+        }
+    })
+    .await;
+    let lease = server
+        .get("leases", "default", "modeldeploy-leader")
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], leader);
+
+    create(&server, model_deployment("led", "1.0.0", json!({}))).await;
+    eventually("reconciled by the leader", WAIT, || {
+        (status(&server, "led")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let (leader_op, standby) = if leader == "op-a" { (a, b) } else { (b, a) };
+    assert_eq!(
+        standby.metrics.reconciles.get(),
+        0,
+        "the standby never reconciles"
+    );
+
+    // The leader stops and releases the lease: the standby takes over.
+    assert_eq!(leader_op.stop().await, Ok(Stopped::Shutdown));
+    eventually("the standby leads", WAIT, || {
+        (standby.readiness.state() == "ready").then_some(())
+    })
+    .await;
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    api.patch(
+        "led",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"model": {"version": "1.1.0"}}})),
+    )
+    .await
+    .unwrap();
+    eventually("the new leader reconciles", WAIT, || {
+        (status(&server, "led")["stable"]["version"] == "1.1.0").then_some(())
+    })
+    .await;
+    standby.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_never_gets_ready_is_rolled_back() {
+    let server = Arc::new(FakeApiServer::start().await);
+    // Version 2 never becomes available.
+    let _dc = deployment_controller(&server, |d| {
+        d["metadata"]["labels"]["modeldeploy.io/version"] != "2.0.0"
+    });
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("stuck", "1.0.0", json!({"spec": {"rollout": {"strategy": "canary", "steps": [{"setWeight": 50}], "progressDeadline": "2s"}}}))).await;
+    eventually("Stable", WAIT, || {
+        (status(&server, "stuck")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    api.patch(
+        "stuck",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"model": {"version": "2.0.0"}}})),
+    )
+    .await
+    .unwrap();
+    let s = eventually("RolledBack", WAIT, || {
+        let s = status(&server, "stuck");
+        (s["phase"] == "RolledBack").then_some(s)
+    })
+    .await;
+    assert_eq!(s["stable"]["revision"], 1);
+    assert_eq!(s["rolledBack"]["version"], "2.0.0");
+    assert!(condition(&s, "Degraded").is_some_and(|c| c["status"] == "True"));
+    let rb = eventually("a RolledBack event", WAIT, || {
+        events(&server, "RolledBack").pop()
+    })
+    .await;
+    assert_eq!(rb["type"], "Warning");
+    // The spec still names 2.0.0; the operator never edits it.
+    let md = server.get("modeldeployments", "default", "stuck").unwrap();
+    assert_eq!(md["spec"]["model"]["version"], "2.0.0");
+    let canary = deployments_of(&server, "stuck")
+        .into_iter()
+        .find(|d| d["metadata"]["labels"]["modeldeploy.io/version"] == "2.0.0")
+        .unwrap();
+    assert_eq!(canary["spec"]["replicas"], 0);
+    op.stop().await.unwrap();
+}
