@@ -1,4 +1,6 @@
 //! Shared test support: the fake API server and story helpers.
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
 pub mod fake_apiserver;
 
 use std::sync::Arc;
