@@ -216,7 +216,7 @@ async fn an_invalid_spec_is_reported_once_and_waits_for_a_fix() {
         let s = status(&server, "bad");
         condition(&s, "Ready")
             .filter(|c| c["reason"] == "InvalidSpec")
-            .map(|c| c.clone())
+            .cloned()
     })
     .await;
     assert_eq!(s["status"], "False");
