@@ -389,3 +389,85 @@ async fn a_revision_that_never_gets_ready_is_rolled_back() {
     assert_eq!(canary["spec"]["replicas"], 0);
     op.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_one_clear_error() {
+    // A port nothing listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+    let config = modeldeploy::operator::OperatorConfig {
+        namespaces: vec![],
+        metrics_addr: None,
+        leader_election: None,
+        identity: "op".into(),
+    };
+    let result = modeldeploy::operator::run(
+        client,
+        config,
+        modeldeploy::telemetry::Metrics::new(),
+        modeldeploy::telemetry::Readiness::default(),
+        std::future::pending(),
+    )
+    .await;
+    let message = result.unwrap_err();
+    assert!(
+        message.contains("cannot reach the Kubernetes API server"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_are_served() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let readiness = modeldeploy::telemetry::Readiness::default();
+    let config = modeldeploy::operator::OperatorConfig {
+        namespaces: vec!["default".into()],
+        metrics_addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        leader_election: None,
+        identity: "op".into(),
+    };
+    let task = tokio::spawn(modeldeploy::operator::run(
+        server.client(),
+        config,
+        modeldeploy::telemetry::Metrics::new(),
+        readiness.clone(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    create(&server, model_deployment("seen", "1.0.0", json!({}))).await;
+    eventually("Stable", WAIT, || {
+        (status(&server, "seen")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let http = modeldeploy::http_client_builder().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let get = |path: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await, (200, "ready".to_string()));
+    let (code, metrics) = get("/metrics").await;
+    assert_eq!(code, 200);
+    for series in [
+        "modeldeploy_reconcile_total",
+        "modeldeploy_reconcile_duration_seconds_bucket",
+        "modeldeploy_phase{name=\"seen\",namespace=\"default\",phase=\"Stable\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    let _ = tx.send(());
+    assert_eq!(task.await.unwrap(), Ok(Stopped::Shutdown));
+}
