@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod demo;
+pub mod metrics;
 pub mod operator;
 pub mod resources;
 pub mod rollout;

@@ -3,6 +3,7 @@
 //! classification quality. No I/O.
 
 pub mod drift;
+pub mod error_rate;
 pub mod histogram;
 pub mod multiple_testing;
 pub mod pods;

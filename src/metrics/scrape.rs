@@ -1,0 +1,301 @@
+//! Fetching `/metrics` from the serving pods: bounded concurrency, a timeout
+//! and a size cap per request, keep-alive, no redirects and no proxy. A target
+//! is a pod IP, a port and a plain path, so nothing in a ModelDeployment can
+//! make the operator request another host or URL.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+/// One pod's metrics endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub pod_uid: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    path: String,
+}
+
+/// Same rule as the CRD's CEL rule on `spec.metrics.path`, checked again here
+/// because the URL is built from it.
+pub fn plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.contains("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._~/-".contains(&b))
+}
+
+impl Target {
+    pub fn new(
+        pod_uid: impl Into<String>,
+        ip: IpAddr,
+        port: u16,
+        path: &str,
+    ) -> Result<Self, ScrapeError> {
+        if !plain_path(path) {
+            return Err(ScrapeError::BadPath);
+        }
+        Ok(Self {
+            pod_uid: pod_uid.into(),
+            ip,
+            port,
+            path: path.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        match self.ip {
+            IpAddr::V4(ip) => format!("http://{ip}:{}{}", self.port, self.path),
+            IpAddr::V6(ip) => format!("http://[{ip}]:{}{}", self.port, self.path),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("timed out")]
+    Timeout,
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("response is not UTF-8 text")]
+    NotText,
+    #[error("metrics path is not a plain path")]
+    BadPath,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ScrapeError {
+    /// A static label for the scrape-error metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ScrapeError::Timeout => "timeout",
+            ScrapeError::Connect(_) => "connect",
+            ScrapeError::Status(_) => "http_status",
+            ScrapeError::TooLarge(_) => "too_large",
+            ScrapeError::NotText => "not_text",
+            ScrapeError::BadPath => "bad_path",
+            ScrapeError::Other(_) => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScrapeConfig {
+    pub timeout: Duration,
+    pub max_bytes: usize,
+    /// Scrapes in flight at once, across every ModelDeployment.
+    pub concurrency: usize,
+}
+
+impl Default for ScrapeConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_bytes: 4 * 1024 * 1024,
+            concurrency: 64,
+        }
+    }
+}
+
+/// Shared by every reconcile: one connection pool and one concurrency budget.
+#[derive(Clone)]
+pub struct Scraper {
+    client: reqwest::Client,
+    limit: Arc<Semaphore>,
+    config: ScrapeConfig,
+}
+
+impl Scraper {
+    pub fn new(config: ScrapeConfig) -> Self {
+        let client = crate::http_client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(2)
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
+        Self {
+            client,
+            limit: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &ScrapeConfig {
+        &self.config
+    }
+
+    pub async fn fetch(&self, target: &Target) -> Result<String, ScrapeError> {
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|e| ScrapeError::Other(e.to_string()))?;
+        let response = self
+            .client
+            .get(target.url())
+            .header(
+                "accept",
+                "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5",
+            )
+            .send()
+            .await
+            .map_err(classify)?;
+        if !response.status().is_success() {
+            return Err(ScrapeError::Status(response.status().as_u16()));
+        }
+        let max = self.config.max_bytes;
+        if response.content_length().is_some_and(|n| n as usize > max) {
+            return Err(ScrapeError::TooLarge(max));
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(classify)?;
+            if body.len() + chunk.len() > max {
+                return Err(ScrapeError::TooLarge(max));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|_| ScrapeError::NotText)
+    }
+
+    /// Fetch every target, at most `concurrency` at once overall.
+    pub async fn fetch_all(&self, targets: &[Target]) -> Vec<Result<String, ScrapeError>> {
+        futures::stream::iter(targets.iter().map(|t| self.fetch(t)))
+            .buffered(self.config.concurrency.max(1))
+            .collect()
+            .await
+    }
+}
+
+fn classify(e: reqwest::Error) -> ScrapeError {
+    if e.is_timeout() {
+        ScrapeError::Timeout
+    } else if e.is_connect() {
+        ScrapeError::Connect(e.to_string())
+    } else {
+        ScrapeError::Other(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    async fn serve(router: axum::Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        addr
+    }
+
+    fn target(addr: std::net::SocketAddr, path: &str) -> Target {
+        Target::new("uid", addr.ip(), addr.port(), path).unwrap()
+    }
+
+    #[test]
+    fn only_plain_paths_make_targets() {
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            Target::new("u", ip, 8080, "/metrics").unwrap().url(),
+            "http://10.0.0.1:8080/metrics"
+        );
+        for bad in ["metrics", "//evil/x", "/m?x=1", "/@evil", "/a#b", "/%2e"] {
+            assert_eq!(
+                Target::new("u", ip, 8080, bad),
+                Err(ScrapeError::BadPath),
+                "{bad}"
+            );
+        }
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(
+            Target::new("u", v6, 9, "/m").unwrap().url(),
+            "http://[fd00::1]:9/m"
+        );
+    }
+
+    #[tokio::test]
+    async fn fetches_text_and_refuses_redirects_and_oversized_bodies() {
+        let addr = serve(
+            axum::Router::new()
+                .route(
+                    "/metrics",
+                    get(|| async { "model_requests_total{code=\"200\"} 3\n" }),
+                )
+                .route("/big", get(|| async { "x".repeat(10_000) }))
+                .route(
+                    "/moved",
+                    get(|| async {
+                        (
+                            axum::http::StatusCode::FOUND,
+                            [("location", "http://169.254.169.254/latest/meta-data")],
+                        )
+                    }),
+                ),
+        )
+        .await;
+        let scraper = Scraper::new(ScrapeConfig {
+            max_bytes: 1_000,
+            ..Default::default()
+        });
+        let text = scraper.fetch(&target(addr, "/metrics")).await.unwrap();
+        assert!(text.contains("model_requests_total"));
+        assert_eq!(
+            scraper.fetch(&target(addr, "/big")).await,
+            Err(ScrapeError::TooLarge(1_000))
+        );
+        assert_eq!(
+            scraper.fetch(&target(addr, "/moved")).await,
+            Err(ScrapeError::Status(302))
+        );
+        assert_eq!(
+            scraper.fetch(&target(addr, "/missing")).await,
+            Err(ScrapeError::Status(404))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_pod_times_out_and_a_closed_port_fails_to_connect() {
+        let addr = serve(axum::Router::new().route(
+            "/metrics",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        ))
+        .await;
+        let scraper = Scraper::new(ScrapeConfig {
+            timeout: Duration::from_millis(200),
+            ..Default::default()
+        });
+        assert_eq!(
+            scraper.fetch(&target(addr, "/metrics")).await,
+            Err(ScrapeError::Timeout)
+        );
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = scraper
+            .fetch(&target(closed, "/metrics"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "connect", "{err:?}");
+    }
+}

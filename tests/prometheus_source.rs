@@ -1,0 +1,228 @@
+//! The `source: prometheus` path against a real Prometheus server (Debian's
+//! `prometheus`, installed by `.ci/install-deps`), scraping demo model servers
+//! on loopback. Skips with a message when the binary is missing.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use modeldeploy::demo::{self, Behaviour, Load};
+use modeldeploy::metrics::prometheus::{
+    PromClient, RevisionSelector, bucket_increase, counter_increase,
+};
+
+struct Prometheus {
+    child: Child,
+    _dir: tempdir::Dir,
+    url: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod tempdir {
+    /// A scratch directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(tag: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("modeldeploy-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("scratch dir");
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start Prometheus scraping each (address, pod name) every second.
+async fn start_prometheus(targets: &[(SocketAddr, &str)]) -> Option<Prometheus> {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!(
+            "SKIPPED: the prometheus binary is not installed (Debian package `prometheus`; `.ci/install-deps` installs it)"
+        );
+        return None;
+    }
+    let dir = tempdir::Dir::new("prom");
+    let mut config = String::from(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n  - job_name: models\n    static_configs:\n",
+    );
+    for (addr, pod) in targets {
+        config.push_str(&format!(
+            "      - targets: [\"{addr}\"]\n        labels: {{namespace: \"risk\", pod: \"{pod}\"}}\n"
+        ));
+    }
+    let config_path = dir.0.join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.0.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let http = modeldeploy::http_client_builder().build().unwrap();
+    for _ in 0..100 {
+        if http
+            .get(format!("{url}/-/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Some(Prometheus {
+                child,
+                _dir: dir,
+                url,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("prometheus did not become ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_queries_read_the_right_pods_through_real_prometheus() {
+    let good = demo::spawn("127.0.0.1:0".parse().unwrap(), Behaviour::default())
+        .await
+        .unwrap();
+    let bad = demo::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        Behaviour {
+            error_rate: 0.3,
+            latency: Duration::from_millis(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let Some(prom) = start_prometheus(&[
+        (good.addr, "scorer-stable0000-abc12"),
+        (bad.addr, "scorer-canary0000-def34"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let load = |addr: SocketAddr| Load {
+        target: format!("http://{addr}"),
+        rps: 100.0,
+        duration: Some(Duration::from_secs(6)),
+        feature_shift: 0.0,
+        features: 4,
+        feedback: true,
+        seed: 11,
+    };
+    let (a, b) = tokio::join!(demo::load(load(good.addr)), demo::load(load(bad.addr)));
+    assert!(a.0 > 100 && b.0 > 100);
+    // Two more scrapes after the load.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let client = PromClient::new(&prom.url, Duration::from_secs(5)).unwrap();
+    let window = Duration::from_secs(60);
+    let sel = |deployment: &str| RevisionSelector {
+        namespace: "risk".into(),
+        deployment: deployment.into(),
+    };
+    let value = |samples: Vec<modeldeploy::metrics::prometheus::PromSample>| {
+        samples.first().map_or(0.0, |s| s.value)
+    };
+
+    let canary = sel("scorer-canary0000");
+    let stable = sel("scorer-stable0000");
+    let canary_requests = value(
+        client
+            .query(&counter_increase(
+                "model_requests_total",
+                &canary,
+                &[],
+                window,
+            ))
+            .await
+            .unwrap(),
+    );
+    let canary_errors = value(
+        client
+            .query(&counter_increase(
+                "model_requests_total",
+                &canary,
+                &[("code", "=~", "5..")],
+                window,
+            ))
+            .await
+            .unwrap(),
+    );
+    let stable_errors = value(
+        client
+            .query(&counter_increase(
+                "model_requests_total",
+                &stable,
+                &[("code", "=~", "5..")],
+                window,
+            ))
+            .await
+            .unwrap(),
+    );
+    assert!(canary_requests > 100.0, "canary requests {canary_requests}");
+    let rate = canary_errors / canary_requests;
+    assert!((0.15..0.45).contains(&rate), "canary error rate {rate}");
+    assert_eq!(
+        stable_errors, 0.0,
+        "the stable pod's series are not mixed in"
+    );
+
+    // Latency buckets come back per `le`, ready for histogram_quantile.
+    let buckets = client
+        .query(&bucket_increase(
+            "model_request_duration_seconds",
+            &canary,
+            &[],
+            window,
+        ))
+        .await
+        .unwrap();
+    assert!(buckets.len() >= 5, "{buckets:?}");
+    let mut pairs: Vec<(f64, f64)> = buckets
+        .iter()
+        .map(|s| {
+            let le = s.labels["le"].parse::<f64>().unwrap_or(f64::INFINITY);
+            (le, s.value)
+        })
+        .collect();
+    pairs.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (bounds, counts): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+    let hist = modeldeploy::analysis::histogram::Histogram::from_scrape(bounds, counts).unwrap();
+    let p50 = modeldeploy::analysis::histogram::histogram_quantile(0.5, &hist).unwrap();
+    assert!(
+        p50 >= 0.025 && p50 <= 0.1,
+        "canary p50 {p50} with 30 ms added latency"
+    );
+
+    // A bad query is a clear error, not a panic.
+    let err = client.query("sum(").await.unwrap_err();
+    assert_eq!(err.reason(), "prometheus_query", "{err}");
+}
