@@ -202,7 +202,7 @@ pub fn ratio_to_stable(
     let (ns, es) = stable.whole();
     let value = match (canary.rate(), stable.rate()) {
         (Some(c), Some(s)) if s > 0.0 => Some(c / s),
-        (Some(c), Some(_)) if c == 0.0 => Some(0.0),
+        (Some(0.0), Some(_)) => Some(0.0),
         _ => None,
     };
     if nc < cfg.min_samples || ns < cfg.min_samples {
