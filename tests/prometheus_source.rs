@@ -74,18 +74,22 @@ async fn start_prometheus(targets: &[(SocketAddr, &str)]) -> Option<Prometheus> 
     let config_path = dir.0.join("prometheus.yml");
     std::fs::write(&config_path, config).unwrap();
     let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config_path.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.0.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    let url = format!("http://127.0.0.1:{port}");
+    let mut prom = Prometheus {
+        child: Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+        _dir: dir,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let url = prom.url.clone();
     let http = modeldeploy::http_client_builder().build().unwrap();
     for _ in 0..100 {
         if http
@@ -94,14 +98,11 @@ async fn start_prometheus(targets: &[(SocketAddr, &str)]) -> Option<Prometheus> 
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            return Some(Prometheus {
-                child,
-                _dir: dir,
-                url,
-            });
+            return Some(prom);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = prom.child.kill();
     panic!("prometheus did not become ready");
 }
 
@@ -120,6 +121,18 @@ async fn revision_queries_read_the_right_pods_through_real_prometheus() {
     )
     .await
     .unwrap();
+    // Counter series appear with their first request; make them exist before
+    // Prometheus starts, so its first sample is a baseline, not the load.
+    let warm = |addr: SocketAddr| Load {
+        target: format!("http://{addr}"),
+        rps: 50.0,
+        duration: Some(Duration::from_millis(300)),
+        feature_shift: 0.0,
+        features: 4,
+        feedback: true,
+        seed: 5,
+    };
+    tokio::join!(demo::load(warm(good.addr)), demo::load(warm(bad.addr)));
     let Some(prom) = start_prometheus(&[
         (good.addr, "scorer-stable0000-abc12"),
         (bad.addr, "scorer-canary0000-def34"),
@@ -128,6 +141,7 @@ async fn revision_queries_read_the_right_pods_through_real_prometheus() {
     else {
         return;
     };
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let load = |addr: SocketAddr| Load {
         target: format!("http://{addr}"),
         rps: 100.0,
@@ -218,7 +232,7 @@ async fn revision_queries_read_the_right_pods_through_real_prometheus() {
     let hist = modeldeploy::analysis::histogram::Histogram::from_scrape(bounds, counts).unwrap();
     let p50 = modeldeploy::analysis::histogram::histogram_quantile(0.5, &hist).unwrap();
     assert!(
-        p50 >= 0.025 && p50 <= 0.1,
+        (0.025..=0.1).contains(&p50),
         "canary p50 {p50} with 30 ms added latency"
     );
 
