@@ -1,5 +1,6 @@
 //! Reading the serving pods (I/O): scraping their `/metrics` endpoints, or
 //! querying the Prometheus the operator is configured with.
 
+pub mod parse;
 pub mod prometheus;
 pub mod scrape;
