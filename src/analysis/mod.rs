@@ -8,3 +8,4 @@ pub mod histogram;
 pub mod multiple_testing;
 pub mod pods;
 pub mod quality;
+pub mod window;

@@ -1,0 +1,396 @@
+//! Windows over per-pod cumulative counters, and what a variant served in one.
+//!
+//! Pods expose counters (histogram buckets are counters too) that only grow
+//! while the pod lives. A window counts what happened since it started:
+//! - a pod first seen with a start time after the window began counts from
+//!   zero; one that already ran (or of unknown start) counts from its first
+//!   observation;
+//! - a counter that goes down means the pod restarted: counting goes on from
+//!   zero and what was counted before is kept;
+//! - a pod that vanishes keeps what it contributed; a new pod uid is a new pod.
+//! So totals are never negative and nothing is counted twice. Memory is
+//! bounded by pods x series, with a cap of series per pod.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::api::presets::{Names, Traffic};
+use crate::metrics::parse::Sample;
+
+use super::histogram::Histogram;
+
+/// A series: metric name and its labels, sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+}
+
+impl SeriesKey {
+    pub fn of(sample: &Sample) -> Self {
+        let mut labels = sample.labels.clone();
+        labels.sort();
+        Self {
+            name: sample.name.clone(),
+            labels,
+        }
+    }
+
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    baseline: f64,
+    last: f64,
+    /// Counted before the pod's last restart.
+    carried: f64,
+}
+
+impl Counter {
+    fn total(&self) -> f64 {
+        (self.carried + self.last - self.baseline).max(0.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CounterWindow {
+    start: i64,
+    max_series_per_pod: usize,
+    pods: HashMap<String, HashMap<SeriesKey, Counter>>,
+    dropped: u64,
+}
+
+impl CounterWindow {
+    /// A window starting at `start` (unix seconds).
+    pub fn new(start: i64, max_series_per_pod: usize) -> Self {
+        Self {
+            start,
+            max_series_per_pod,
+            pods: HashMap::new(),
+            dropped: 0,
+        }
+    }
+
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    /// Series dropped because a pod exposed more than the cap.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn observe(&mut self, pod_uid: &str, pod_started: Option<i64>, samples: &[Sample]) {
+        let fresh = pod_started.is_some_and(|t| t >= self.start);
+        let cap = self.max_series_per_pod;
+        let series = self.pods.entry(pod_uid.to_string()).or_default();
+        for s in samples {
+            if !s.value.is_finite() || s.value < 0.0 {
+                continue;
+            }
+            let key = SeriesKey::of(s);
+            let full = series.len() >= cap;
+            match series.get_mut(&key) {
+                Some(c) => {
+                    if s.value < c.last {
+                        c.carried += c.last - c.baseline;
+                        c.baseline = 0.0;
+                    }
+                    c.last = s.value;
+                }
+                None if full => self.dropped += 1,
+                None => {
+                    let baseline = if fresh { 0.0 } else { s.value };
+                    series.insert(
+                        key,
+                        Counter {
+                            baseline,
+                            last: s.value,
+                            carried: 0.0,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// What every series counted in the window, summed over pods.
+    pub fn totals(&self) -> BTreeMap<SeriesKey, f64> {
+        let mut out = BTreeMap::new();
+        for series in self.pods.values() {
+            for (k, c) in series {
+                *out.entry(k.clone()).or_insert(0.0) += c.total();
+            }
+        }
+        out
+    }
+}
+
+/// What one variant served in a window, in the terms the checks use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VariantData {
+    /// `None`: no request series at all.
+    pub requests: Option<f64>,
+    /// `None`: the server does not expose errors.
+    pub errors: Option<f64>,
+    pub latency: Option<Histogram>,
+    pub features: BTreeMap<String, Histogram>,
+    pub categories: BTreeMap<String, BTreeMap<String, f64>>,
+    pub predictions: Option<Histogram>,
+    pub outcomes: Vec<(String, String, f64)>,
+    /// Custom series values by check name.
+    pub custom: BTreeMap<String, f64>,
+    /// Why data may be missing (scrape or query errors), for messages.
+    pub problems: Vec<String>,
+}
+
+/// Cumulative bucket counts by `le`, summed over every other label, into a histogram.
+pub fn histogram_from_buckets(buckets: &BTreeMap<String, f64>) -> Option<Histogram> {
+    let mut pairs: Vec<(f64, f64)> = buckets
+        .iter()
+        .filter_map(|(le, v)| {
+            let bound = match le.as_str() {
+                "+Inf" | "Inf" | "inf" => f64::INFINITY,
+                other => other.parse().ok()?,
+            };
+            Some((bound, *v))
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (bounds, counts): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+    Histogram::from_scrape(bounds, counts).ok()
+}
+
+impl VariantData {
+    /// Assemble from window totals with the resolved metric names.
+    pub fn from_totals(names: &Names, totals: &BTreeMap<SeriesKey, f64>) -> Self {
+        let mut d = VariantData::default();
+        let sum = |pred: &dyn Fn(&SeriesKey) -> bool| -> Option<f64> {
+            let mut found = false;
+            let mut total = 0.0;
+            for (k, v) in totals {
+                if pred(k) {
+                    found = true;
+                    total += v;
+                }
+            }
+            found.then_some(total)
+        };
+        match &names.traffic {
+            Traffic::Labelled {
+                counter,
+                label,
+                errors,
+            } => {
+                d.requests = sum(&|k| &k.name == counter);
+                d.errors = d.requests.map(|_| {
+                    sum(&|k| {
+                        &k.name == counter && k.label(label).is_some_and(|v| errors.is_match(v))
+                    })
+                    .unwrap_or(0.0)
+                });
+            }
+            Traffic::SuccessFailure { success, failure } => {
+                let ok = sum(&|k| &k.name == success);
+                let failed = sum(&|k| &k.name == failure);
+                if ok.is_some() || failed.is_some() {
+                    d.requests = Some(ok.unwrap_or(0.0) + failed.unwrap_or(0.0));
+                    d.errors = Some(failed.unwrap_or(0.0));
+                }
+            }
+            Traffic::CountOnly { counter } => d.requests = sum(&|k| &k.name == counter),
+        }
+        let mut latency = BTreeMap::new();
+        let mut predictions = BTreeMap::new();
+        let mut features: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        let latency_bucket = names.latency.as_ref().map(|l| format!("{l}_bucket"));
+        let prediction_bucket = format!("{}_bucket", names.predictions);
+        let feature_bucket = format!("{}_bucket", names.features);
+        let mut outcomes: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for (k, v) in totals {
+            let le = k.label("le").unwrap_or_default().to_string();
+            if Some(&k.name) == latency_bucket.as_ref() {
+                *latency.entry(le).or_insert(0.0) += v;
+            } else if k.name == prediction_bucket {
+                *predictions.entry(le).or_insert(0.0) += v;
+            } else if k.name == feature_bucket {
+                let f = k.label("feature").unwrap_or_default().to_string();
+                *features.entry(f).or_default().entry(le).or_insert(0.0) += v;
+            } else if k.name == names.categories {
+                let f = k.label("feature").unwrap_or_default().to_string();
+                let value = k.label("value").unwrap_or_default().to_string();
+                *d.categories
+                    .entry(f)
+                    .or_default()
+                    .entry(value)
+                    .or_insert(0.0) += v;
+            } else if k.name == names.outcomes {
+                let a = k.label("actual").unwrap_or_default().to_string();
+                let p = k.label("predicted").unwrap_or_default().to_string();
+                *outcomes.entry((a, p)).or_insert(0.0) += v;
+            }
+        }
+        d.latency = histogram_from_buckets(&latency);
+        d.predictions = histogram_from_buckets(&predictions);
+        d.features = features
+            .iter()
+            .filter_map(|(f, b)| Some((f.clone(), histogram_from_buckets(b)?)))
+            .collect();
+        d.outcomes = outcomes.into_iter().map(|((a, p), v)| (a, p, v)).collect();
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn s(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
+        Sample {
+            name: name.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        }
+    }
+
+    fn total(w: &CounterWindow) -> f64 {
+        w.totals().values().sum()
+    }
+
+    #[test]
+    fn a_pod_older_than_the_window_counts_from_its_first_observation() {
+        let mut w = CounterWindow::new(100, 100);
+        w.observe("a", Some(50), &[s("c", &[], 1000.0)]);
+        w.observe("a", Some(50), &[s("c", &[], 1010.0)]);
+        assert_eq!(total(&w), 10.0);
+    }
+
+    #[test]
+    fn a_pod_started_in_the_window_counts_from_zero() {
+        let mut w = CounterWindow::new(100, 100);
+        w.observe("b", Some(120), &[s("c", &[], 7.0)]);
+        assert_eq!(total(&w), 7.0);
+    }
+
+    #[test]
+    fn a_restart_keeps_what_was_counted() {
+        let mut w = CounterWindow::new(100, 100);
+        w.observe("a", Some(50), &[s("c", &[], 100.0)]);
+        w.observe("a", Some(50), &[s("c", &[], 130.0)]);
+        w.observe("a", Some(50), &[s("c", &[], 5.0)]);
+        w.observe("a", Some(50), &[s("c", &[], 9.0)]);
+        assert_eq!(total(&w), 39.0);
+    }
+
+    #[test]
+    fn the_series_cap_bounds_memory() {
+        let mut w = CounterWindow::new(0, 2);
+        w.observe(
+            "a",
+            None,
+            &[s("x", &[], 1.0), s("y", &[], 1.0), s("z", &[], 1.0)],
+        );
+        assert_eq!(w.totals().len(), 2);
+        assert_eq!(w.dropped(), 1);
+    }
+
+    #[test]
+    fn variant_data_follows_the_names() {
+        let names = Names::resolve(Default::default(), &Default::default()).unwrap();
+        let mut w = CounterWindow::new(0, 1000);
+        w.observe(
+            "a",
+            Some(1),
+            &[
+                s("model_requests_total", &[("code", "200")], 95.0),
+                s("model_requests_total", &[("code", "503")], 5.0),
+                s(
+                    "model_request_duration_seconds_bucket",
+                    &[("le", "0.1")],
+                    80.0,
+                ),
+                s(
+                    "model_request_duration_seconds_bucket",
+                    &[("le", "+Inf")],
+                    100.0,
+                ),
+                s(
+                    "model_prediction_outcomes_total",
+                    &[("actual", "1"), ("predicted", "1")],
+                    40.0,
+                ),
+                s(
+                    "model_input_feature_bucket",
+                    &[("feature", "f0"), ("le", "0")],
+                    50.0,
+                ),
+                s(
+                    "model_input_feature_bucket",
+                    &[("feature", "f0"), ("le", "+Inf")],
+                    100.0,
+                ),
+            ],
+        );
+        let d = VariantData::from_totals(&names, &w.totals());
+        assert_eq!((d.requests, d.errors), (Some(100.0), Some(5.0)));
+        assert_eq!(d.latency.unwrap().total(), 100.0);
+        assert_eq!(d.features["f0"].total(), 100.0);
+        assert_eq!(d.outcomes, vec![("1".into(), "1".into(), 40.0)]);
+        let empty = VariantData::from_totals(&names, &BTreeMap::new());
+        assert_eq!(empty.requests, None);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Inc(u8, u8),
+        Restart(u8),
+        Vanish(u8),
+    }
+
+    proptest! {
+        /// Totals equal the events that happened in the window, whatever the
+        /// restarts and churn (pods here all start inside the window).
+        #[test]
+        fn totals_equal_true_events(ops in proptest::collection::vec(prop_oneof![
+            (0u8..4, 1u8..20).prop_map(|(p, n)| Op::Inc(p, n)),
+            (0u8..4).prop_map(Op::Restart),
+            (0u8..4).prop_map(Op::Vanish),
+        ], 1..60)) {
+            let mut w = CounterWindow::new(0, 100);
+            let mut counters = [0.0f64; 4];
+            let mut generation = [0u32; 4];
+            let mut truth = 0.0;
+            for op in ops {
+                match op {
+                    Op::Inc(p, n) => {
+                        let p = p as usize;
+                        counters[p] += f64::from(n);
+                        truth += f64::from(n);
+                    }
+                    Op::Restart(p) => counters[p as usize] = 0.0,
+                    Op::Vanish(p) => {
+                        generation[p as usize] += 1;
+                        counters[p as usize] = 0.0;
+                        continue;
+                    }
+                }
+                for p in 0..4 {
+                    let uid = format!("pod{p}-{}", generation[p]);
+                    w.observe(&uid, Some(1), &[s("c", &[], counters[p])]);
+                }
+                let t = total(&w);
+                prop_assert!(t >= 0.0);
+                prop_assert!((t - truth).abs() < 1e-9, "total {} truth {}", t, truth);
+            }
+        }
+    }
+}
