@@ -8,6 +8,7 @@
 //! - a counter that goes down means the pod restarted: counting goes on from
 //!   zero and what was counted before is kept;
 //! - a pod that vanishes keeps what it contributed; a new pod uid is a new pod.
+//!
 //! So totals are never negative and nothing is counted twice. Memory is
 //! bounded by pods x series, with a cap of series per pod.
 
