@@ -99,12 +99,8 @@ pub struct Judge<'a> {
     pub sequential: SequentialConfig,
 }
 
-/// One analysis run, and the per-feature drift it saw.
-pub fn evaluate(
-    checks: &[Check],
-    judge: &Judge<'_>,
-    at: Timestamp,
-) -> (AnalysisRun, Option<DriftStatus>) {
+/// One analysis run, with the per-feature drift it saw.
+pub fn evaluate(checks: &[Check], judge: &Judge<'_>, at: Timestamp) -> AnalysisRun {
     let mut results = Vec::with_capacity(checks.len());
     let mut decisive = false;
     let mut drift_status = None;
@@ -116,14 +112,12 @@ pub fn evaluate(
         }
         results.push(status);
     }
-    (
-        AnalysisRun {
-            at,
-            checks: results,
-            decisive,
-        },
-        drift_status,
-    )
+    AnalysisRun {
+        at,
+        checks: results,
+        decisive,
+        drift: drift_status,
+    }
 }
 
 fn inconclusive(
@@ -663,7 +657,8 @@ mod tests {
             {"name": "inputs", "inputDrift": {"method": "psi", "max": 0.25}},
             {"name": "quality", "quality": {"metric": "accuracy", "min": 0.9}}
         ]));
-        let (run, drift) = evaluate(&cs, &judge(&c, &s, Some(&reference)), Timestamp::UNIX_EPOCH);
+        let run = evaluate(&cs, &judge(&c, &s, Some(&reference)), Timestamp::UNIX_EPOCH);
+        let drift = run.drift.clone();
         for check in &run.checks {
             assert_eq!(check.verdict, CheckVerdict::Pass, "{check:?}");
         }
@@ -697,7 +692,7 @@ mod tests {
             {"name": "inputs", "inputDrift": {"method": "ks", "max": 0.1}},
             {"name": "quality", "quality": {"metric": "accuracy", "min": 0.9}}
         ]));
-        let (run, _) = evaluate(&cs, &judge(&c, &s, Some(&reference)), Timestamp::UNIX_EPOCH);
+        let run = evaluate(&cs, &judge(&c, &s, Some(&reference)), Timestamp::UNIX_EPOCH);
         for check in &run.checks {
             assert_eq!(check.verdict, CheckVerdict::Fail, "{check:?}");
         }
@@ -712,7 +707,7 @@ mod tests {
             {"name": "custom", "metric": {"query": "queue_depth", "max": 10}}
         ]));
         let none = VariantData::default();
-        let (run, _) = evaluate(&cs, &judge(&none, &none, None), Timestamp::UNIX_EPOCH);
+        let run = evaluate(&cs, &judge(&none, &none, None), Timestamp::UNIX_EPOCH);
         assert!(
             run.checks
                 .iter()
@@ -726,7 +721,7 @@ mod tests {
                 .contains("no request series")
         );
         let thin = variant(50.0, 0.0);
-        let (run, _) = evaluate(&cs, &judge(&thin, &thin, None), Timestamp::UNIX_EPOCH);
+        let run = evaluate(&cs, &judge(&thin, &thin, None), Timestamp::UNIX_EPOCH);
         assert!(
             run.checks
                 .iter()
@@ -734,7 +729,7 @@ mod tests {
             "{run:?}"
         );
         let c = variant(3000.0, 3.0);
-        let (run, _) = evaluate(&cs, &judge(&c, &c, None), Timestamp::UNIX_EPOCH);
+        let run = evaluate(&cs, &judge(&c, &c, None), Timestamp::UNIX_EPOCH);
         assert_eq!(
             run.checks[1].verdict,
             CheckVerdict::Inconclusive,

@@ -169,7 +169,9 @@ impl RevisionSelector {
         let mut m = format!(
             "namespace=\"{}\",pod=~\"{}-.+\"",
             escape(&self.namespace),
-            regex::escape(&self.deployment).replace('\\', "\\\\")
+            regex::escape(&self.deployment)
+                .replace("\\-", "-")
+                .replace('\\', "\\\\")
         );
         for (label, op, value) in extra {
             m.push_str(&format!(",{label}{op}\"{}\"", escape(value)));

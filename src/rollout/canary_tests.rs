@@ -61,6 +61,7 @@ fn run_with(verdict: CheckVerdict, at: Timestamp) -> AnalysisRun {
             message: None,
         }],
         decisive: false,
+        drift: None,
     }
 }
 

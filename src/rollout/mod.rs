@@ -59,6 +59,8 @@ pub struct AnalysisRun {
     /// Evidence strong enough to roll back without waiting for `failureLimit`
     /// runs in a row (see docs/statistics.md).
     pub decisive: bool,
+    /// Per-feature input drift seen by this run, if an input drift check ran.
+    pub drift: Option<crate::api::DriftStatus>,
 }
 
 impl AnalysisRun {
@@ -254,6 +256,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
     }
 
     guard::watch(&mut d);
+    record_drift(&mut d);
     scale_down_previous(&mut d);
     summarize(&mut d, &target);
 
@@ -319,6 +322,47 @@ fn record_run(analysis: &mut AnalysisStatus, run: &AnalysisRun) -> Option<CheckV
         }
     }
     Some(verdict)
+}
+
+/// The newest run's input drift goes to status, with the `DataDrift` condition.
+fn record_drift(d: &mut Draft<'_>) {
+    let Some(run) = d.input.analysis else {
+        return;
+    };
+    let Some(drift) = run.drift.clone() else {
+        return;
+    };
+    let drifted = d
+        .input
+        .spec
+        .rollout
+        .iter()
+        .flat_map(|r| r.analysis.checks.iter())
+        .chain(d.input.spec.guard.iter().flat_map(|g| g.checks.iter()))
+        .filter(|c| c.input_drift.is_some())
+        .any(|c| {
+            run.checks
+                .iter()
+                .any(|r| r.name == c.name && r.verdict == CheckVerdict::Fail)
+        });
+    let message = match drift.features.first() {
+        Some(f) if drifted => format!(
+            "input feature {} drifted: {} {:.4}",
+            f.name, f.method, f.score
+        ),
+        _ => "inputs match the reference".to_string(),
+    };
+    let reason = if drifted { "InputDrift" } else { "NoDrift" };
+    conditions::set(
+        &mut d.status.conditions,
+        conditions::DATA_DRIFT,
+        drifted,
+        reason,
+        message,
+        d.input.generation,
+        &d.now,
+    );
+    d.status.drift = Some(drift);
 }
 
 /// After a promotion the previous revision keeps its pods for `scaleDownDelay`.
