@@ -24,7 +24,7 @@ enum Command {
     /// Print the ModelDeployment CustomResourceDefinition (YAML).
     Crd,
     /// Run the operator against the cluster of the current kubeconfig or service account.
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
 }
 
 #[derive(clap::Args)]
@@ -60,6 +60,18 @@ struct OperatorArgs {
     /// This replica's identity in the lease and in events.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Prometheus for ModelDeployments with `metrics.source: prometheus`.
+    #[arg(long, env = "PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// Pod scrapes in flight at once, across all ModelDeployments.
+    #[arg(long, env = "SCRAPE_CONCURRENCY", default_value_t = 64)]
+    scrape_concurrency: usize,
+    /// Timeout of one pod scrape or Prometheus query.
+    #[arg(long, env = "SCRAPE_TIMEOUT_SECONDS", default_value_t = 5)]
+    scrape_timeout_seconds: u64,
+    /// Largest /metrics response read from a pod.
+    #[arg(long, env = "SCRAPE_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    scrape_max_bytes: usize,
 }
 
 fn main() -> ExitCode {
@@ -77,7 +89,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run_operator(args))
+            runtime.block_on(run_operator(*args))
         }
     }
 }
@@ -109,6 +121,12 @@ async fn run_operator(args: OperatorArgs) -> ExitCode {
             lease_duration: Duration::from_secs(args.lease_duration_seconds),
         }),
         identity,
+        prometheus_url: args.prometheus_url.filter(|u| !u.is_empty()),
+        scrape: modeldeploy::metrics::scrape::ScrapeConfig {
+            timeout: Duration::from_secs(args.scrape_timeout_seconds.max(1)),
+            max_bytes: args.scrape_max_bytes,
+            concurrency: args.scrape_concurrency.max(1),
+        },
     };
     match operator::run(
         client,

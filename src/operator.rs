@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::controller::{self, Settings};
 use crate::telemetry::{self, Metrics, Readiness};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OperatorConfig {
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
@@ -22,6 +22,9 @@ pub struct OperatorConfig {
     pub leader_election: Option<LeaderElection>,
     /// This replica's name (the pod name in a cluster).
     pub identity: String,
+    /// Prometheus for `spec.metrics.source: prometheus`.
+    pub prometheus_url: Option<String>,
+    pub scrape: crate::metrics::scrape::ScrapeConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ pub async fn run(
     let settings = Settings {
         namespaces: config.namespaces.clone(),
         instance: config.identity.clone(),
+        prometheus_url: config.prometheus_url.clone(),
+        scrape: config.scrape.clone(),
     };
     controller::preflight(&client, &settings).await?;
 

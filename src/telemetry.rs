@@ -10,8 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Metrics of the reconcile loop. Labels are static categories, or the
@@ -24,6 +24,10 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     pub duration: HistogramVec,
     pub phase: IntGaugeVec,
+    pub canary_weight: IntGaugeVec,
+    pub check_value: GaugeVec,
+    pub check_outcome: IntGaugeVec,
+    pub drift_max_score: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -62,11 +66,42 @@ impl Metrics {
             &["namespace", "name", "phase"],
         )
         .expect("valid metric definition");
+        let object = ["namespace", "name"];
+        let canary_weight = IntGaugeVec::new(
+            Opts::new("canary_weight", "Percent of traffic the canary receives."),
+            &object,
+        )
+        .expect("valid metric definition");
+        let check_value = GaugeVec::new(
+            Opts::new("check_value", "Latest value of each analysis check."),
+            &["namespace", "name", "check"],
+        )
+        .expect("valid metric definition");
+        let check_outcome = IntGaugeVec::new(
+            Opts::new(
+                "check_outcome",
+                "Latest verdict of each analysis check: 1 pass, 0 inconclusive, -1 fail.",
+            ),
+            &["namespace", "name", "check"],
+        )
+        .expect("valid metric definition");
+        let drift_max_score = GaugeVec::new(
+            Opts::new(
+                "drift_max_score",
+                "Highest input drift score of the latest run.",
+            ),
+            &object,
+        )
+        .expect("valid metric definition");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(phase.clone()),
+            Box::new(canary_weight.clone()),
+            Box::new(check_value.clone()),
+            Box::new(check_outcome.clone()),
+            Box::new(drift_max_score.clone()),
         ] {
             // Registering fresh collectors in a fresh registry cannot clash.
             let _ = registry.register(c);
@@ -77,6 +112,32 @@ impl Metrics {
             failures,
             duration,
             phase,
+            canary_weight,
+            check_value,
+            check_outcome,
+            drift_max_score,
+        }
+    }
+
+    /// Check values and verdicts of a run. Bounded: check names come from the
+    /// spec (at most 32 per object), objects from the watched namespaces.
+    pub fn record_run(&self, namespace: &str, name: &str, run: &crate::rollout::AnalysisRun) {
+        for c in &run.checks {
+            let labels = [namespace, name, c.name.as_str()];
+            if let Some(v) = c.value.filter(|v| v.is_finite()) {
+                self.check_value.with_label_values(&labels).set(v);
+            }
+            let outcome = match c.verdict {
+                crate::api::CheckVerdict::Pass => 1,
+                crate::api::CheckVerdict::Inconclusive => 0,
+                crate::api::CheckVerdict::Fail => -1,
+            };
+            self.check_outcome.with_label_values(&labels).set(outcome);
+        }
+        if let Some(score) = run.drift.as_ref().and_then(|d| d.max_score) {
+            self.drift_max_score
+                .with_label_values(&[namespace, name])
+                .set(score);
         }
     }
 
@@ -94,6 +155,33 @@ impl Metrics {
             let _ = self
                 .phase
                 .remove_label_values(&[namespace, name, p.as_str()]);
+        }
+        let _ = self.canary_weight.remove_label_values(&[namespace, name]);
+        let _ = self.drift_max_score.remove_label_values(&[namespace, name]);
+        // Check series are found by their labels, since check names vary.
+        use prometheus::core::Collector;
+        let checks: Vec<String> = self
+            .check_outcome
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric().iter())
+            .filter_map(|m| {
+                let get = |k: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == k)
+                        .map(|l| l.value().to_string())
+                };
+                (get("namespace").as_deref() == Some(namespace)
+                    && get("name").as_deref() == Some(name))
+                .then(|| get("check"))
+                .flatten()
+            })
+            .collect();
+        for check in checks {
+            let labels = [namespace, name, check.as_str()];
+            let _ = self.check_value.remove_label_values(&labels);
+            let _ = self.check_outcome.remove_label_values(&labels);
         }
     }
 

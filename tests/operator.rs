@@ -402,6 +402,7 @@ async fn an_unreachable_cluster_is_one_clear_error() {
         metrics_addr: None,
         leader_election: None,
         identity: "op".into(),
+        ..Default::default()
     };
     let result = modeldeploy::operator::run(
         client,
@@ -433,6 +434,7 @@ async fn metrics_health_and_readiness_are_served() {
         metrics_addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         leader_election: None,
         identity: "op".into(),
+        ..Default::default()
     };
     let task = tokio::spawn(modeldeploy::operator::run(
         server.client(),

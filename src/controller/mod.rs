@@ -2,6 +2,7 @@
 //! it owns from the watch caches, validate, decide, apply what changed, write
 //! the status when it changed, and tell a person what happened.
 
+pub mod collect;
 mod observe;
 
 use std::collections::HashMap;
@@ -85,6 +86,9 @@ pub struct Context {
     deployments: Store<Deployment>,
     services: Store<Service>,
     pods: Store<Pod>,
+    scraper: crate::metrics::scrape::Scraper,
+    prometheus: Option<crate::metrics::prometheus::PromClient>,
+    windows: Mutex<collect::WindowMap>,
     written: Mutex<HashMap<ObjectRef<ModelDeployment>, WrittenStatus>>,
     failures: Mutex<HashMap<ObjectRef<Watched>, u32>>,
     /// Undecodable objects already reported, by resourceVersion.
@@ -98,6 +102,10 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Reported as the events' reporting instance (the pod name).
     pub instance: String,
+    /// Prometheus for `spec.metrics.source: prometheus`; from the operator's
+    /// configuration only, never from a ModelDeployment.
+    pub prometheus_url: Option<String>,
+    pub scrape: crate::metrics::scrape::ScrapeConfig,
 }
 
 /// Ask the API server for the CRD before anything else, so a missing CRD or an
@@ -144,7 +152,7 @@ pub async fn run(
         run_scope(
             client.clone(),
             ns,
-            settings.instance.clone(),
+            settings.clone(),
             metrics.clone(),
             shutdown.clone(),
             move || {
@@ -171,7 +179,7 @@ where
 async fn run_scope(
     client: Client,
     ns: Option<String>,
-    instance: String,
+    settings: Settings,
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     on_synced: impl FnOnce() + Send + 'static,
@@ -202,9 +210,14 @@ async fn run_scope(
         client.clone(),
         Reporter {
             controller: "modeldeploy".into(),
-            instance: Some(instance),
+            instance: Some(settings.instance.clone()),
         },
     );
+    let prometheus = settings.prometheus_url.as_deref().and_then(|url| {
+        crate::metrics::prometheus::PromClient::new(url, settings.scrape.timeout)
+            .map_err(|e| warn!(error = %e, "ignoring the Prometheus address"))
+            .ok()
+    });
     let ctx = Arc::new(Context {
         client,
         recorder,
@@ -212,6 +225,9 @@ async fn run_scope(
         deployments: deployments.clone(),
         services: services.clone(),
         pods: pods.clone(),
+        scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
+        prometheus,
+        windows: Mutex::default(),
         written: Mutex::default(),
         failures: Mutex::default(),
         reported_undecodable: Mutex::default(),
@@ -344,13 +360,18 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
     let observed = observe::revisions(&owned);
     let request = pending_request(md);
     let canary_pods_failure = canary_health(md, ctx, &status, &valid, now);
+    let analysis = if rollout::analysis_due(&md.spec, &valid, &status, now) {
+        collect::analyze(ctx, md, &status, &valid, now).await
+    } else {
+        None
+    };
     let decision = rollout::decide(&Input {
         spec: &md.spec,
         valid: &valid,
         generation,
         status: &status,
         observed: &observed,
-        analysis: None,
+        analysis: analysis.as_ref(),
         canary_pods_failure: canary_pods_failure.as_deref(),
         request: request.as_ref(),
         now,
@@ -398,6 +419,9 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
         }
     }
     set_phase_metric(ctx, md, &decision.status);
+    if decision.status.canary.is_none() && decision.status.guard.is_none() {
+        collect::forget(ctx, md);
+    }
     Ok(Action::requeue(decision.requeue_after.unwrap_or(RESYNC)))
 }
 
@@ -525,6 +549,10 @@ fn pending_request(md: &ModelDeployment) -> Option<rollout::Request> {
 fn set_phase_metric(ctx: &Context, md: &ModelDeployment, status: &ModelDeploymentStatus) {
     if let (Some(ns), Some(phase)) = (md.namespace(), status.phase) {
         ctx.metrics.set_phase(&ns, &md.name_any(), phase.as_str());
+        ctx.metrics
+            .canary_weight
+            .with_label_values(&[&ns, &md.name_any()])
+            .set(i64::from(status.canary.as_ref().map_or(0, |c| c.weight)));
     }
 }
 

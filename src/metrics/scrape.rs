@@ -174,7 +174,11 @@ impl Scraper {
 
     /// Fetch every target, at most `concurrency` at once overall.
     pub async fn fetch_all(&self, targets: &[Target]) -> Vec<Result<String, ScrapeError>> {
-        futures::stream::iter(targets.iter().map(|t| self.fetch(t)))
+        let fetches = targets.iter().cloned().map(|t| {
+            let scraper = self.clone();
+            async move { scraper.fetch(&t).await }
+        });
+        futures::stream::iter(fetches)
             .buffered(self.config.concurrency.max(1))
             .collect()
             .await

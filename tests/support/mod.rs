@@ -95,6 +95,7 @@ pub fn start_operator(
             lease_duration: Duration::from_secs(3),
         }),
         identity: identity.into(),
+        ..Default::default()
     };
     let task = tokio::spawn(operator::run(
         server.client(),

@@ -1,0 +1,455 @@
+//! Reading a rollout's variants when an analysis run is due: scrape the Ready
+//! pods of each revision (or ask Prometheus), keep per-pod windows since the
+//! rollout started, and judge the checks. Windows live in memory: after an
+//! operator restart they start again, which only makes the judgement wait
+//! for fresh evidence.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::analysis::checks::{self, Judge, Reference};
+use crate::analysis::error_rate::SequentialConfig;
+use crate::analysis::window::{CounterWindow, SeriesKey, VariantData};
+use crate::api::{Check, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec, labels};
+use crate::metrics::parse::{self, FamilyFilter, Limits};
+use crate::metrics::prometheus::{self as prom, PromClient, RevisionSelector};
+use crate::metrics::scrape::{Scraper, Target};
+use crate::resources::deployment_name;
+use crate::rollout::AnalysisRun;
+
+use super::Context;
+
+/// Series kept per pod: enough for 100 features of 20 buckets and the rest.
+pub const MAX_SERIES_PER_POD: usize = 4_000;
+
+/// Windows of one rollout (or one guard period).
+pub struct Windows {
+    judged_hash: String,
+    baseline_hash: String,
+    judged: CounterWindow,
+    baseline: CounterWindow,
+    started: Timestamp,
+}
+
+/// Which revision is judged against which, and by which checks.
+struct Plan<'a> {
+    judged: String,
+    baseline: Option<String>,
+    checks: &'a [Check],
+    min_samples: u64,
+}
+
+fn plan<'a>(md: &'a ModelDeployment, status: &ModelDeploymentStatus) -> Option<Plan<'a>> {
+    let stable = status.stable.as_ref()?;
+    if let Some(c) = &status.canary {
+        let rollout = md.spec.rollout.as_ref()?;
+        return Some(Plan {
+            judged: c.hash.clone(),
+            baseline: Some(stable.hash.clone()),
+            checks: &rollout.analysis.checks,
+            min_samples: u64::try_from(rollout.analysis.min_samples).unwrap_or(0),
+        });
+    }
+    let guard = md.spec.guard.as_ref()?;
+    status.guard.as_ref()?;
+    Some(Plan {
+        judged: stable.hash.clone(),
+        baseline: status.previous.as_ref().map(|p| p.hash.clone()),
+        checks: &guard.checks,
+        min_samples: md
+            .spec
+            .rollout
+            .as_ref()
+            .map_or(200, |r| u64::try_from(r.analysis.min_samples).unwrap_or(0)),
+    })
+}
+
+fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> {
+    let ns = md.namespace();
+    let name = md.name_any();
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace() == ns
+                && p.labels().get(labels::NAME) == Some(&name)
+                && p.labels().get(labels::HASH).map(String::as_str) == Some(hash)
+                && p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+        })
+        .collect()
+}
+
+/// Scrape one revision's Ready pods into its window.
+async fn scrape_into(
+    scraper: &Scraper,
+    md: &ModelDeployment,
+    pods: &[Arc<Pod>],
+    filter: &FamilyFilter,
+    window: &mut CounterWindow,
+    problems: &mut Vec<String>,
+) -> Vec<parse::Sample> {
+    let port = md.spec.metrics.port.unwrap_or(md.spec.model.port);
+    let Ok(port) = u16::try_from(port) else {
+        problems.push("metrics port out of range".into());
+        return Vec::new();
+    };
+    let mut targets = Vec::new();
+    let mut starts = Vec::new();
+    for p in pods {
+        let status = p.status.as_ref();
+        let ip = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        let (Some(ip), Some(uid)) = (ip, p.uid()) else {
+            continue;
+        };
+        match Target::new(uid, ip, port, &md.spec.metrics.path) {
+            Ok(t) => {
+                targets.push(t);
+                starts.push(
+                    status
+                        .and_then(|s| s.start_time.as_ref())
+                        .map(|t| t.0.as_second()),
+                );
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let mut latest = Vec::new();
+    for ((target, start), result) in targets
+        .iter()
+        .zip(starts)
+        .zip(scraper.fetch_all(&targets).await)
+    {
+        match result.map_err(|e| e.to_string()).and_then(|text| {
+            parse::parse(&text, filter, &Limits::default())
+                .map_err(|e| format!("cannot parse metrics: {e}"))
+        }) {
+            Ok(samples) => {
+                window.observe(&target.pod_uid, start, &samples);
+                latest.extend(samples);
+            }
+            Err(e) => problems.push(format!("pod {}: {e}", target.url())),
+        }
+    }
+    if pods.is_empty() {
+        problems.push("no Ready pods".into());
+    }
+    latest
+}
+
+/// A custom series from the pods: `name{label="value",...}`; counters
+/// (`_total`) as a per-second rate over the window, gauges as the mean over pods.
+fn custom_value(
+    query: &str,
+    totals: &BTreeMap<SeriesKey, f64>,
+    latest: &[parse::Sample],
+    elapsed: Duration,
+) -> Option<f64> {
+    let (name, matchers) = match query.split_once('{') {
+        Some((n, rest)) => (n.trim(), rest.trim_end().trim_end_matches('}')),
+        None => (query.trim(), ""),
+    };
+    let wanted: Vec<(String, String)> = matchers
+        .split(',')
+        .filter_map(|m| {
+            let (k, v) = m.split_once('=')?;
+            Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        })
+        .collect();
+    let matches = |labels: &[(String, String)]| {
+        wanted
+            .iter()
+            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    };
+    if name.ends_with("_total") {
+        let mut found = false;
+        let sum: f64 = totals
+            .iter()
+            .filter(|(k, _)| k.name == name && matches(&k.labels))
+            .map(|(_, v)| {
+                found = true;
+                *v
+            })
+            .sum();
+        return found.then(|| sum / elapsed.as_secs_f64().max(1.0));
+    }
+    let values: Vec<f64> = latest
+        .iter()
+        .filter(|s| s.name == name && matches(&s.labels))
+        .map(|s| s.value)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+async fn from_pods(
+    ctx: &Context,
+    md: &ModelDeployment,
+    valid: &ValidSpec,
+    plan: &Plan<'_>,
+    now: Timestamp,
+) -> (VariantData, VariantData) {
+    let key = ObjectRef::from_obj(md);
+    let baseline_hash = plan.baseline.clone().unwrap_or_default();
+    let mut windows = {
+        let mut all = super::lock(&ctx.windows);
+        match all.remove(&key) {
+            Some(w) if w.judged_hash == plan.judged && w.baseline_hash == baseline_hash => w,
+            _ => Windows {
+                judged_hash: plan.judged.clone(),
+                baseline_hash: baseline_hash.clone(),
+                judged: CounterWindow::new(now.as_second(), MAX_SERIES_PER_POD),
+                baseline: CounterWindow::new(now.as_second(), MAX_SERIES_PER_POD),
+                started: now,
+            },
+        }
+    };
+    let mut families = valid.names.families();
+    families.extend(
+        plan.checks
+            .iter()
+            .filter_map(|c| c.metric.as_ref())
+            .map(|m| {
+                m.query
+                    .split('{')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            }),
+    );
+    let filter = FamilyFilter::new(families);
+    let mut judged_problems = Vec::new();
+    let mut baseline_problems = Vec::new();
+    let judged_pods = ready_pods(ctx, md, &plan.judged);
+    let latest = scrape_into(
+        &ctx.scraper,
+        md,
+        &judged_pods,
+        &filter,
+        &mut windows.judged,
+        &mut judged_problems,
+    )
+    .await;
+    if plan.baseline.is_some() {
+        let pods = ready_pods(ctx, md, &baseline_hash);
+        scrape_into(
+            &ctx.scraper,
+            md,
+            &pods,
+            &filter,
+            &mut windows.baseline,
+            &mut baseline_problems,
+        )
+        .await;
+    }
+    let elapsed = Duration::try_from(now.duration_since(windows.started)).unwrap_or_default();
+    let judged_totals = windows.judged.totals();
+    let mut judged = VariantData::from_totals(&valid.names, &judged_totals);
+    judged.problems = judged_problems;
+    for c in plan.checks {
+        if let Some(m) = &c.metric
+            && let Some(v) = custom_value(&m.query, &judged_totals, &latest, elapsed)
+        {
+            judged.custom.insert(c.name.clone(), v);
+        }
+    }
+    let mut baseline = VariantData::from_totals(&valid.names, &windows.baseline.totals());
+    baseline.problems = baseline_problems;
+    super::lock(&ctx.windows).insert(key, windows);
+    (judged, baseline)
+}
+
+async fn from_prometheus(
+    client: &PromClient,
+    md: &ModelDeployment,
+    valid: &ValidSpec,
+    plan: &Plan<'_>,
+    window: Duration,
+) -> (VariantData, VariantData) {
+    let ns = md.namespace().unwrap_or_default();
+    let name = md.name_any();
+    let read = |hash: String| {
+        let sel = RevisionSelector {
+            namespace: ns.clone(),
+            deployment: deployment_name(&name, &hash),
+        };
+        async move {
+            let mut totals: BTreeMap<SeriesKey, f64> = BTreeMap::new();
+            let mut problems = Vec::new();
+            let mut queries: Vec<(String, String)> = Vec::new();
+            for family in valid.names.families() {
+                // Grouping by every label the checks read keeps the answer small.
+                queries.push((
+                    family.clone(),
+                    prom::grouped_increase(
+                        &family,
+                        &sel,
+                        &[
+                            "code",
+                            "http_response_code",
+                            "status",
+                            "actual",
+                            "predicted",
+                            "feature",
+                            "value",
+                        ],
+                        window,
+                    ),
+                ));
+            }
+            for bucketed in valid
+                .names
+                .latency
+                .iter()
+                .chain([&valid.names.features, &valid.names.predictions])
+            {
+                queries.push((
+                    format!("{bucketed}_bucket"),
+                    prom::bucket_increase(bucketed, &sel, &["feature"], window),
+                ));
+            }
+            for (series, q) in queries {
+                match client.query(&q).await {
+                    Ok(samples) => {
+                        for s in samples {
+                            let key = SeriesKey {
+                                name: series.clone(),
+                                labels: s.labels.into_iter().collect(),
+                            };
+                            *totals.entry(key).or_insert(0.0) += s.value;
+                        }
+                    }
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+            let mut data = VariantData::from_totals(&valid.names, &totals);
+            problems.dedup();
+            data.problems = problems;
+            data
+        }
+    };
+    let mut judged = read(plan.judged.clone()).await;
+    for c in plan.checks {
+        if let Some(m) = &c.metric {
+            match client.query(&m.query).await {
+                Ok(samples) => {
+                    if let Some(s) = samples.first() {
+                        judged.custom.insert(c.name.clone(), s.value);
+                    }
+                }
+                Err(e) => judged.problems.push(format!("check {}: {e}", c.name)),
+            }
+        }
+    }
+    let baseline = match &plan.baseline {
+        Some(h) => read(h.clone()).await,
+        None => VariantData::default(),
+    };
+    (judged, baseline)
+}
+
+/// The drift reference: the user's ConfigMap, or the one captured from stable.
+async fn reference(ctx: &Context, md: &ModelDeployment) -> Result<Option<Reference>, String> {
+    let Some(drift) = &md.spec.drift else {
+        return Ok(None);
+    };
+    let ns = md.namespace().unwrap_or_default();
+    let (name, key) = match &drift.reference.config_map_ref {
+        Some(r) => (r.name.clone(), r.key.clone()),
+        None => (
+            captured_reference_name(&md.name_any()),
+            CAPTURED_KEY.to_string(),
+        ),
+    };
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(cm) = api.get_opt(&name).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let Some(doc) = cm.data.as_ref().and_then(|d| d.get(&key)) else {
+        return Err(format!("ConfigMap {name} has no key {key}"));
+    };
+    Reference::parse(doc)
+        .map(Some)
+        .map_err(|e| format!("ConfigMap {name} key {key}: {e}"))
+}
+
+pub const CAPTURED_KEY: &str = "reference.json";
+
+pub fn captured_reference_name(md_name: &str) -> String {
+    format!("{md_name}-drift-reference")
+}
+
+/// Judge the checks of the current rollout (or guard) now.
+pub async fn analyze(
+    ctx: &Context,
+    md: &ModelDeployment,
+    status: &ModelDeploymentStatus,
+    valid: &ValidSpec,
+    now: Timestamp,
+) -> Option<AnalysisRun> {
+    let plan = plan(md, status)?;
+    let (judged, baseline) = match (md.spec.metrics.source, &ctx.prometheus) {
+        (MetricsSource::Prometheus, Some(client)) => {
+            let since = status
+                .canary
+                .as_ref()
+                .and_then(|c| c.started_at.as_ref())
+                .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default())
+                .unwrap_or(valid.analysis_interval);
+            from_prometheus(client, md, valid, &plan, since.max(valid.metrics_interval)).await
+        }
+        (MetricsSource::Prometheus, None) => {
+            let missing = VariantData {
+                problems: vec!["spec.metrics.source is prometheus but the operator has no Prometheus address (--prometheus-url)".into()],
+                ..Default::default()
+            };
+            (missing.clone(), missing)
+        }
+        (MetricsSource::Pods, _) => from_pods(ctx, md, valid, &plan, now).await,
+    };
+    let reference = match reference(ctx, md).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "drift reference unavailable");
+            None
+        }
+    };
+    let judge = Judge {
+        canary: &judged,
+        stable: &baseline,
+        reference: reference.as_ref(),
+        correction: md
+            .spec
+            .drift
+            .as_ref()
+            .map(|d| d.correction)
+            .unwrap_or_default(),
+        min_samples: plan.min_samples,
+        sequential: SequentialConfig::default(),
+    };
+    let run = checks::evaluate(plan.checks, &judge, now);
+    ctx.metrics
+        .record_run(&md.namespace().unwrap_or_default(), &md.name_any(), &run);
+    Some(run)
+}
+
+/// Windows of objects that no longer roll out anything are dropped.
+pub fn forget(ctx: &Context, md: &ModelDeployment) {
+    super::lock(&ctx.windows).remove(&ObjectRef::from_obj(md));
+}
+
+pub type WindowMap = HashMap<ObjectRef<ModelDeployment>, Windows>;
