@@ -114,8 +114,8 @@ pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &Revi
         }
         d.requeue_within(super::PROGRESS_POLL);
     }
-    if c.weight > 0 && c.paused.is_none() {
-        // The next analysis run.
+    if c.weight > 0 {
+        // The next analysis run, paused or not: the canary takes traffic.
         d.requeue_within(input.valid.analysis_interval);
     }
     if !available(canary_obs, canary_size) {

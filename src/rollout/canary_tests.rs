@@ -386,6 +386,19 @@ fn an_untimed_pause_waits_for_promote() {
 }
 
 #[test]
+fn a_paused_canary_is_still_judged_and_rolled_back() {
+    let extra = json!({"rollout": {"steps": [{"setWeight": 30}, {"pause": {}}]}});
+    let mut sim = Sim::settled(canary_spec("1.0.0", extra.clone()));
+    sim.start(canary_spec("2.0.0", extra));
+    sim.interval(CheckVerdict::Pass);
+    assert_eq!(sim.status.phase, Some(Phase::Paused));
+    for _ in 0..3 {
+        sim.interval(CheckVerdict::Fail);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+}
+
+#[test]
 fn abort_then_retry() {
     let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
     sim.spec = canary_spec("2.0.0", json!({}));

@@ -280,7 +280,8 @@ pub fn analysis_due(
     now: Timestamp,
 ) -> bool {
     if let Some(c) = &status.canary {
-        if c.weight == 0 || c.paused.is_some() {
+        // A paused canary still takes traffic, so it is still judged.
+        if c.weight == 0 {
             return false;
         }
         let last = status.analysis.as_ref().and_then(|a| a.last_time.as_ref());

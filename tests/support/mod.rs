@@ -161,3 +161,50 @@ pub fn merge(base: &mut Value, extra: Value) {
         (b, e) => *b = e,
     }
 }
+
+/// Plays the ReplicaSet controller and the kubelet for pods: one Ready pod per
+/// Deployment with replicas, at the IP `ip_for` gives its revision (a local
+/// model server listens there), none for Deployments at zero.
+pub fn pod_controller(
+    server: &Arc<FakeApiServer>,
+    ip_for: impl Fn(&Value) -> Option<String> + Send + 'static,
+) -> DeploymentController {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (server, flag) = (server.clone(), stop.clone());
+    tokio::spawn(async move {
+        while !flag.load(Ordering::SeqCst) {
+            for d in server.list("deployments", "") {
+                let ns = d["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let name = format!("{}-pod", d["metadata"]["name"].as_str().unwrap_or_default());
+                let replicas = d["spec"]["replicas"].as_i64().unwrap_or(0);
+                let existing = server.get("pods", &ns, &name);
+                match (replicas > 0, existing, ip_for(&d)) {
+                    (true, None, Some(ip)) => {
+                        server.upsert(
+                            "pods",
+                            json!({
+                                "metadata": {"name": name, "namespace": ns,
+                                             "labels": d["spec"]["template"]["metadata"]["labels"]},
+                                "spec": {"containers": [{"name": "model", "image": "demo"}]},
+                                "status": {"phase": "Running", "podIP": ip,
+                                           "startTime": k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap().to_string(),
+                                           "conditions": [{"type": "Ready", "status": "True"}],
+                                           "containerStatuses": [{"name": "model", "ready": true, "restartCount": 0,
+                                                                  "image": "demo", "imageID": "", "state": {"running": {}}}]}
+                            }),
+                        );
+                    }
+                    (false, Some(_), _) => {
+                        server.delete("pods", &ns, &name);
+                    }
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    DeploymentController { stop }
+}

@@ -1,0 +1,238 @@
+//! Canary stories end to end in-process: the operator on the fake API
+//! server, demo model servers on loopback addresses standing in for pods, real
+//! scraping, windows and checks.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use modeldeploy::api::ModelDeployment;
+use modeldeploy::demo::{self, Behaviour, Load};
+use serde_json::{Value, json};
+use support::fake_apiserver::FakeApiServer;
+use support::{
+    deployment_controller, eventually, model_deployment, pod_controller, start_operator,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn status(server: &FakeApiServer, name: &str) -> Value {
+    server
+        .get("modeldeployments", "default", name)
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A model server per version on its own loopback address, with steady load.
+struct Fleet {
+    _servers: Vec<demo::Running>,
+    _load: Vec<tokio::task::JoinHandle<(u64, u64)>>,
+}
+
+async fn fleet(port: u16, versions: &[(&str, Behaviour)]) -> Fleet {
+    let mut servers = Vec::new();
+    let mut load = Vec::new();
+    for (ip, behaviour) in versions {
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        servers.push(demo::spawn(addr, behaviour.clone()).await.unwrap());
+        load.push(tokio::spawn(demo::load(Load {
+            target: format!("http://{addr}"),
+            rps: 200.0,
+            duration: Some(Duration::from_secs(60)),
+            feature_shift: 0.0,
+            features: 4,
+            feedback: true,
+            seed: 3,
+        })));
+    }
+    Fleet {
+        _servers: servers,
+        _load: load,
+    }
+}
+
+fn ip_by_version(d: &Value) -> Option<String> {
+    match d["metadata"]["labels"]["modeldeploy.io/version"].as_str()? {
+        "1.0.0" => Some("127.0.0.2".into()),
+        "2.0.0" => Some("127.0.0.3".into()),
+        _ => None,
+    }
+}
+
+fn canary_spec(port: u16, steps: Value) -> Value {
+    json!({"spec": {
+        "replicas": 2,
+        "model": {"port": port},
+        "rollout": {
+            "strategy": "canary",
+            "steps": steps,
+            "analysis": {
+                "interval": "1s", "failureLimit": 2, "minSamples": 100,
+                "checks": [
+                    {"name": "errors", "errorRate": {"max": 0.01}},
+                    {"name": "p99", "latency": {"quantile": 0.99, "max": "500ms"}}
+                ]
+            }
+        }
+    }})
+}
+
+async fn start_story(
+    name: &str,
+    port: u16,
+    steps: Value,
+    canary: Behaviour,
+) -> (
+    Arc<FakeApiServer>,
+    support::RunningOperator,
+    Vec<support::DeploymentController>,
+    Fleet,
+) {
+    let server = Arc::new(FakeApiServer::start().await);
+    let controllers = vec![
+        deployment_controller(&server, |_| true),
+        pod_controller(&server, ip_by_version),
+    ];
+    let fleet = fleet(
+        port,
+        &[("127.0.0.2", Behaviour::default()), ("127.0.0.3", canary)],
+    )
+    .await;
+    let op = start_operator(&server, "op", false);
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    let md: ModelDeployment =
+        serde_json::from_value(model_deployment(name, "1.0.0", canary_spec(port, steps))).unwrap();
+    api.create(&PostParams::default(), &md).await.unwrap();
+    eventually("v1 stable", WAIT, || {
+        (status(&server, name)["phase"] == "Stable").then_some(())
+    })
+    .await;
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"model": {"version": "2.0.0", "image": "example/scorer:2.0.0"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    (server, op, controllers, fleet)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_canary_is_promoted_step_by_step() {
+    let port = free_port();
+    let (server, op, _c, _f) = start_story(
+        "good",
+        port,
+        json!([{"setWeight": 50}, {"analysis": {"passes": 2}}]),
+        Behaviour {
+            version: "2.0.0".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let s = eventually("v2 promoted", WAIT, || {
+        let s = status(&server, "good");
+        (s["stable"]["version"] == "2.0.0" && s["phase"] == "Stable").then_some(s)
+    })
+    .await;
+    let history = s["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["outcome"], "Promoted");
+    let checks = s["analysis"]["checks"].as_array().unwrap();
+    assert!(checks.iter().all(|c| c["verdict"] == "Pass"), "{checks:?}");
+    assert!(checks[0]["samples"].as_i64().unwrap() >= 100);
+    op.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_errors_is_rolled_back() {
+    let port = free_port();
+    let (server, op, _c, _f) = start_story(
+        "bad",
+        port,
+        json!([{"setWeight": 50}, {"pause": {}}]),
+        Behaviour {
+            version: "2.0.0".into(),
+            error_rate: 0.05,
+            seed: 9,
+            ..Default::default()
+        },
+    )
+    .await;
+    let s = eventually("rolled back", WAIT, || {
+        let s = status(&server, "bad");
+        (s["phase"] == "RolledBack").then_some(s)
+    })
+    .await;
+    assert_eq!(s["stable"]["version"], "1.0.0");
+    let reason = s["history"].as_array().unwrap().last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("errors"), "{reason}");
+    let failing = s["analysis"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "errors")
+        .unwrap()
+        .clone();
+    assert_eq!(failing["verdict"], "Fail");
+    op.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_metrics_at_all_pauses_instead_of_promoting() {
+    let port = free_port();
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let _pc = pod_controller(&server, ip_by_version);
+    // Only v1 has a server: the canary's pods answer nothing.
+    let _fleet = fleet(port, &[("127.0.0.2", Behaviour::default())]).await;
+    let op = start_operator(&server, "op", false);
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    let mut spec = canary_spec(port, json!([{"setWeight": 50}, {"analysis": {}}]));
+    spec["spec"]["rollout"]["analysis"]["inconclusiveLimit"] = json!(3);
+    let md: ModelDeployment =
+        serde_json::from_value(model_deployment("silent", "1.0.0", spec)).unwrap();
+    api.create(&PostParams::default(), &md).await.unwrap();
+    eventually("v1 stable", WAIT, || {
+        (status(&server, "silent")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    api.patch(
+        "silent",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"model": {"version": "2.0.0"}}})),
+    )
+    .await
+    .unwrap();
+    let s = eventually("paused", WAIT, || {
+        let s = status(&server, "silent");
+        (s["phase"] == "Paused").then_some(s)
+    })
+    .await;
+    assert_eq!(s["canary"]["paused"], "Inconclusive");
+    assert_eq!(
+        s["stable"]["version"], "1.0.0",
+        "never promoted without data"
+    );
+    let msg = s["analysis"]["checks"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("requests") || msg.contains("pod"), "{msg}");
+    op.stop().await.unwrap();
+}
