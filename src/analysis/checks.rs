@@ -117,6 +117,7 @@ pub fn evaluate(checks: &[Check], judge: &Judge<'_>, at: Timestamp) -> AnalysisR
         checks: results,
         decisive,
         drift: drift_status,
+        ab: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! quantiles, drift distances, multiple-testing corrections and
 //! classification quality. No I/O.
 
+pub mod abtest;
 pub mod checks;
 pub mod drift;
 pub mod error_rate;

@@ -441,7 +441,24 @@ pub async fn analyze(
         min_samples: plan.min_samples,
         sequential: SequentialConfig::default(),
     };
-    let run = checks::evaluate(plan.checks, &judge, now);
+    let mut run = checks::evaluate(plan.checks, &judge, now);
+    if status.canary.is_some()
+        && let Some(ab) = md.spec.rollout.as_ref().and_then(|r| r.ab_test.as_ref())
+        && md
+            .spec
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.strategy == crate::api::Strategy::AbTest)
+    {
+        run.ab = Some(crate::analysis::abtest::compare(
+            ab.objective.metric,
+            ab.objective.goal,
+            ab.objective.confidence,
+            u64::try_from(ab.min_samples).unwrap_or(0),
+            &baseline,
+            &judged,
+        ));
+    }
     ctx.metrics
         .record_run(&md.namespace().unwrap_or_default(), &md.name_any(), &run);
     Some(run)

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use crate::analysis::abtest::Winner;
 use crate::api::{
-    AnalysisStatus, CanaryStatus, CheckVerdict, InconclusivePolicy, Outcome, PauseReason,
-    RevisionStatus, RolloutSpec,
+    AbSamples, AbTestStatus, AnalysisStatus, CanaryStatus, CheckVerdict, InconclusivePolicy,
+    Outcome, PauseReason, RevisionStatus, RolloutSpec, Strategy,
 };
 
 use super::{Draft, NoteKind, available, record_run, weights};
@@ -102,6 +103,12 @@ pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &Revi
     }
 
     if let Some(rollout) = rollout
+        && rollout.strategy == Strategy::AbTest
+    {
+        if let Err(why) = ab_test(d, &mut c, rollout) {
+            return roll_back(d, &c, stable, why);
+        }
+    } else if let Some(rollout) = rollout
         && c.paused.is_none()
         && !c.promoting
     {
@@ -178,6 +185,78 @@ fn start(
         paused: None,
         promoting: replace,
     }
+}
+
+/// An A/B test: a fixed split until the objective is decided. The candidate
+/// wins -> promotion; stable wins or `maxDuration` passes undecided -> stable
+/// stays (returned as the reason to end the test).
+fn ab_test(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec) -> Result<(), String> {
+    let Some(ab) = rollout.ab_test.as_ref() else {
+        return Ok(());
+    };
+    if c.promoting {
+        return Ok(());
+    }
+    let weight = ab.weight.unwrap_or(50);
+    if c.set_weight != weight {
+        c.set_weight = weight;
+    }
+    if let Some(run) = d.input.analysis
+        && let Some(cmp) = &run.ab
+        && d.status
+            .analysis
+            .as_ref()
+            .and_then(|a| a.last_time.as_ref())
+            .is_some_and(|t| t.0 == run.at)
+    {
+        let winner = cmp.winner.map(|w| match w {
+            Winner::Candidate => "candidate".to_string(),
+            Winner::Stable => "stable".to_string(),
+        });
+        d.status.ab_test = Some(AbTestStatus {
+            winner: winner.clone(),
+            p_value: cmp.p_value,
+            effect: cmp.effect,
+            samples: Some(AbSamples {
+                stable: i64::try_from(cmp.samples_stable).unwrap_or(i64::MAX),
+                candidate: i64::try_from(cmp.samples_candidate).unwrap_or(i64::MAX),
+            }),
+        });
+        let safe = run.verdict() == CheckVerdict::Pass || rollout.analysis.checks.is_empty();
+        match cmp.winner {
+            Some(Winner::Candidate) if safe => {
+                c.promoting = true;
+                c.step_started_at = Some(d.now.clone());
+                d.note(
+                    NoteKind::Normal,
+                    "ABTestDecided",
+                    format!("revision {} won the A/B test: {}", c.revision, cmp.message),
+                );
+                return Ok(());
+            }
+            Some(Winner::Stable) => {
+                return Err(format!(
+                    "A/B test: the stable revision is better ({})",
+                    cmp.message
+                ));
+            }
+            _ => {}
+        }
+    }
+    if let Some(max) = d.input.valid.ab_max_duration {
+        let ran = d.elapsed_since(c.started_at.as_ref());
+        if ran >= max {
+            if let Some(s) = d.status.ab_test.as_mut() {
+                s.winner = Some("none".into());
+            }
+            return Err(format!(
+                "A/B test undecided after {}s; the stable revision stays",
+                max.as_secs()
+            ));
+        }
+        d.requeue_within(max - ran);
+    }
+    Ok(())
 }
 
 /// Complete every step whose condition already holds; stop at the first that

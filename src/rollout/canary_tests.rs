@@ -62,6 +62,7 @@ fn run_with(verdict: CheckVerdict, at: Timestamp) -> AnalysisRun {
         }],
         decisive: false,
         drift: None,
+        ab: None,
     }
 }
 
@@ -396,6 +397,102 @@ fn a_paused_canary_is_still_judged_and_rolled_back() {
         sim.interval(CheckVerdict::Fail);
     }
     assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+}
+
+fn ab_spec(version: &str) -> ModelDeploymentSpec {
+    let mut spec = canary_spec(version, json!({}));
+    let r = spec.rollout.as_mut().unwrap();
+    r.strategy = crate::api::Strategy::AbTest;
+    r.steps.clear();
+    r.ab_test = Some(
+        serde_json::from_value(json!({
+            "weight": 50, "minSamples": 1000, "maxDuration": "10m",
+            "objective": {"metric": "errorRate", "goal": "minimize"}
+        }))
+        .unwrap(),
+    );
+    spec
+}
+
+fn ab_run(at: Timestamp, winner: Option<crate::analysis::abtest::Winner>) -> AnalysisRun {
+    let mut run = run_with(CheckVerdict::Pass, at);
+    run.ab = Some(crate::analysis::abtest::Comparison {
+        samples_stable: 5000,
+        samples_candidate: 5000,
+        effect: Some(-0.01),
+        p_value: Some(if winner.is_some() { 1e-4 } else { 0.4 }),
+        winner,
+        message: "test".into(),
+    });
+    run
+}
+
+#[test]
+fn an_ab_test_promotes_the_winner_and_records_the_statistics() {
+    let mut sim = Sim::settled(ab_spec("1.0.0"));
+    sim.start(ab_spec("2.0.0"));
+    assert_eq!(
+        sim.sizes(),
+        BTreeMap::from([(1, 5), (2, 5)]),
+        "a fixed 50/50 split"
+    );
+    sim.t += 30;
+    sim.tick(Some(ab_run(sim.now(), None)), None, None);
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    sim.t += 30;
+    sim.tick(
+        Some(ab_run(
+            sim.now(),
+            Some(crate::analysis::abtest::Winner::Candidate),
+        )),
+        None,
+        None,
+    );
+    assert_eq!(sim.status.phase, Some(Phase::Promoting));
+    let ab = sim.status.ab_test.clone().unwrap();
+    assert_eq!(ab.winner.as_deref(), Some("candidate"));
+    assert_eq!(ab.p_value, Some(1e-4));
+    sim.t += 5;
+    sim.tick(None, None, None);
+    assert_eq!(sim.status.stable.as_ref().unwrap().revision, 2);
+}
+
+#[test]
+fn an_ab_test_keeps_stable_when_it_wins_or_nothing_is_decided() {
+    let mut sim = Sim::settled(ab_spec("1.0.0"));
+    sim.start(ab_spec("2.0.0"));
+    sim.t += 30;
+    sim.tick(
+        Some(ab_run(
+            sim.now(),
+            Some(crate::analysis::abtest::Winner::Stable),
+        )),
+        None,
+        None,
+    );
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    assert_eq!(sim.status.stable.as_ref().unwrap().revision, 1);
+
+    let mut sim = Sim::settled(ab_spec("1.0.0"));
+    sim.start(ab_spec("2.0.0"));
+    for _ in 0..25 {
+        sim.t += 30;
+        let now = sim.now();
+        sim.tick(Some(ab_run(now, None)), None, None);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    assert_eq!(
+        sim.status.ab_test.as_ref().unwrap().winner.as_deref(),
+        Some("none")
+    );
+    assert!(
+        sim.status
+            .history
+            .last()
+            .unwrap()
+            .reason
+            .contains("undecided")
+    );
 }
 
 #[test]

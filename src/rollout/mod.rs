@@ -61,6 +61,8 @@ pub struct AnalysisRun {
     pub decisive: bool,
     /// Per-feature input drift seen by this run, if an input drift check ran.
     pub drift: Option<crate::api::DriftStatus>,
+    /// The A/B objective compared between the variants (strategy abTest).
+    pub ab: Option<crate::analysis::abtest::Comparison>,
 }
 
 impl AnalysisRun {
