@@ -236,3 +236,50 @@ async fn no_metrics_at_all_pauses_instead_of_promoting() {
     assert!(msg.contains("requests") || msg.contains("pod"), "{msg}");
     op.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restarted_mid_rollout_finishes_it_without_repeating_a_step() {
+    let port = free_port();
+    let (server, op, _c, _f) = start_story(
+        "restart",
+        port,
+        json!([{"setWeight": 50}, {"analysis": {"passes": 3}}]),
+        Behaviour {
+            version: "2.0.0".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    eventually("the canary at 50%", WAIT, || {
+        let s = status(&server, "restart");
+        (s["canary"]["step"] == 1).then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+    let before = status(&server, "restart");
+    let op = start_operator(&server, "op-2", false);
+    let s = eventually("promoted after the restart", WAIT, || {
+        let s = status(&server, "restart");
+        (s["stable"]["version"] == "2.0.0" && s["phase"] == "Stable").then_some(s)
+    })
+    .await;
+    let outcomes: Vec<&str> = s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec!["Deployed", "Promoted"],
+        "one promotion, nothing repeated"
+    );
+    assert_eq!(before["canary"]["revision"], 2);
+    let started: Vec<Value> = server
+        .list("events", "default")
+        .into_iter()
+        .filter(|e| e["reason"] == "RolloutStarted")
+        .collect();
+    assert_eq!(started.len(), 1, "the rollout was not started twice");
+    op.stop().await.unwrap();
+}
