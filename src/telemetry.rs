@@ -28,6 +28,8 @@ pub struct Metrics {
     pub check_value: GaugeVec,
     pub check_outcome: IntGaugeVec,
     pub drift_max_score: GaugeVec,
+    pub scrape_errors: IntCounterVec,
+    pub scrape_duration: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -93,8 +95,27 @@ impl Metrics {
             &object,
         )
         .expect("valid metric definition");
+        let scrape_errors = IntCounterVec::new(
+            Opts::new(
+                "scrape_errors_total",
+                "Failed pod scrapes and Prometheus queries, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric definition");
+        let scrape_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "scrape_duration_seconds",
+                "Time to read every pod of one ModelDeployment for one analysis run.",
+            )
+            .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &[],
+        )
+        .expect("valid metric definition");
         for c in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(scrape_errors.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(scrape_duration.clone()),
+            Box::new(reconciles.clone()),
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(phase.clone()),
@@ -116,6 +137,8 @@ impl Metrics {
             check_value,
             check_outcome,
             drift_max_score,
+            scrape_errors,
+            scrape_duration,
         }
     }
 

@@ -95,6 +95,7 @@ fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> 
 /// Scrape one revision's Ready pods into its window.
 async fn scrape_into(
     scraper: &Scraper,
+    metrics: &crate::telemetry::Metrics,
     md: &ModelDeployment,
     pods: &[Arc<Pod>],
     filter: &FamilyFilter,
@@ -134,10 +135,17 @@ async fn scrape_into(
         .zip(starts)
         .zip(scraper.fetch_all(&targets).await)
     {
-        match result.map_err(|e| e.to_string()).and_then(|text| {
-            parse::parse(&text, filter, &Limits::default())
-                .map_err(|e| format!("cannot parse metrics: {e}"))
-        }) {
+        let parsed = match result {
+            Ok(text) => parse::parse(&text, filter, &Limits::default()).map_err(|e| {
+                metrics.scrape_errors.with_label_values(&["parse"]).inc();
+                format!("cannot parse metrics: {e}")
+            }),
+            Err(e) => {
+                metrics.scrape_errors.with_label_values(&[e.reason()]).inc();
+                Err(e.to_string())
+            }
+        };
+        match parsed {
             Ok(samples) => {
                 window.observe(&target.pod_uid, start, &samples);
                 latest.extend(samples);
@@ -234,9 +242,11 @@ async fn from_pods(
     let filter = FamilyFilter::new(families);
     let mut judged_problems = Vec::new();
     let mut baseline_problems = Vec::new();
+    let started = std::time::Instant::now();
     let judged_pods = ready_pods(ctx, md, &plan.judged);
     let latest = scrape_into(
         &ctx.scraper,
+        &ctx.metrics,
         md,
         &judged_pods,
         &filter,
@@ -248,6 +258,7 @@ async fn from_pods(
         let pods = ready_pods(ctx, md, &baseline_hash);
         scrape_into(
             &ctx.scraper,
+            &ctx.metrics,
             md,
             &pods,
             &filter,
@@ -256,6 +267,10 @@ async fn from_pods(
         )
         .await;
     }
+    ctx.metrics
+        .scrape_duration
+        .with_label_values(&[] as &[&str])
+        .observe(started.elapsed().as_secs_f64());
     let elapsed = Duration::try_from(now.duration_since(windows.started)).unwrap_or_default();
     let judged_totals = windows.judged.totals();
     let mut judged = VariantData::from_totals(&valid.names, &judged_totals);
@@ -275,6 +290,7 @@ async fn from_pods(
 
 async fn from_prometheus(
     client: &PromClient,
+    metrics: &crate::telemetry::Metrics,
     md: &ModelDeployment,
     valid: &ValidSpec,
     plan: &Plan<'_>,
@@ -333,7 +349,10 @@ async fn from_prometheus(
                             *totals.entry(key).or_insert(0.0) += s.value;
                         }
                     }
-                    Err(e) => problems.push(e.to_string()),
+                    Err(e) => {
+                        metrics.scrape_errors.with_label_values(&[e.reason()]).inc();
+                        problems.push(e.to_string());
+                    }
                 }
             }
             let mut data = VariantData::from_totals(&valid.names, &totals);
@@ -410,7 +429,15 @@ pub async fn analyze(
                 .and_then(|c| c.started_at.as_ref())
                 .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default())
                 .unwrap_or(valid.analysis_interval);
-            from_prometheus(client, md, valid, &plan, since.max(valid.metrics_interval)).await
+            from_prometheus(
+                client,
+                &ctx.metrics,
+                md,
+                valid,
+                &plan,
+                since.max(valid.metrics_interval),
+            )
+            .await
         }
         (MetricsSource::Prometheus, None) => {
             let missing = VariantData {
