@@ -152,7 +152,8 @@ async fn revision_queries_read_the_right_pods_through_real_prometheus() {
         seed: 11,
     };
     let (a, b) = tokio::join!(demo::load(load(good.addr)), demo::load(load(bad.addr)));
-    assert!(a.0 > 100 && b.0 > 100);
+    // Sequential requests: fewer on a loaded machine, still plenty.
+    assert!(a.0 > 20 && b.0 > 20, "sent {} and {}", a.0, b.0);
     // Two more scrapes after the load.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -201,7 +202,12 @@ async fn revision_queries_read_the_right_pods_through_real_prometheus() {
             .await
             .unwrap(),
     );
-    assert!(canary_requests > 100.0, "canary requests {canary_requests}");
+    // Scrapes a loaded machine misses shrink the count, never the ratio.
+    assert!(
+        canary_requests > 20.0 && canary_requests <= b.0 as f64 * 1.1 + 20.0,
+        "canary requests {canary_requests} of {} sent",
+        b.0
+    );
     let rate = canary_errors / canary_requests;
     assert!((0.15..0.45).contains(&rate), "canary error rate {rate}");
     assert_eq!(

@@ -283,3 +283,54 @@ async fn an_operator_restarted_mid_rollout_finishes_it_without_repeating_a_step(
     assert_eq!(started.len(), 1, "the rollout was not started twice");
     op.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_and_retry_through_the_plugins_code_path() {
+    use modeldeploy::rollout::requests::{Request, RequestAction, applicable};
+    let port = free_port();
+    let (server, op, _c, _f) = start_story(
+        "steer",
+        port,
+        json!([{"setWeight": 50}, {"pause": {}}]),
+        Behaviour {
+            version: "2.0.0".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    eventually("paused at the pause step", WAIT, || {
+        (status(&server, "steer")["phase"] == "Paused").then_some(())
+    })
+    .await;
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    let md = api.get("steer").await.unwrap();
+    let hash = modeldeploy::resources::revision_hash(&md.spec);
+    // The plugin asks the same function the operator uses before sending.
+    assert!(applicable(md.status.as_ref().unwrap(), &hash, &RequestAction::Retry).is_err());
+    let abort = Request::new(modeldeploy::cli::request_id(), RequestAction::Abort);
+    modeldeploy::cli::send_request(&api, "steer", &abort)
+        .await
+        .unwrap();
+    eventually("aborted", WAIT, || {
+        let s = status(&server, "steer");
+        (s["phase"] == "RolledBack" && s["lastRequest"] == abort.id.as_str()).then_some(())
+    })
+    .await;
+    // The annotation stays (GitOps leaves it alone) but runs only once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(&server, "steer")["phase"], "RolledBack");
+    let retry = Request::new(
+        format!("{}-retry", modeldeploy::cli::request_id()),
+        RequestAction::Retry,
+    );
+    modeldeploy::cli::send_request(&api, "steer", &retry)
+        .await
+        .unwrap();
+    let s = eventually("retried", WAIT, || {
+        let s = status(&server, "steer");
+        (s["lastRequest"] == retry.id.as_str() && s["canary"]["revision"] == 2).then_some(s)
+    })
+    .await;
+    assert_ne!(s["phase"], "RolledBack");
+    op.stop().await.unwrap();
+}
