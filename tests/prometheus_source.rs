@@ -2,6 +2,8 @@
 //! `prometheus`, installed by `.ci/install-deps`), scraping demo model servers
 //! on loopback. Skips with a message when the binary is missing.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -10,6 +12,7 @@ use modeldeploy::demo::{self, Behaviour, Load};
 use modeldeploy::metrics::prometheus::{
     PromClient, RevisionSelector, bucket_increase, counter_increase,
 };
+use support::free_port;
 
 struct Prometheus {
     child: Child,
@@ -40,14 +43,6 @@ mod tempdir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Start Prometheus scraping each (address, pod name) every second.

@@ -14,7 +14,7 @@ use modeldeploy::demo::{self, Behaviour, Load};
 use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
 use support::{
-    deployment_controller, eventually, model_deployment, pod_controller, start_operator,
+    deployment_controller, eventually, free_port, model_deployment, pod_controller, start_operator,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -24,14 +24,6 @@ fn status(server: &FakeApiServer, name: &str) -> Value {
         .get("modeldeployments", "default", name)
         .map(|o| o["status"].clone())
         .unwrap_or(Value::Null)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A model server per version on its own loopback address, with steady load.

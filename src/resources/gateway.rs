@@ -8,15 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::Service;
 use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{GatewayApiSpec, HttpMatch, ModelDeployment, labels};
 
-use super::{base_labels, owned_meta, stamp};
+use super::{base_labels, model_service, owned_meta, stamp};
 
 /// The fields of `gateway.networking.k8s.io/v1` HTTPRoute this operator owns.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -93,24 +92,16 @@ pub fn variant_service_name(md_name: &str, variant: &str) -> String {
 pub fn variant_service(md: &ModelDeployment, variant: &str, hash: &str) -> Service {
     let mut labels_ = base_labels(md);
     labels_.insert("modeldeploy.io/variant".into(), variant.into());
-    stamp(Service {
-        metadata: owned_meta(md, variant_service_name(&md.name_any(), variant), labels_),
-        spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([
-                (labels::NAME.to_string(), md.name_any()),
-                (labels::HASH.to_string(), hash.to_string()),
-            ])),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: md.spec.model.port,
-                target_port: Some(IntOrString::String("http".into())),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        status: None,
-    })
+    let selector = BTreeMap::from([
+        (labels::NAME.to_string(), md.name_any()),
+        (labels::HASH.to_string(), hash.to_string()),
+    ]);
+    model_service(
+        md,
+        variant_service_name(&md.name_any(), variant),
+        labels_,
+        selector,
+    )
 }
 
 /// A cookie has no match type of its own in the Gateway API: it is matched

@@ -224,10 +224,22 @@ fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
 /// The Service clients call: it selects the pods of every serving revision, so
 /// with the replicas router traffic splits by ready pod counts.
 pub fn service(md: &ModelDeployment) -> Service {
+    let selector = BTreeMap::from([(labels::NAME.to_string(), md.name_any())]);
+    model_service(md, md.name_any(), base_labels(md), selector)
+}
+
+/// A Service on the model port selecting `selector`; every Service the
+/// operator makes has this shape.
+fn model_service(
+    md: &ModelDeployment,
+    name: String,
+    labels: BTreeMap<String, String>,
+    selector: BTreeMap<String, String>,
+) -> Service {
     stamp(Service {
-        metadata: owned_meta(md, md.name_any(), base_labels(md)),
+        metadata: owned_meta(md, name, labels),
         spec: Some(ServiceSpec {
-            selector: Some(BTreeMap::from([(labels::NAME.to_string(), md.name_any())])),
+            selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: md.spec.model.port,
