@@ -1,0 +1,199 @@
+//! End-to-end scenarios against the cluster of the current kubeconfig (kind
+//! by `e2e/run.sh`, or any other real cluster with the operator installed).
+//! Ignored by default: `cargo test --test e2e -- --ignored`. The image under
+//! test comes from `E2E_IMAGE` and must hold `modeldeploy-demo`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use modeldeploy::api::ModelDeployment;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(300);
+
+fn image() -> String {
+    std::env::var("E2E_IMAGE").unwrap_or_else(|_| "modeldeploy:e2e".into())
+}
+
+async fn client_and_namespace(name: &str) -> Option<(kube::Client, String)> {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("SKIPPED: no cluster reachable ({e})");
+            return None;
+        }
+    };
+    let ns = format!("e2e-{name}");
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(&ns, &DeleteParams::default()).await;
+    for _ in 0..60 {
+        if api.get_opt(&ns).await.ok().flatten().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    api.create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    Some((client, ns))
+}
+
+/// A demo model server as the model, with its own load generator as a sidecar
+/// so traffic reaches every revision.
+fn manifest(name: &str, version: &str, args: &[&str], rollout: Value) -> ModelDeployment {
+    let mut serve = vec!["serve".to_string(), format!("--model-version={version}")];
+    serve.extend(args.iter().map(|a| a.to_string()));
+    serde_json::from_value(json!({
+        "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"version": version, "image": image(), "port": 8080,
+                      "command": ["/usr/local/bin/modeldeploy-demo"], "args": serve},
+            "replicas": 2,
+            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}},
+            "template": {"readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 2}},
+            "rollout": rollout
+        }
+    }))
+    .unwrap()
+}
+
+async fn wait_for(
+    api: &Api<ModelDeployment>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(md) = api.get(name).await {
+            let status = serde_json::to_value(&md.status).unwrap_or(Value::Null);
+            if check(&status) {
+                return status;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Steady traffic from inside the cluster to the model Service.
+async fn start_load(client: &kube::Client, ns: &str, service: &str) {
+    let load: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "load"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "load"}},
+            "template": {"metadata": {"labels": {"app": "load"}}, "spec": {"containers": [{
+                "name": "load", "image": image(), "command": ["/usr/local/bin/modeldeploy-demo"],
+                "args": ["load", format!("--target=http://{service}:8080"), "--rps=40"]
+            }]}}}
+    }))
+    .unwrap();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &load)
+        .await
+        .expect("load generator");
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster with the operator installed: e2e/run.sh"]
+async fn first_deployment_becomes_ready_with_its_limits() {
+    let Some((client, ns)) = client_and_namespace("first").await else {
+        return;
+    };
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    let mut md = manifest("scorer", "1.0.0", &[], Value::Null);
+    md.spec.rollout = None;
+    api.create(&PostParams::default(), &md).await.unwrap();
+    wait_for(&api, "scorer", "Stable", |s| s["phase"] == "Stable").await;
+    let deployments: Api<Deployment> = Api::namespaced(client, &ns);
+    let list = deployments
+        .list(&ListParams::default().labels("modeldeploy.io/name=scorer"))
+        .await
+        .unwrap();
+    let limits = list.items[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .resources
+        .as_ref()
+        .unwrap()
+        .limits
+        .clone()
+        .unwrap();
+    assert_eq!(limits["memory"].0, "128Mi");
+}
+
+async fn canary_story(name: &str, bad_args: &[&str]) -> Option<Value> {
+    let (client, ns) = client_and_namespace(name).await?;
+    let api: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
+    let rollout = json!({
+        "strategy": "canary",
+        "steps": [{"setWeight": 50}, {"analysis": {"passes": 3}}],
+        "analysis": {"interval": "10s", "minSamples": 100, "failureLimit": 2,
+            "checks": [{"name": "errors", "errorRate": {"max": 0.01}},
+                       {"name": "outputs", "predictionDrift": {"method": "js", "max": 0.1}}]}
+    });
+    api.create(
+        &PostParams::default(),
+        &manifest(name, "1.0.0", &[], rollout.clone()),
+    )
+    .await
+    .unwrap();
+    start_load(&client, &ns, name).await;
+    wait_for(&api, name, "v1 stable", |s| s["phase"] == "Stable").await;
+    let mut args = vec!["serve".to_string(), "--model-version=2.0.0".to_string()];
+    args.extend(bad_args.iter().map(|a| a.to_string()));
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"model": {"version": "2.0.0", "args": args}}})),
+    )
+    .await
+    .unwrap();
+    Some(
+        wait_for(&api, name, "the rollout to end", |s| {
+            s["phase"] == "RolledBack"
+                || (s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0")
+        })
+        .await,
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster with the operator installed: e2e/run.sh"]
+async fn a_good_canary_is_promoted() {
+    let Some(s) = canary_story("good", &[]).await else {
+        return;
+    };
+    assert_eq!(s["phase"], "Stable", "{s}");
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster with the operator installed: e2e/run.sh"]
+async fn a_canary_with_errors_is_rolled_back() {
+    let Some(s) = canary_story("errors", &["--error-rate=0.2"]).await else {
+        return;
+    };
+    assert_eq!(s["phase"], "RolledBack", "{s}");
+    assert_eq!(s["stable"]["version"], "1.0.0");
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster with the operator installed: e2e/run.sh"]
+async fn a_canary_with_drifted_predictions_is_rolled_back() {
+    let Some(s) = canary_story("drift", &["--prediction-shift=2.5"]).await else {
+        return;
+    };
+    assert_eq!(s["phase"], "RolledBack", "{s}");
+}
