@@ -27,7 +27,7 @@
 //! Fewer than `min_samples` requests (canary, and stable for the ratio) is
 //! Inconclusive, never Pass or Fail.
 
-use statrs::distribution::{Beta, Binomial, ContinuousCDF, DiscreteCDF};
+use statrs::function::gamma::ln_gamma;
 
 use crate::api::{CheckStatus, CheckVerdict};
 
@@ -104,8 +104,27 @@ pub struct Judgement {
 
 /// `P(X >= k)` for `X ~ Binomial(n, p)`.
 fn upper_tail(k: u64, n: u64, p: f64) -> f64 {
-    if k == 0 {
+    binomial_sf(k as f64, n as f64, p)
+}
+
+/// Whether the one-sided Clopper–Pearson upper bound of the rate at
+/// `confidence` is at most `max`: the same as `P(X <= errors | n, max) <= 1 - confidence`.
+fn bounded_below(errors: u64, n: u64, max: f64, confidence: f64) -> bool {
+    n > 0 && binomial_cdf(errors as f64, n as f64, max) <= 1.0 - confidence
+}
+
+// Exact binomial tails through the regularized incomplete beta function,
+// with enough continued-fraction terms for millions of requests (statrs'
+// `beta_reg` stops after 140 terms and is wrong at those sizes).
+/// `P(X >= k)` for `X ~ Binomial(n, p)`; `n`, `k` whole numbers. Total:
+/// out-of-range input gives the natural limit, and NaN or infinite input
+/// gives 1, which is no evidence of anything in the tests above.
+fn binomial_sf(k: f64, n: f64, p: f64) -> f64 {
+    if !(k.is_finite() && n.is_finite()) || p.is_nan() || k <= 0.0 {
         return 1.0;
+    }
+    if k > n {
+        return 0.0;
     }
     if p <= 0.0 {
         return 0.0;
@@ -113,15 +132,100 @@ fn upper_tail(k: u64, n: u64, p: f64) -> f64 {
     if p >= 1.0 {
         return 1.0;
     }
-    Binomial::new(p, n).map_or(1.0, |b| b.sf(k - 1))
+    let v = reg_inc_beta(k, n - k + 1.0, p);
+    if v.is_nan() { 1.0 } else { v }
 }
 
-/// One-sided Clopper–Pearson upper bound of a rate at `confidence`.
-fn upper_bound(errors: u64, n: u64, confidence: f64) -> f64 {
-    if n == 0 || errors >= n {
+/// `P(X <= k)` for `X ~ Binomial(n, p)`. Total, as [`binomial_sf`].
+fn binomial_cdf(k: f64, n: f64, p: f64) -> f64 {
+    if !(k.is_finite() && n.is_finite()) || p.is_nan() || k >= n {
         return 1.0;
     }
-    Beta::new(errors as f64 + 1.0, (n - errors) as f64).map_or(1.0, |b| b.inverse_cdf(confidence))
+    if k < 0.0 {
+        return 0.0;
+    }
+    if p <= 0.0 {
+        return 1.0;
+    }
+    if p >= 1.0 {
+        return 0.0;
+    }
+    let v = reg_inc_beta(n - k, k + 1.0, 1.0 - p);
+    if v.is_nan() { 1.0 } else { v }
+}
+
+/// Regularized incomplete beta `I_x(a, b)` for `a, b > 0`, `0 < x < 1`, by
+/// the continued fraction (modified Lentz).
+///
+/// Written here rather than taken from `statrs::function::beta::beta_reg`
+/// because that one stops after 140 terms and returns an unconverged value
+/// when `a` or `b` is large (millions of requests need about `sqrt(max(a,
+/// b))` terms). When even the raised limit is not enough, it falls back to a
+/// normal approximation of the binomial, which is excellent at such sizes.
+fn reg_inc_beta(a: f64, b: f64, x: f64) -> f64 {
+    if !(a > 0.0 && b > 0.0) || x.is_nan() {
+        return f64::NAN;
+    }
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    if x > (a + 1.0) / (a + b + 2.0) {
+        return 1.0 - reg_inc_beta(b, a, 1.0 - x);
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (-x).ln_1p();
+    let front = ln_front.exp() / a;
+    if front == 0.0 {
+        return 0.0;
+    }
+    const TINY: f64 = 1e-300;
+    const EPS: f64 = 1e-15;
+    let max_terms = (1000.0 + 20.0 * a.max(b).sqrt()).min(2e6) as u64;
+    let mut c = 1.0;
+    let mut d = 1.0 - (a + b) * x / (a + 1.0);
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..=max_terms {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        for aa in [
+            m * (b - m) * x / ((a + m2 - 1.0) * (a + m2)),
+            -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0)),
+        ] {
+            d = 1.0 + aa * d;
+            if d.abs() < TINY {
+                d = TINY;
+            }
+            c = 1.0 + aa / c;
+            if c.abs() < TINY {
+                c = TINY;
+            }
+            d = 1.0 / d;
+            h *= d * c;
+        }
+        // The last factor's distance from 1 measures convergence.
+        if (d * c - 1.0).abs() <= EPS {
+            return (front * h).clamp(0.0, 1.0);
+        }
+    }
+    // Not converged: normal approximation of I_x(a, b) = P(Bin(a+b-1, x) >= a).
+    let n = a + b - 1.0;
+    let mean = n * x;
+    let sd = (n * x * (1.0 - x)).sqrt();
+    if sd == 0.0 {
+        return if mean >= a { 1.0 } else { 0.0 };
+    }
+    normal_sf((a - 0.5 - mean) / sd)
+}
+
+/// Standard normal survival function, through `statrs`.
+fn normal_sf(z: f64) -> f64 {
+    0.5 * statrs::function::erf::erfc(z / std::f64::consts::SQRT_2)
 }
 
 fn status(
@@ -173,15 +277,12 @@ pub fn max_rate(name: &str, canary: Counts, max: f64, cfg: &SequentialConfig) ->
             decisive: p_fail < cfg.decisive_alpha,
         };
     }
-    let bound = upper_bound(e, n, cfg.pass_confidence);
-    let (verdict, message) = if bound <= max {
+    let (verdict, message) = if bounded_below(e, n, max, cfg.pass_confidence) {
         (CheckVerdict::Pass, format!("{e} errors in {n} requests"))
     } else {
         (
             CheckVerdict::Inconclusive,
-            format!(
-                "{e} errors in {n} requests: not yet enough evidence either way (upper bound {bound:.4})"
-            ),
+            format!("{e} errors in {n} requests: not yet enough evidence either way"),
         )
     };
     Judgement {
@@ -301,6 +402,20 @@ mod tests {
         assert_eq!(same.status.verdict, CheckVerdict::Pass);
         let no_stable_errors = ratio_to_stable("r", c(3000.0, 0.0), c(30000.0, 0.0), 1.5, &cfg);
         assert_eq!(no_stable_errors.status.verdict, CheckVerdict::Pass);
+    }
+
+    #[test]
+    fn millions_of_requests_are_judged_exactly() {
+        let cfg = SequentialConfig::default();
+        // An hour at 1,000 req/s right at the limit: no evidence of failure.
+        let at = max_rate("e", c(3_600_000.0, 36_000.0), 0.01, &cfg);
+        assert_ne!(at.status.verdict, CheckVerdict::Fail);
+        // 3 % above the limit at that size is clear evidence.
+        let above = max_rate("e", c(3_600_000.0, 37_100.0), 0.01, &cfg);
+        assert_eq!(above.status.verdict, CheckVerdict::Fail);
+        let below = max_rate("e", c(3_600_000.0, 30_000.0), 0.01, &cfg);
+        assert_eq!(below.status.verdict, CheckVerdict::Pass);
+        assert!((binomial_sf(1.0, 10.0, 0.1) - (1.0 - 0.9f64.powi(10))).abs() < 1e-12);
     }
 
     proptest! {
