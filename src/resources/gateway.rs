@@ -13,7 +13,7 @@ use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{GatewayApiSpec, HttpMatch, ModelDeployment, labels};
+use crate::api::{GatewayApiSpec, HttpMatch, ModelDeployment, ParentRef, labels};
 
 use super::{base_labels, model_service, owned_meta, stamp};
 
@@ -27,26 +27,11 @@ use super::{base_labels, model_service, owned_meta, stamp};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
-    pub parent_refs: Vec<RouteParentRef>,
+    /// The ModelDeployment's own `parentRefs`: the same shape as the Gateway API's.
+    pub parent_refs: Vec<ParentRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
     pub rules: Vec<RouteRule>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteParentRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub section_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -169,18 +154,7 @@ pub fn http_route(
     let mut route = HTTPRoute::new(
         &name,
         HttpRouteSpec {
-            parent_refs: gateway
-                .parent_refs
-                .iter()
-                .map(|p| RouteParentRef {
-                    group: p.group.clone(),
-                    kind: p.kind.clone(),
-                    name: p.name.clone(),
-                    namespace: p.namespace.clone(),
-                    section_name: p.section_name.clone(),
-                    port: p.port,
-                })
-                .collect(),
+            parent_refs: gateway.parent_refs.clone(),
             hostnames: gateway.hostnames.clone(),
             rules,
         },
@@ -192,7 +166,6 @@ pub fn http_route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ParentRef;
     use serde_json::json;
 
     fn md() -> ModelDeployment {
