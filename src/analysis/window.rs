@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::api::presets::{Names, Traffic};
-use crate::metrics::parse::Sample;
+use crate::metrics::parse::OwnedSample as Sample;
 
 use super::histogram::Histogram;
 
@@ -254,12 +254,15 @@ mod tests {
 
     fn s(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
         Sample {
+            family: name.into(),
             name: name.into(),
+            kind: crate::metrics::parse::MetricType::Unknown,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             value,
+            timestamp: None,
         }
     }
 

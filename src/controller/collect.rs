@@ -18,7 +18,7 @@ use crate::analysis::checks::{self, Judge, Reference};
 use crate::analysis::error_rate::SequentialConfig;
 use crate::analysis::window::{CounterWindow, SeriesKey, VariantData};
 use crate::api::{Check, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec, labels};
-use crate::metrics::parse::{self, FamilyFilter, Limits};
+use crate::metrics::parse::{self, FamilyFilter, Options, OwnedSample};
 use crate::metrics::prometheus::{self as prom, PromClient, RevisionSelector};
 use crate::metrics::scrape::{Scraper, Target};
 use crate::resources::deployment_name;
@@ -101,7 +101,7 @@ async fn scrape_into(
     filter: &FamilyFilter,
     window: &mut CounterWindow,
     problems: &mut Vec<String>,
-) -> Vec<parse::Sample> {
+) -> Vec<OwnedSample> {
     let port = md.spec.metrics.port.unwrap_or(md.spec.model.port);
     let Ok(port) = u16::try_from(port) else {
         problems.push("metrics port out of range".into());
@@ -136,7 +136,7 @@ async fn scrape_into(
         .zip(scraper.fetch_all(&targets).await)
     {
         let parsed = match result {
-            Ok(text) => parse::parse(&text, filter, &Limits::default()).map_err(|e| {
+            Ok(text) => parse::parse_owned(&text, filter, &Options::default()).map_err(|e| {
                 metrics.scrape_errors.with_label_values(&["parse"]).inc();
                 format!("cannot parse metrics: {e}")
             }),
@@ -164,7 +164,7 @@ async fn scrape_into(
 fn custom_value(
     query: &str,
     totals: &BTreeMap<SeriesKey, f64>,
-    latest: &[parse::Sample],
+    latest: &[OwnedSample],
     elapsed: Duration,
 ) -> Option<f64> {
     let (name, matchers) = match query.split_once('{') {
