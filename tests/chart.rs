@@ -262,3 +262,356 @@ fn every_plain_yaml_file_of_the_chart_parses() {
     assert_eq!(chart_yaml["apiVersion"], "v2");
     assert_eq!(chart_yaml["name"], "modeldeploy");
 }
+
+// ---------------------------------------------------------------------------
+// Metric names in PromQL
+
+/// What the operator exports on /metrics (src/telemetry.rs), plus `up` from
+/// Prometheus. Histograms also expose `_bucket`, `_sum` and `_count`.
+const EXPORTED: [&str; 12] = [
+    "modeldeploy_reconcile_total",
+    "modeldeploy_reconcile_failures_total",
+    "modeldeploy_reconcile_duration_seconds",
+    "modeldeploy_phase",
+    "modeldeploy_canary_weight",
+    "modeldeploy_check_value",
+    "modeldeploy_check_outcome",
+    "modeldeploy_drift_max_score",
+    "modeldeploy_drift_score",
+    "modeldeploy_rollbacks_total",
+    "modeldeploy_scrape_errors_total",
+    "modeldeploy_scrape_duration_seconds",
+];
+const HISTOGRAMS: [&str; 2] = [
+    "modeldeploy_reconcile_duration_seconds",
+    "modeldeploy_scrape_duration_seconds",
+];
+
+/// The exported metric a series name belongs to (`x_bucket` of histogram `x` is `x`).
+fn exported_metric(series: &str) -> Option<&'static str> {
+    if series == "up" {
+        return Some("up");
+    }
+    if let Some(m) = EXPORTED.iter().find(|m| **m == series) {
+        return Some(m);
+    }
+    HISTOGRAMS.iter().copied().find(|h| {
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .any(|suffix| series == format!("{h}{suffix}"))
+    })
+}
+
+/// Metric names a PromQL expression selects. A small scanner, not a parser:
+/// it skips strings, label matchers `{...}`, ranges `[...]`, numbers and
+/// durations, Grafana variables (`$x`, `${x}`), function calls, keywords,
+/// and the label lists of `by`/`without`/`on`/`ignoring`/`group_left`/`group_right`.
+fn metric_names(expr: &str) -> Vec<String> {
+    const KEYWORDS: [&str; 21] = [
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "atan2",
+        "limitk",
+    ];
+    const LABEL_LISTS: [&str; 6] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = Vec::new();
+    let mut i = 0;
+    let skip_to = |from: usize, close: char| -> usize {
+        let mut j = from;
+        let mut quote: Option<char> = None;
+        while j < chars.len() {
+            match (quote, chars[j]) {
+                (Some(_), '\\') => j += 1,
+                (Some(q), c) if c == q => quote = None,
+                (None, '"' | '\'' | '`') => quote = Some(chars[j]),
+                (None, c) if c == close => return j + 1,
+                _ => {}
+            }
+            j += 1;
+        }
+        panic!("unclosed {close:?} in {expr}");
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => {
+                let mut j = i + 1;
+                while j < chars.len() && chars[j] != c {
+                    j += if chars[j] == '\\' { 2 } else { 1 };
+                }
+                i = j + 1;
+            }
+            '{' => i = skip_to(i + 1, '}'),
+            '[' => i = skip_to(i + 1, ']'),
+            '$' => {
+                // A Grafana variable: $name, ${name} or ${name:format}.
+                i += 1;
+                if chars.get(i) == Some(&'{') {
+                    i = skip_to(i + 1, '}');
+                } else {
+                    while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                        i += 1;
+                    }
+                }
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '.') {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
+                let start = i;
+                while i < chars.len()
+                    && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+                {
+                    i += 1;
+                }
+                let word: String = chars[start..i].iter().collect();
+                let mut next = i;
+                while next < chars.len() && chars[next].is_whitespace() {
+                    next += 1;
+                }
+                let call = chars.get(next) == Some(&'(');
+                if LABEL_LISTS.contains(&word.as_str()) {
+                    if call {
+                        i = skip_to(next + 1, ')');
+                    }
+                } else if !call && !KEYWORDS.contains(&word.as_str()) {
+                    names.push(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+#[test]
+fn the_promql_scanner_finds_metric_names_only() {
+    let expr = r#"histogram_quantile(0.99, sum by (le) (rate(modeldeploy_reconcile_duration_seconds_bucket{job=~"$job", x="a}b"}[$__rate_interval])))
+        / on (namespace, name) group_left(phase) max without (pod) (modeldeploy_phase{phase="Paused"} offset 5m) > bool 1e3
+        or absent(up{job=~".*modeldeploy.*"} == 1) unless sum(increase(modeldeploy_rollbacks_total[${__range}]))"#;
+    assert_eq!(
+        metric_names(expr),
+        [
+            "modeldeploy_reconcile_duration_seconds_bucket",
+            "modeldeploy_phase",
+            "up",
+            "modeldeploy_rollbacks_total"
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Alerts
+
+const ALERTS: &str = "deploy/prometheus/alerts.yaml";
+const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yaml";
+const ALERTS_IN_CHART: &str = "charts/modeldeploy/files/alerts.yaml";
+const REQUIRED_ALERTS: [&str; 5] = [
+    "ModelDeployRolledBack",
+    "ModelDeployDriftDetected",
+    "ModelDeployOperatorDown",
+    "ModelDeployReconcileErrors",
+    "ModelDeployStuckPaused",
+];
+
+fn alert_rules() -> Vec<Value> {
+    let file = yaml(ALERTS);
+    let groups = file["groups"].as_array().expect("groups:");
+    groups
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules:").clone())
+        .collect()
+}
+
+fn alert(name: &str) -> Value {
+    alert_rules()
+        .into_iter()
+        .find(|r| r["alert"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {ALERTS}"))
+}
+
+/// Runs promtool from the repository root; a clear failure when it is missing.
+fn promtool(args: &[&str]) -> std::process::Output {
+    match std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool is not installed: `bash .ci/install-deps` installs it (Debian package prometheus)"
+        ),
+        Err(e) => panic!("running promtool: {e}"),
+    }
+}
+
+fn assert_success(output: std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    assert_success(
+        promtool(&["check", "rules", ALERTS]),
+        "promtool check rules",
+    );
+}
+
+#[test]
+fn promtool_unit_tests_of_the_alerts_pass() {
+    assert_success(
+        promtool(&["test", "rules", ALERTS_TEST]),
+        "promtool test rules",
+    );
+}
+
+#[test]
+fn every_alert_is_unit_tested_firing_and_quiet() {
+    let tests = yaml(ALERTS_TEST);
+    let cases: Vec<&Value> = tests["tests"]
+        .as_array()
+        .expect("tests:")
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().into_iter().flatten())
+        .collect();
+    for rule in alert_rules() {
+        let name = rule["alert"].as_str().expect("alerting rules only");
+        let evaluations: Vec<usize> = cases
+            .iter()
+            .filter(|c| c["alertname"] == name)
+            .map(|c| c["exp_alerts"].as_array().map_or(0, Vec::len))
+            .collect();
+        assert!(
+            evaluations.iter().any(|n| *n > 0),
+            "{name}: no unit test where it fires"
+        );
+        assert!(
+            evaluations.contains(&0),
+            "{name}: no unit test where it stays quiet"
+        );
+    }
+}
+
+#[test]
+fn the_required_alerts_are_there_with_runbook_annotations() {
+    let rules = alert_rules();
+    let names: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    for required in REQUIRED_ALERTS {
+        assert!(names.contains(&required), "{required} missing: {names:?}");
+    }
+    for rule in &rules {
+        let name = &rule["alert"];
+        for key in ["summary", "description"] {
+            let text = rule["annotations"][key].as_str().unwrap_or_default();
+            assert!(text.len() > 20, "{name}: no useful {key}");
+        }
+        assert!(
+            rule["annotations"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("Runbook:")),
+            "{name}: the description has no runbook"
+        );
+        assert!(
+            ["critical", "warning", "info"]
+                .contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+            "{name}: severity must be critical, warning or info"
+        );
+    }
+}
+
+#[test]
+fn the_alerts_use_only_exported_metrics() {
+    for rule in alert_rules() {
+        let expr = rule["expr"].as_str().expect("expr");
+        for name in metric_names(expr) {
+            assert!(
+                exported_metric(&name).is_some(),
+                "{}: {name} is not a metric the operator exports",
+                rule["alert"]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_chart_embeds_the_same_alerts() {
+    assert!(
+        read(ALERTS) == read(ALERTS_IN_CHART),
+        "{ALERTS_IN_CHART} differs from {ALERTS}: run `cp {ALERTS} {ALERTS_IN_CHART}`"
+    );
+    let template = read(&format!("{CHART}/templates/prometheusrule.yaml"));
+    assert!(template.contains(r#".Files.Get "files/alerts.yaml""#));
+}
+
+/// The chart's prometheusRule defaults are the numbers in the rules file, so
+/// the chart with default values serves exactly the tested rules.
+#[test]
+fn the_chart_defaults_match_the_rules_file() {
+    let values = default_values();
+    let cfg = &values["prometheusRule"];
+    assert_eq!(
+        cfg["enabled"], false,
+        "opt-in: needs the Prometheus Operator CRDs"
+    );
+    for (alert_name, key) in [
+        ("ModelDeployDriftDetected", "driftFor"),
+        ("ModelDeployReconcileErrors", "reconcileErrorsFor"),
+        ("ModelDeployStuckPaused", "stuckPausedFor"),
+        ("ModelDeployOperatorDown", "operatorDownFor"),
+    ] {
+        assert_eq!(
+            alert(alert_name)["for"],
+            cfg[key],
+            "prometheusRule.{key} and the `for` of {alert_name}"
+        );
+    }
+    // The template replaces the number after the last `>` of the drift rule.
+    let drift = alert("ModelDeployDriftDetected");
+    let expr = drift["expr"].as_str().unwrap().trim();
+    let (_, threshold) = expr
+        .rsplit_once('>')
+        .expect("drift expr ends in `> threshold`");
+    let threshold: f64 = threshold.trim().parse().expect("a number after `>`");
+    assert_eq!(Some(threshold), cfg["driftScoreThreshold"].as_f64());
+    // And the one job=~"..." matcher of the operator-down rule.
+    let down = alert("ModelDeployOperatorDown");
+    let expr = down["expr"].as_str().unwrap();
+    assert_eq!(expr.matches("job=~").count(), 1);
+    let regex = cfg["operatorJobRegex"].as_str().unwrap();
+    assert!(
+        expr.contains(&format!("job=~\"{regex}\"")),
+        "{expr} vs {regex}"
+    );
+}
