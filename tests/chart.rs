@@ -615,3 +615,127 @@ fn the_chart_defaults_match_the_rules_file() {
         "{expr} vs {regex}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Grafana dashboard
+
+const DASHBOARD: &str = "charts/modeldeploy/files/dashboard.json";
+
+fn dashboard() -> Value {
+    serde_json::from_str(&read(DASHBOARD)).expect("dashboard.json is JSON")
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(dashboard: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut stack: Vec<Value> = dashboard["panels"].as_array().expect("panels").clone();
+    while let Some(p) = stack.pop() {
+        if let Some(nested) = p["panels"].as_array() {
+            stack.extend(nested.iter().cloned());
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn the_dashboard_queries_only_exported_metrics_and_all_of_them() {
+    let dashboard = dashboard();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut queries = 0;
+    for panel in panels(&dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: a target without expr", panel["title"]));
+            queries += 1;
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{}: no metric in {expr}", panel["title"]);
+            for name in names {
+                let metric = exported_metric(&name).unwrap_or_else(|| {
+                    panic!(
+                        "{}: {name} is not a metric the operator exports",
+                        panel["title"]
+                    )
+                });
+                seen.insert(metric);
+            }
+        }
+    }
+    assert!(queries > 0);
+    let unused: Vec<_> = EXPORTED
+        .iter()
+        .chain(["up"].iter())
+        .filter(|m| !seen.contains(*m))
+        .collect();
+    assert!(unused.is_empty(), "metrics in no panel: {unused:?}");
+}
+
+#[test]
+fn the_dashboard_has_datasource_namespace_and_name_variables() {
+    let dashboard = dashboard();
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list");
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no ${name} variable"))
+    };
+    assert_eq!(variable("datasource")["type"], "datasource");
+    assert_eq!(variable("datasource")["query"], "prometheus");
+    for name in ["namespace", "name"] {
+        assert_eq!(variable(name)["type"], "query");
+        assert_eq!(variable(name)["datasource"]["uid"], "${datasource}");
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for panel in panels(&dashboard) {
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("panel id")),
+            "duplicate panel id {}",
+            panel["id"]
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}: the datasource is not the variable",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().expect("targets") {
+            assert_eq!(target["datasource"]["uid"], "${datasource}");
+            let expr = target["expr"].as_str().unwrap();
+            // Per-ModelDeployment series are filtered by the variables.
+            let per_object = [
+                "modeldeploy_phase",
+                "modeldeploy_canary_weight",
+                "modeldeploy_check_",
+                "modeldeploy_drift_",
+                "modeldeploy_rollbacks_total",
+            ];
+            if per_object.iter().any(|m| expr.contains(m)) {
+                assert!(
+                    expr.contains(r#"namespace=~"$namespace""#)
+                        && expr.contains(r#"name=~"$name""#),
+                    "{}: {expr} ignores $namespace/$name",
+                    panel["title"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_dashboard_config_map_embeds_the_file() {
+    let template = read(&format!("{CHART}/templates/dashboard.yaml"));
+    assert!(template.contains(r#".Files.Get "files/dashboard.json""#));
+    assert!(template.contains(".Values.grafanaDashboard.labels"));
+    let values = default_values();
+    assert_eq!(values["grafanaDashboard"]["enabled"], false);
+    assert_eq!(
+        values["grafanaDashboard"]["labels"]["grafana_dashboard"],
+        "1"
+    );
+}
