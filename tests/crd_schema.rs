@@ -4,11 +4,14 @@
 //! kube-cel; the plain OpenAPI keywords (required, enum, ranges) by jsonschema.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
+use kube_cel::compile_schema;
 use kube_cel::{ScopeContext, WarningKind, analyze_rule};
-use kube_cel::{Validator, compile_schema};
 use modeldeploy::api::{ModelDeployment, crd_yaml};
 use serde_json::{Value, json};
+
+#[path = "support/schema.rs"]
+mod schema;
+use schema::{open_api_schema, rejections};
 
 const COMMITTED: [&str; 2] = [
     "crds/modeldeployment.yaml",
@@ -82,20 +85,6 @@ fn assert_structural(node: &Value, path: &str) {
     }
 }
 
-fn open_api_schema() -> Value {
-    let crd = ModelDeployment::crd();
-    serde_json::to_value(
-        crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .unwrap()
-            .open_api_v3_schema
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 /// kube-cel's scope analysis flags variables bound by nested comprehension
 /// macros (`all(c, exists_one(d, ...))`) as out of scope, so only its cost
 /// estimate is enforced; compilation itself is checked too.
@@ -151,25 +140,6 @@ fn every_cel_rule_compiles_within_the_cost_budget() {
 fn example() -> Value {
     let text = include_str!("../examples/canary-cpu.yaml");
     serde_yaml::from_str(text).unwrap()
-}
-
-/// Messages from the OpenAPI keywords and the CEL rules, as `path: message`.
-fn rejections(object: &Value) -> Vec<String> {
-    let schema = open_api_schema();
-    let mut out = Vec::new();
-    let validator = jsonschema::options()
-        .should_validate_formats(false)
-        .build(&schema)
-        .expect("schema compiles as JSON schema");
-    for e in validator.iter_errors(object) {
-        out.push(format!("{}: {}", e.instance_path(), e));
-    }
-    if let Err(errors) = Validator::new().validate(&schema, object, None) {
-        for e in errors.iter() {
-            out.push(format!("{}: {}", e.field_path, e.message));
-        }
-    }
-    out
 }
 
 #[test]
