@@ -28,6 +28,8 @@ pub struct Metrics {
     pub check_value: GaugeVec,
     pub check_outcome: IntGaugeVec,
     pub drift_max_score: GaugeVec,
+    pub drift_score: GaugeVec,
+    pub rollbacks: IntCounterVec,
     pub scrape_errors: IntCounterVec,
     pub scrape_duration: HistogramVec,
 }
@@ -95,6 +97,22 @@ impl Metrics {
             &object,
         )
         .expect("valid metric definition");
+        let drift_score = GaugeVec::new(
+            Opts::new(
+                "drift_score",
+                "Input drift score per feature of the latest run (the highest-scoring features only).",
+            ),
+            &["namespace", "name", "feature"],
+        )
+        .expect("valid metric definition");
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "rollbacks_total",
+                "Rollbacks this operator made, of a canary or of a promoted revision the guard rejected.",
+            ),
+            &object,
+        )
+        .expect("valid metric definition");
         let scrape_errors = IntCounterVec::new(
             Opts::new(
                 "scrape_errors_total",
@@ -123,6 +141,8 @@ impl Metrics {
             Box::new(check_value.clone()),
             Box::new(check_outcome.clone()),
             Box::new(drift_max_score.clone()),
+            Box::new(drift_score.clone()),
+            Box::new(rollbacks.clone()),
         ] {
             // Registering fresh collectors in a fresh registry cannot clash.
             let _ = registry.register(c);
@@ -137,6 +157,8 @@ impl Metrics {
             check_value,
             check_outcome,
             drift_max_score,
+            drift_score,
+            rollbacks,
             scrape_errors,
             scrape_duration,
         }
@@ -157,11 +179,49 @@ impl Metrics {
             };
             self.check_outcome.with_label_values(&labels).set(outcome);
         }
-        if let Some(score) = run.drift.as_ref().and_then(|d| d.max_score) {
-            self.drift_max_score
-                .with_label_values(&[namespace, name])
-                .set(score);
+        if let Some(drift) = &run.drift {
+            if let Some(score) = drift.max_score {
+                self.drift_max_score
+                    .with_label_values(&[namespace, name])
+                    .set(score);
+            }
+            self.record_feature_drift(namespace, name, &drift.features);
         }
+    }
+
+    /// One series per feature, for the highest-scoring features only, so an
+    /// object with thousands of features cannot flood the registry.
+    fn record_feature_drift(
+        &self,
+        namespace: &str,
+        name: &str,
+        features: &[crate::api::FeatureDrift],
+    ) {
+        let mut top: Vec<&crate::api::FeatureDrift> =
+            features.iter().filter(|f| f.score.is_finite()).collect();
+        top.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        top.truncate(MAX_DRIFT_FEATURE_SERIES);
+        for stale in labels_of(&self.drift_score, namespace, name, "feature") {
+            if !top.iter().any(|f| f.name == stale) {
+                let _ = self
+                    .drift_score
+                    .remove_label_values(&[namespace, name, stale.as_str()]);
+            }
+        }
+        for f in top {
+            self.drift_score
+                .with_label_values(&[namespace, name, f.name.as_str()])
+                .set(f.score);
+        }
+    }
+
+    /// A rollback happened (of a canary, or of a revision the guard rejected).
+    pub fn count_rollback(&self, namespace: &str, name: &str) {
+        self.rollbacks.with_label_values(&[namespace, name]).inc();
     }
 
     pub fn set_phase(&self, namespace: &str, name: &str, phase: &str) {
@@ -181,27 +241,13 @@ impl Metrics {
         }
         let _ = self.canary_weight.remove_label_values(&[namespace, name]);
         let _ = self.drift_max_score.remove_label_values(&[namespace, name]);
-        // Check series are found by their labels, since check names vary.
-        use prometheus::core::Collector;
-        let checks: Vec<String> = self
-            .check_outcome
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric().iter())
-            .filter_map(|m| {
-                let get = |k: &str| {
-                    m.get_label()
-                        .iter()
-                        .find(|l| l.name() == k)
-                        .map(|l| l.value().to_string())
-                };
-                (get("namespace").as_deref() == Some(namespace)
-                    && get("name").as_deref() == Some(name))
-                .then(|| get("check"))
-                .flatten()
-            })
-            .collect();
-        for check in checks {
+        let _ = self.rollbacks.remove_label_values(&[namespace, name]);
+        for feature in labels_of(&self.drift_score, namespace, name, "feature") {
+            let _ = self
+                .drift_score
+                .remove_label_values(&[namespace, name, feature.as_str()]);
+        }
+        for check in labels_of(&self.check_outcome, namespace, name, "check") {
             let labels = [namespace, name, check.as_str()];
             let _ = self.check_value.remove_label_values(&labels);
             let _ = self.check_outcome.remove_label_values(&labels);
@@ -216,6 +262,35 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Features of one object with a `drift_score` series at a time.
+pub const MAX_DRIFT_FEATURE_SERIES: usize = 20;
+
+/// Values of `label` on the series of one object: per-object series whose
+/// third label varies (check names, features) are found this way.
+fn labels_of(
+    collector: &dyn prometheus::core::Collector,
+    namespace: &str,
+    name: &str,
+    label: &str,
+) -> Vec<String> {
+    collector
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric().iter())
+        .filter_map(|m| {
+            let get = |k: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == k)
+                    .map(|l| l.value().to_string())
+            };
+            (get("namespace").as_deref() == Some(namespace) && get("name").as_deref() == Some(name))
+                .then(|| get(label))
+                .flatten()
+        })
+        .collect()
 }
 
 /// What `/readyz` reports.
@@ -301,4 +376,77 @@ pub fn init_logging(default_level: &str, json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DriftStatus, FeatureDrift};
+    use crate::rollout::AnalysisRun;
+
+    fn run_with_features(n: usize) -> AnalysisRun {
+        let features = (0..n)
+            .map(|i| FeatureDrift {
+                name: format!("f{i:03}"),
+                method: "psi".into(),
+                score: i as f64,
+                p_value: None,
+            })
+            .collect();
+        AnalysisRun {
+            at: k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            checks: vec![],
+            decisive: false,
+            drift: Some(DriftStatus {
+                features,
+                max_score: Some(n as f64 - 1.0),
+            }),
+            ab: None,
+        }
+    }
+
+    fn feature_series(m: &Metrics) -> Vec<String> {
+        let mut v = labels_of(&m.drift_score, "ns", "md", "feature");
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn feature_drift_series_are_capped_to_the_highest_scores_and_replaced() {
+        let m = Metrics::new();
+        m.record_run("ns", "md", &run_with_features(500));
+        let series = feature_series(&m);
+        assert_eq!(series.len(), MAX_DRIFT_FEATURE_SERIES);
+        assert_eq!(series.first().map(String::as_str), Some("f480"));
+        assert_eq!(series.last().map(String::as_str), Some("f499"));
+
+        // A later run with other features drops the series of the old ones.
+        m.record_run("ns", "md", &run_with_features(3));
+        assert_eq!(feature_series(&m), ["f000", "f001", "f002"]);
+        assert!(
+            m.render()
+                .contains(r#"modeldeploy_drift_score{feature="f002",name="md",namespace="ns"} 2"#)
+        );
+    }
+
+    #[test]
+    fn forgetting_an_object_drops_all_its_series() {
+        let m = Metrics::new();
+        m.record_run("ns", "md", &run_with_features(2));
+        m.record_run("ns", "other", &run_with_features(1));
+        m.count_rollback("ns", "md");
+        m.set_phase("ns", "md", "RolledBack");
+        assert!(
+            m.render()
+                .contains(r#"modeldeploy_rollbacks_total{name="md",namespace="ns"} 1"#)
+        );
+        m.forget("ns", "md");
+        let text = m.render();
+        assert!(!text.contains(r#"name="md""#), "{text}");
+        assert!(
+            text.contains(
+                r#"modeldeploy_drift_score{feature="f000",name="other",namespace="ns"} 0"#
+            )
+        );
+    }
 }

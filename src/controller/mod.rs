@@ -416,6 +416,9 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
                 NoteKind::Warning => EventType::Warning,
             };
             publish(md, ctx, kind, note.reason, &note.message).await;
+            if note.reason == rollout::ROLLED_BACK {
+                ctx.metrics.count_rollback(&ns, &name);
+            }
         }
     }
     set_phase_metric(ctx, md, &decision.status);

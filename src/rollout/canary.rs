@@ -8,7 +8,7 @@ use crate::api::{
     Outcome, PauseReason, RevisionStatus, RolloutSpec, Strategy,
 };
 
-use super::{Draft, NoteKind, available, record_run, weights};
+use super::{Draft, NoteKind, ROLLED_BACK, available, record_run, weights};
 
 pub(super) fn revision_of(c: &CanaryStatus) -> RevisionStatus {
     RevisionStatus {
@@ -412,7 +412,7 @@ pub(super) fn roll_back(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionSt
     d.history(&rev, Outcome::RolledBack, why.clone());
     d.note(
         NoteKind::Warning,
-        "RolledBack",
+        ROLLED_BACK,
         format!(
             "revision {} (version {}) rolled back: {why}; revision {} serves",
             rev.revision, rev.version, stable.revision

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{CheckVerdict, GuardStatus, Outcome, RevisionStatus};
 
-use super::{Draft, NoteKind, available, record_run};
+use super::{Draft, NoteKind, ROLLED_BACK, available, record_run};
 
 /// Start the guard for a freshly promoted revision, if the spec asks for one.
 pub(super) fn arm(d: &mut Draft<'_>, promoted: &RevisionStatus) {
@@ -87,7 +87,7 @@ fn roll_back_to_previous(d: &mut Draft<'_>, bad: &RevisionStatus, why: String) {
     d.history(bad, Outcome::RolledBack, why.clone());
     d.note(
         NoteKind::Warning,
-        "RolledBack",
+        ROLLED_BACK,
         format!(
             "revision {} (version {}) rolled back: {why}; revision {} serves again",
             bad.revision, bad.version, previous.revision

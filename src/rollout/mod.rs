@@ -130,6 +130,9 @@ pub enum NoteKind {
     Warning,
 }
 
+/// The event reason of every rollback, of a canary or by the guard.
+pub const ROLLED_BACK: &str = "RolledBack";
+
 /// Something a person would want to see in `kubectl describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
