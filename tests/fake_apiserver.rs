@@ -224,6 +224,19 @@ async fn deleting_an_owner_collects_its_dependents() {
         .await
         .unwrap();
     assert!(api.get_opt("child").await.unwrap().is_none());
+
+    // A dependent written after its owner is gone (a reconcile racing the
+    // deletion) is collected too, whether created or applied.
+    api.create(&PostParams::default(), &child).await.unwrap();
+    assert!(api.get_opt("child").await.unwrap().is_none());
+    api.patch(
+        "child",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&child),
+    )
+    .await
+    .unwrap();
+    assert!(api.get_opt("child").await.unwrap().is_none());
 }
 
 #[tokio::test]

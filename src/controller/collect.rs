@@ -408,6 +408,141 @@ async fn reference(ctx: &Context, md: &ModelDeployment) -> Result<Option<Referen
 
 pub const CAPTURED_KEY: &str = "reference.json";
 
+/// Annotation on the captured reference: the stable revision (hash) it describes.
+pub const CAPTURED_REVISION: &str = "modeldeploy.io/captured-revision";
+
+/// With `source: prometheus`, the stable's inputs over this long are captured.
+const CAPTURE_RANGE: Duration = Duration::from_secs(3600);
+
+/// What became of `drift.reference.fromStable` in this reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// Not asked for, or nothing is stable yet.
+    NotWanted,
+    /// The ConfigMap already describes the current stable revision.
+    Current,
+    /// The stable revision's distribution was just written.
+    Written,
+    /// The stable revision has not seen enough inputs yet: try again later.
+    Waiting,
+}
+
+/// Keep the captured drift reference in step with the stable revision: once a
+/// revision is stable (first deployment or promotion), its input distribution
+/// (every feature histogram, summed over its Ready pods) is written to the
+/// ConfigMap `<name>-drift-reference`, owned by the ModelDeployment, so it
+/// survives operator restarts and goes with the object. One write per revision.
+pub async fn capture_stable_reference(
+    ctx: &Context,
+    md: &ModelDeployment,
+    valid: &ValidSpec,
+    status: &ModelDeploymentStatus,
+) -> Result<Capture, kube::Error> {
+    let from_stable = md.spec.drift.as_ref().is_some_and(|d| {
+        d.reference.config_map_ref.is_none() && d.reference.from_stable == Some(true)
+    });
+    let (true, Some(stable)) = (from_stable, status.stable.as_ref()) else {
+        return Ok(Capture::NotWanted);
+    };
+    let key = ObjectRef::from_obj(md);
+    if super::lock(&ctx.captured).get(&key) == Some(&stable.hash) {
+        return Ok(Capture::Current);
+    }
+    let ns = md.namespace().unwrap_or_default();
+    let name = captured_reference_name(&md.name_any());
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(cm) = api.get_opt(&name).await?
+        && cm.annotations().get(CAPTURED_REVISION) == Some(&stable.hash)
+    {
+        super::lock(&ctx.captured).insert(key, stable.hash.clone());
+        return Ok(Capture::Current);
+    }
+    let data = stable_inputs(ctx, md, valid, &stable.hash).await;
+    let Some(reference) = enough_to_capture(data.features, capture_min_samples(md)) else {
+        return Ok(Capture::Waiting);
+    };
+    let cm = crate::resources::captured_drift_reference(
+        md,
+        &name,
+        CAPTURED_KEY,
+        CAPTURED_REVISION,
+        &stable.hash,
+        &reference.to_json(),
+    );
+    api.patch(
+        &name,
+        &kube::api::PatchParams::apply(super::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&cm),
+    )
+    .await?;
+    tracing::info!(revision = %stable.hash, features = reference.features.len(), "captured the stable revision's input distribution");
+    super::lock(&ctx.captured).insert(key, stable.hash.clone());
+    Ok(Capture::Written)
+}
+
+/// Observations every feature needs before its distribution is worth keeping.
+fn capture_min_samples(md: &ModelDeployment) -> f64 {
+    md.spec
+        .rollout
+        .as_ref()
+        .map_or(200, |r| r.analysis.min_samples)
+        .max(1) as f64
+}
+
+/// A reference only once every feature the stable exposes has `min` observations:
+/// a half-filled reference would make the next canary look drifted.
+fn enough_to_capture(
+    features: BTreeMap<String, crate::analysis::histogram::Histogram>,
+    min: f64,
+) -> Option<Reference> {
+    if features.is_empty() || features.values().any(|h| h.total() < min) {
+        return None;
+    }
+    Some(Reference { features })
+}
+
+/// The stable revision's inputs: everything its Ready pods counted since they
+/// started (or, from Prometheus, over [`CAPTURE_RANGE`]).
+async fn stable_inputs(
+    ctx: &Context,
+    md: &ModelDeployment,
+    valid: &ValidSpec,
+    hash: &str,
+) -> VariantData {
+    let plan = Plan {
+        judged: hash.to_string(),
+        baseline: None,
+        checks: &[],
+        min_samples: 0,
+    };
+    match (md.spec.metrics.source, &ctx.prometheus) {
+        (MetricsSource::Prometheus, Some(client)) => {
+            from_prometheus(client, &ctx.metrics, md, valid, &plan, CAPTURE_RANGE)
+                .await
+                .0
+        }
+        (MetricsSource::Prometheus, None) => VariantData::default(),
+        (MetricsSource::Pods, _) => {
+            // A window that began before every pod counts each from zero.
+            let mut since_start = CounterWindow::new(i64::MIN, MAX_SERIES_PER_POD);
+            let filter = FamilyFilter::new(vec![valid.names.features.clone()]);
+            let pods = ready_pods(ctx, md, hash);
+            let mut problems = Vec::new();
+            scrape_into(
+                &ctx.scraper,
+                &ctx.metrics,
+                md,
+                &pods,
+                &filter,
+                &mut since_start,
+                &mut problems,
+            )
+            .await;
+            VariantData::from_totals(&valid.names, &since_start.totals())
+        }
+    }
+}
+
 pub fn captured_reference_name(md_name: &str) -> String {
     format!("{md_name}-drift-reference")
 }

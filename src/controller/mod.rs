@@ -89,6 +89,8 @@ pub struct Context {
     scraper: crate::metrics::scrape::Scraper,
     prometheus: Option<crate::metrics::prometheus::PromClient>,
     windows: Mutex<collect::WindowMap>,
+    /// The stable revision each object's captured drift reference describes.
+    captured: Mutex<HashMap<ObjectRef<ModelDeployment>, String>>,
     written: Mutex<HashMap<ObjectRef<ModelDeployment>, WrittenStatus>>,
     failures: Mutex<HashMap<ObjectRef<Watched>, u32>>,
     /// Undecodable objects already reported, by resourceVersion.
@@ -130,6 +132,9 @@ pub async fn preflight(client: &Client, settings: &Settings) -> std::result::Res
     }
 }
 
+/// How often a replica that is not ready yet says which watch it waits for.
+const SYNC_REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// Run the controllers (one per watched namespace, or one for all) until
 /// `shutdown` resolves.
 pub async fn run(
@@ -165,6 +170,81 @@ pub async fn run(
     futures::future::join_all(runs).await;
 }
 
+/// Tells when every watch of a controller has listed once. Not
+/// `Store::wait_until_ready`: its one-shot channel keeps a single waker, so
+/// waiting on it beside the Controller (which waits on the same store) can
+/// leave one of the two asleep forever.
+#[derive(Clone)]
+struct SyncTracker(Arc<Mutex<SyncState>>);
+
+struct SyncState {
+    unsynced: Vec<&'static str>,
+    on_synced: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl SyncTracker {
+    fn new<const N: usize>(
+        kinds: [&'static str; N],
+        on_synced: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        Self(Arc::new(Mutex::new(SyncState {
+            unsynced: kinds.to_vec(),
+            on_synced: Some(Box::new(on_synced)),
+        })))
+    }
+
+    /// For `.inspect` on a reflector's stream: the end of its first list
+    /// (the store holds it by then) marks `kind` synced.
+    fn marker<K, E>(
+        &self,
+        kind: &'static str,
+    ) -> impl Fn(&Result<watcher::Event<K>, E>) + use<K, E> {
+        let tracker = self.clone();
+        move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                tracker.mark(kind);
+            }
+        }
+    }
+
+    fn mark(&self, kind: &'static str) {
+        let done = {
+            let mut state = lock(&self.0);
+            state.unsynced.retain(|k| *k != kind);
+            if state.unsynced.is_empty() {
+                state.on_synced.take()
+            } else {
+                None
+            }
+        };
+        if let Some(done) = done {
+            done();
+        }
+    }
+
+    fn unsynced(&self) -> Vec<&'static str> {
+        lock(&self.0).unsynced.clone()
+    }
+
+    /// A replica that stays unready says which watch it still waits for.
+    async fn report_while_unsynced(self) {
+        let mut waited = Duration::ZERO;
+        loop {
+            tokio::time::sleep(SYNC_REPORT_EVERY).await;
+            let unsynced = self.unsynced();
+            if unsynced.is_empty() || Arc::strong_count(&self.0) == 1 {
+                return;
+            }
+            waited += SYNC_REPORT_EVERY;
+            warn!(
+                waited_seconds = waited.as_secs(),
+                ?unsynced,
+                "still waiting for the watch caches to sync"
+            );
+        }
+    }
+}
+
 fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -190,13 +270,19 @@ async fn run_scope(
     // Only objects this operator made: keeps the caches small on busy clusters.
     let owned = watcher::Config::default().labels(&format!("{}=modeldeploy", labels::MANAGED_BY));
 
+    let synced = SyncTracker::new(
+        ["modeldeployments", "deployments", "services", "pods"],
+        on_synced,
+    );
     let (deployments, deploy_writer) = reflector::store();
     let deploy_stream = reflector::reflector(deploy_writer, watcher(deploy_api, owned.clone()))
         .default_backoff()
+        .inspect(synced.marker("deployments"))
         .touched_objects();
     let (services, service_writer) = reflector::store();
     let service_stream = reflector::reflector(service_writer, watcher(service_api, owned.clone()))
         .default_backoff()
+        .inspect(synced.marker("services"))
         .touched_objects();
     // Pods belong to ReplicaSets, not to the ModelDeployment: map them back by
     // label, so a crash-looping canary pod is seen at once.
@@ -204,6 +290,7 @@ async fn run_scope(
     let (pods, pod_writer) = reflector::store();
     let pod_stream = reflector::reflector(pod_writer, watcher(pod_api, owned))
         .default_backoff()
+        .inspect(synced.marker("pods"))
         .touched_objects();
 
     let recorder = Recorder::new(
@@ -228,6 +315,7 @@ async fn run_scope(
         scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
         prometheus,
         windows: Mutex::default(),
+        captured: Mutex::default(),
         written: Mutex::default(),
         failures: Mutex::default(),
         reported_undecodable: Mutex::default(),
@@ -236,7 +324,7 @@ async fn run_scope(
     // The main watch is ours (not the Controller's) so deletions are seen:
     // a deleted object's metric series go with it.
     let (main_store, main_writer) = reflector::store();
-    let forget = ctx.metrics.clone();
+    let forget = ctx.clone();
     let main_stream = reflector::reflector(
         main_writer,
         watcher(mdeps, watcher::Config::default().any_semantic()),
@@ -244,22 +332,15 @@ async fn run_scope(
     .default_backoff()
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(md)) = event {
-            forget.forget(&md.namespace().unwrap_or_default(), &md.name_any());
+            let (ns, name) = (md.namespace().unwrap_or_default(), md.name_any());
+            forget.metrics.forget(&ns, &name);
+            lock(&forget.captured).remove(&ObjectRef::new(&name).within(&ns));
         }
     })
+    .inspect(synced.marker("modeldeployments"))
     .touched_objects();
     let controller = Controller::for_stream(main_stream, main_store.clone());
-    tokio::spawn(async move {
-        let synced = futures::join!(
-            main_store.wait_until_ready(),
-            deployments.wait_until_ready(),
-            services.wait_until_ready(),
-            pods.wait_until_ready()
-        );
-        if synced.0.is_ok() && synced.1.is_ok() && synced.2.is_ok() && synced.3.is_ok() {
-            on_synced();
-        }
-    });
+    tokio::spawn(synced.clone().report_while_unsynced());
 
     controller
         .owns_stream(deploy_stream)
@@ -360,6 +441,14 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
     let observed = observe::revisions(&owned);
     let request = pending_request(md);
     let canary_pods_failure = canary_health(md, ctx, &status, &valid, now);
+    // Before analysis, so a rollout judges input drift against the current stable.
+    let capture = match collect::capture_stable_reference(ctx, md, &valid, &status).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot capture the stable revision's input distribution");
+            collect::Capture::Waiting
+        }
+    };
     let analysis = if rollout::analysis_due(&md.spec, &valid, &status, now) {
         collect::analyze(ctx, md, &status, &valid, now).await
     } else {
@@ -425,7 +514,11 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
     if decision.status.canary.is_none() && decision.status.guard.is_none() {
         collect::forget(ctx, md);
     }
-    Ok(Action::requeue(decision.requeue_after.unwrap_or(RESYNC)))
+    let mut requeue = decision.requeue_after.unwrap_or(RESYNC);
+    if capture == collect::Capture::Waiting {
+        requeue = requeue.min(valid.analysis_interval);
+    }
+    Ok(Action::requeue(requeue))
 }
 
 /// An object that does not decode: say so once per version of it, touch nothing.
@@ -714,4 +807,31 @@ pub fn error_policy(md: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Actio
         "reconcile failed"
     );
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn synced_once_every_watch_listed_once() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let tracker = SyncTracker::new(["a", "b"], move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let a = tracker.marker::<Pod, watcher::Error>("a");
+        let b = tracker.marker::<Pod, watcher::Error>("b");
+        a(&Ok(watcher::Event::Init));
+        a(&Ok(watcher::Event::InitDone));
+        assert_eq!(tracker.unsynced(), ["b"]);
+        b(&Ok(watcher::Event::InitApply(Pod::default())));
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "b is still listing");
+        b(&Ok(watcher::Event::InitDone));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // A re-list after a desync does not report readiness again.
+        a(&Ok(watcher::Event::InitDone));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

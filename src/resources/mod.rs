@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    Service, ServicePort, ServiceSpec, TCPSocketAction,
+    ConfigMap, Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -83,6 +83,28 @@ fn owned_meta(md: &ModelDeployment, name: String, labels: BTreeMap<String, Strin
         namespace: md.namespace(),
         labels: Some(labels),
         owner_references: md.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The ConfigMap holding a captured drift reference (`drift.reference.fromStable`),
+/// owned by the ModelDeployment and annotated with the revision it describes.
+pub fn captured_drift_reference(
+    md: &ModelDeployment,
+    name: &str,
+    key: &str,
+    revision_annotation: &str,
+    revision: &str,
+    document: &str,
+) -> ConfigMap {
+    let mut meta = owned_meta(md, name.to_string(), base_labels(md));
+    meta.annotations = Some(BTreeMap::from([(
+        revision_annotation.to_string(),
+        revision.to_string(),
+    )]));
+    ConfigMap {
+        metadata: meta,
+        data: Some(BTreeMap::from([(key.to_string(), document.to_string())])),
         ..Default::default()
     }
 }

@@ -5,7 +5,8 @@
 //! What it does: get, list (label and field selectors), watch (ADDED /
 //! MODIFIED / DELETED after a resourceVersion, `410 Expired` for a version it
 //! no longer remembers), create, update (with resourceVersion preconditions),
-//! delete (finalizers, and garbage collection of dependents by owner uid),
+//! delete (finalizers, and garbage collection of dependents by owner uid,
+//! including objects created after their owners were deleted),
 //! merge patch, strategic merge patch (as a merge patch), JSON patch, and
 //! server-side apply with per-manager field ownership: fields a manager stops
 //! applying are removed, and applying a field another manager set to a
@@ -439,6 +440,28 @@ impl Store {
         };
         self.push_event(events, event);
         Some(obj)
+    }
+
+    /// The garbage collector's other half: an object created with owner
+    /// references to owners that are all gone (say, re-applied by a reconcile
+    /// that raced its owner's deletion) is deleted too.
+    fn collect_if_orphaned(&mut self, events: &broadcast::Sender<Event>, key: &ObjKey) {
+        let Some(owners) = self.objects.get(key).and_then(|o| {
+            o["metadata"]["ownerReferences"]
+                .as_array()
+                .filter(|refs| !refs.is_empty())
+                .cloned()
+        }) else {
+            return;
+        };
+        let alive = owners.iter().any(|r| {
+            self.objects
+                .values()
+                .any(|o| o["metadata"]["uid"] == r["uid"])
+        });
+        if !alive {
+            self.remove(events, key);
+        }
     }
 
     fn push_event(&mut self, events: &broadcast::Sender<Event>, event: Event) {
@@ -974,7 +997,10 @@ fn create(
         .or_default()
         .insert(manager, paths);
     match store.commit(events, &key, body) {
-        Some(o) => ok_json(StatusCode::CREATED, &o),
+        Some(o) => {
+            store.collect_if_orphaned(events, &key);
+            ok_json(StatusCode::CREATED, &o)
+        }
         None => status_body(500, "InternalError", "commit failed"),
     }
 }
@@ -1249,7 +1275,10 @@ fn apply(
         obj["metadata"]["uid"] = json!(format!("uid-{}", store.uid));
         obj["metadata"]["creationTimestamp"] = json!(now());
         return match store.commit(events, &key, obj) {
-            Some(o) => ok_json(StatusCode::CREATED, &o),
+            Some(o) => {
+                store.collect_if_orphaned(events, &key);
+                ok_json(StatusCode::CREATED, &o)
+            }
             None => not_found(t),
         };
     }
