@@ -612,10 +612,22 @@ pub async fn analyze(
             .as_ref()
             .is_some_and(|r| r.strategy == crate::api::Strategy::AbTest)
     {
+        let ran = status
+            .canary
+            .as_ref()
+            .and_then(|c| c.started_at.as_ref())
+            .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default())
+            .unwrap_or_default();
+        let alpha = crate::analysis::abtest::look_alpha(
+            ab.objective.confidence,
+            ran,
+            valid.analysis_interval,
+            valid.ab_max_duration.unwrap_or(ran),
+        );
         run.ab = Some(crate::analysis::abtest::compare(
             ab.objective.metric,
             ab.objective.goal,
-            ab.objective.confidence,
+            alpha,
             u64::try_from(ab.min_samples).unwrap_or(0),
             &baseline,
             &judged,
