@@ -168,7 +168,9 @@ pub struct PodOverrides {
     pub termination_grace_period_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
-    /// Replaces the default readiness probe (HTTP GET on the model port).
+    /// Replaces the default readiness probe (a TCP connect to the model port,
+    /// which every server answers; set an HTTP GET on the server's health path
+    /// here to wait until the model is loaded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -144,13 +144,23 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
     }
 
     for (i, check) in rollout.analysis.checks.iter().enumerate() {
-        validate_check(&format!("spec.rollout.analysis.checks[{i}]"), check)?;
+        validate_check(
+            &format!("spec.rollout.analysis.checks[{i}]"),
+            check,
+            &names,
+            spec.metrics.preset,
+        )?;
     }
 
     let (guard_window, guard_interval) = match &spec.guard {
         Some(g) => {
             for (i, check) in g.checks.iter().enumerate() {
-                validate_check(&format!("spec.guard.checks[{i}]"), check)?;
+                validate_check(
+                    &format!("spec.guard.checks[{i}]"),
+                    check,
+                    &names,
+                    spec.metrics.preset,
+                )?;
             }
             (
                 Some(parse_duration("spec.guard.window", &g.window)?),
@@ -160,6 +170,18 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
         None => (None, None),
     };
 
+    if let Some(ab) = &rollout.ab_test {
+        let field = "spec.rollout.abTest.objective.metric";
+        match ab.objective.metric {
+            super::spec::ObjectiveMetric::ErrorRate => {
+                needs_errors(field, &names, spec.metrics.preset)?;
+            }
+            super::spec::ObjectiveMetric::Latency => {
+                needs_latency(field, &names, spec.metrics.preset)?;
+            }
+            _ => {}
+        }
+    }
     let ab_max_duration = match &rollout.ab_test {
         Some(ab) => Some(parse_duration(
             "spec.rollout.abTest.maxDuration",
@@ -203,12 +225,66 @@ fn validate_model(spec: &ModelDeploymentSpec) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
-fn validate_check(field: &str, check: &super::spec::Check) -> Result<(), InvalidSpec> {
+/// A check the metrics cannot feed would stay Inconclusive forever and hold
+/// every rollout: refuse it up front, naming what to set.
+fn validate_check(
+    field: &str,
+    check: &super::spec::Check,
+    names: &super::presets::Names,
+    preset: super::spec::MetricsPreset,
+) -> Result<(), InvalidSpec> {
+    if check.error_rate.is_some() {
+        needs_errors(&format!("{field}.errorRate"), names, preset)?;
+    }
+    if check.latency.is_some() {
+        needs_latency(&format!("{field}.latency"), names, preset)?;
+    }
     if let Some(latency) = &check.latency {
         let max = parse_duration(&format!("{field}.latency.max"), &latency.max)?;
         if max.is_zero() {
             return Err(invalid(format!("{field}.latency.max"), "must be above 0"));
         }
+    }
+    Ok(())
+}
+
+fn preset_name(preset: super::spec::MetricsPreset) -> String {
+    serde_json::to_value(preset)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{preset:?}"))
+}
+
+fn needs_errors(
+    field: &str,
+    names: &super::presets::Names,
+    preset: super::spec::MetricsPreset,
+) -> Result<(), InvalidSpec> {
+    if let super::presets::Traffic::CountOnly { .. } = names.traffic {
+        return Err(invalid(
+            field,
+            format!(
+                "the {} preset counts requests but not errors; set spec.metrics.names.errors (a label and a pattern of the request counter) or use another check",
+                preset_name(preset)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn needs_latency(
+    field: &str,
+    names: &super::presets::Names,
+    preset: super::spec::MetricsPreset,
+) -> Result<(), InvalidSpec> {
+    if names.latency.is_none() {
+        return Err(invalid(
+            field,
+            format!(
+                "the {} preset has no latency histogram; set spec.metrics.names.latency to the server's latency histogram (seconds)",
+                preset_name(preset)
+            ),
+        ));
     }
     Ok(())
 }
@@ -318,6 +394,40 @@ mod tests {
 
     fn refused(spec: &ModelDeploymentSpec) -> InvalidSpec {
         validate(spec).expect_err("spec should be refused")
+    }
+
+    #[test]
+    fn checks_the_preset_cannot_feed_are_refused_with_what_to_set() {
+        let with = |preset: &str, check: serde_json::Value, names: serde_json::Value| {
+            let mut s = spec();
+            s.metrics = serde_json::from_value(json!({"preset": preset, "names": names})).unwrap();
+            s.rollout = Some(
+                serde_json::from_value(json!({
+                    "strategy": "canary",
+                    "steps": [{"setWeight": 50}],
+                    "analysis": {"checks": [check]}
+                }))
+                .unwrap(),
+            );
+            validate(&s)
+        };
+        let latency = json!({"name": "p99", "latency": {"quantile": 0.99, "max": "1s"}});
+        let errors = json!({"name": "errors", "errorRate": {"max": 0.01}});
+        let e = with("triton", latency.clone(), json!({})).unwrap_err();
+        assert_eq!(e.field, "spec.rollout.analysis.checks[0].latency");
+        assert!(e.message.contains("triton") && e.message.contains("spec.metrics.names.latency"));
+        let e = with("kserve", errors.clone(), json!({})).unwrap_err();
+        assert_eq!(e.field, "spec.rollout.analysis.checks[0].errorRate");
+        assert!(e.message.contains("kserve") && e.message.contains("spec.metrics.names.errors"));
+        // Naming the series makes them acceptable.
+        with("triton", latency, json!({"latency": "my_latency_seconds"})).unwrap();
+        with(
+            "kserve",
+            errors.clone(),
+            json!({"errors": {"label": "code", "matches": "5.."}}),
+        )
+        .unwrap();
+        with("default", errors, json!({})).unwrap();
     }
 
     #[test]

@@ -24,15 +24,26 @@ pub const MODEL_CONTAINER: &str = "model";
 pub const APPLIED_HASH: &str = "modeldeploy.io/applied-hash";
 const MANAGER_NAME: &str = "modeldeploy";
 
-/// Identifies a revision by what its pods run: the model, the resources and the
-/// pod overrides. Replicas, metrics and rollout settings do not make a new revision.
+/// Identifies a revision by what its pods run: the model, the resources, the
+/// pod overrides and a separate metrics port (a container port of the pod).
+/// Replicas, the rest of the metrics settings and rollout settings do not make
+/// a new revision.
 pub fn revision_hash(spec: &ModelDeploymentSpec) -> String {
-    let pod_relevant = serde_json::json!({
+    let mut pod_relevant = serde_json::json!({
         "model": spec.model,
         "resources": spec.resources,
         "template": spec.template,
     });
+    // Only when set, so revisions made before it counted keep their hash.
+    if let Some(port) = separate_metrics_port(spec) {
+        pod_relevant["metricsPort"] = serde_json::json!(port);
+    }
     short_hash(&pod_relevant)
+}
+
+/// The metrics port when the pod exposes it apart from the model port.
+fn separate_metrics_port(spec: &ModelDeploymentSpec) -> Option<i32> {
+    spec.metrics.port.filter(|p| *p != spec.model.port)
 }
 
 fn short_hash(value: &serde_json::Value) -> String {
@@ -132,7 +143,7 @@ pub fn deployment(md: &ModelDeployment, valid: &ValidSpec, w: &RevisionWorkload)
         protocol: Some("TCP".into()),
         ..Default::default()
     }];
-    if let Some(metrics_port) = spec.metrics.port.filter(|p| *p != model_port) {
+    if let Some(metrics_port) = separate_metrics_port(spec) {
         ports.push(ContainerPort {
             name: Some("metrics".into()),
             container_port: metrics_port,
@@ -392,6 +403,13 @@ mod tests {
             k8s_openapi::apimachinery::pkg::api::resource::Quantity("4Gi".into()),
         );
         assert_ne!(revision_hash(&a.spec), revision_hash(&c.spec));
+        // A separate metrics port is a container port: a new revision. The
+        // model port named again is not, and changes no existing hash.
+        let mut d = a.clone();
+        d.spec.metrics.port = Some(d.spec.model.port);
+        assert_eq!(revision_hash(&a.spec), revision_hash(&d.spec));
+        d.spec.metrics.port = Some(9100);
+        assert_ne!(revision_hash(&a.spec), revision_hash(&d.spec));
     }
 
     #[test]
