@@ -62,8 +62,16 @@ impl Counter {
 pub struct CounterWindow {
     start: i64,
     max_series_per_pod: usize,
-    pods: HashMap<String, HashMap<SeriesKey, Counter>>,
+    pods: HashMap<String, PodSeries>,
     dropped: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PodSeries {
+    counters: HashMap<SeriesKey, Counter>,
+    /// The pod's process restarted inside the window: series it shows for
+    /// the first time were born after that restart and count from zero.
+    restarted: bool,
 }
 
 impl CounterWindow {
@@ -86,28 +94,37 @@ impl CounterWindow {
         self.dropped
     }
 
+    /// One scrape of one pod. Any counter lower than before means the pod's
+    /// process restarted, and then every counter of the pod did: all of them
+    /// keep what they had counted and start again from zero, including those
+    /// that already climbed past their old value or did not appear this time.
     pub fn observe(&mut self, pod_uid: &str, pod_started: Option<i64>, samples: &[Sample]) {
         let fresh = pod_started.is_some_and(|t| t >= self.start);
         let cap = self.max_series_per_pod;
-        let series = self.pods.entry(pod_uid.to_string()).or_default();
-        for s in samples {
-            if !s.value.is_finite() || s.value < 0.0 {
-                continue;
+        let pod = self.pods.entry(pod_uid.to_string()).or_default();
+        let usable = |s: &&Sample| s.value.is_finite() && s.value >= 0.0;
+        let reset = samples.iter().filter(usable).any(|s| {
+            pod.counters
+                .get(&SeriesKey::of(s))
+                .is_some_and(|c| s.value < c.last)
+        });
+        if reset {
+            pod.restarted = true;
+            for c in pod.counters.values_mut() {
+                c.carried += c.last - c.baseline;
+                c.baseline = 0.0;
+                c.last = 0.0;
             }
+        }
+        for s in samples.iter().filter(usable) {
             let key = SeriesKey::of(s);
-            let full = series.len() >= cap;
-            match series.get_mut(&key) {
-                Some(c) => {
-                    if s.value < c.last {
-                        c.carried += c.last - c.baseline;
-                        c.baseline = 0.0;
-                    }
-                    c.last = s.value;
-                }
+            let full = pod.counters.len() >= cap;
+            match pod.counters.get_mut(&key) {
+                Some(c) => c.last = s.value,
                 None if full => self.dropped += 1,
                 None => {
-                    let baseline = if fresh { 0.0 } else { s.value };
-                    series.insert(
+                    let baseline = if fresh || pod.restarted { 0.0 } else { s.value };
+                    pod.counters.insert(
                         key,
                         Counter {
                             baseline,
@@ -123,8 +140,8 @@ impl CounterWindow {
     /// What every series counted in the window, summed over pods.
     pub fn totals(&self) -> BTreeMap<SeriesKey, f64> {
         let mut out = BTreeMap::new();
-        for series in self.pods.values() {
-            for (k, c) in series {
+        for pod in self.pods.values() {
+            for (k, c) in &pod.counters {
                 *out.entry(k.clone()).or_insert(0.0) += c.total();
             }
         }
@@ -293,6 +310,30 @@ mod tests {
         w.observe("a", Some(50), &[s("c", &[], 5.0)]);
         w.observe("a", Some(50), &[s("c", &[], 9.0)]);
         assert_eq!(total(&w), 39.0);
+    }
+
+    #[test]
+    fn a_restart_seen_on_one_series_resets_them_all() {
+        let mut w = CounterWindow::new(100, 100);
+        let scrape = |busy: f64, quiet: f64, late: Option<f64>| {
+            let mut v = vec![s("busy", &[], busy), s("quiet", &[], quiet)];
+            v.extend(late.map(|x| s("late", &[], x)));
+            v
+        };
+        w.observe("a", Some(50), &scrape(100.0, 10.0, None));
+        w.observe("a", Some(50), &scrape(110.0, 12.0, None));
+        // Restarted: `busy` fell, `quiet` already passed its old value, and
+        // `late` is new since the restart.
+        w.observe("a", Some(50), &scrape(4.0, 13.0, Some(3.0)));
+        let t = w.totals();
+        let get = |n: &str| t.iter().find(|(k, _)| k.name == n).map(|(_, v)| *v);
+        assert_eq!(get("busy"), Some(10.0 + 4.0));
+        assert_eq!(
+            get("quiet"),
+            Some(2.0 + 13.0),
+            "counted from zero after the restart"
+        );
+        assert_eq!(get("late"), Some(3.0), "born after the restart");
     }
 
     #[test]
