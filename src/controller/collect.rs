@@ -307,24 +307,15 @@ async fn from_prometheus(
             let mut totals: BTreeMap<SeriesKey, f64> = BTreeMap::new();
             let mut problems = Vec::new();
             let mut queries: Vec<(String, String)> = Vec::new();
+            // Grouping by every label the checks read keeps the answer small.
+            let mut grouping = vec!["actual", "predicted", "feature", "value"];
+            if let crate::api::presets::Traffic::Labelled { label, .. } = &valid.names.traffic {
+                grouping.push(label.as_str());
+            }
             for family in valid.names.families() {
-                // Grouping by every label the checks read keeps the answer small.
                 queries.push((
                     family.clone(),
-                    prom::grouped_increase(
-                        &family,
-                        &sel,
-                        &[
-                            "code",
-                            "http_response_code",
-                            "status",
-                            "actual",
-                            "predicted",
-                            "feature",
-                            "value",
-                        ],
-                        window,
-                    ),
+                    prom::grouped_increase(&family, &sel, &grouping, window),
                 ));
             }
             for bucketed in valid
