@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod demo;
 pub mod metrics;
+pub mod notify;
 pub mod operator;
 pub mod resources;
 pub mod rollout;

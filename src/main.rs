@@ -72,6 +72,10 @@ struct OperatorArgs {
     /// Largest /metrics response read from a pod.
     #[arg(long, env = "SCRAPE_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
     scrape_max_bytes: usize,
+    /// Post rollout transitions (started, steps, promoted, rolled back, drift)
+    /// to this URL as Slack-compatible JSON. Delivery failures are logged only.
+    #[arg(long, env = "WEBHOOK_URL")]
+    webhook_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +131,7 @@ async fn run_operator(args: OperatorArgs) -> ExitCode {
             max_bytes: args.scrape_max_bytes,
             concurrency: args.scrape_concurrency.max(1),
         },
+        webhook_url: args.webhook_url.filter(|u| !u.is_empty()),
     };
     match operator::run(
         client,

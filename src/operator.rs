@@ -25,6 +25,8 @@ pub struct OperatorConfig {
     /// Prometheus for `spec.metrics.source: prometheus`.
     pub prometheus_url: Option<String>,
     pub scrape: crate::metrics::scrape::ScrapeConfig,
+    /// Where rollout transitions are posted (Slack-compatible JSON), if anywhere.
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,11 +56,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Stopped, String> {
     let shutdown = shutdown.shared();
+    let notifier = match config.webhook_url.as_deref() {
+        Some(url) => Some(crate::notify::Notifier::start(url)?),
+        None => None,
+    };
     let settings = Settings {
         namespaces: config.namespaces.clone(),
         instance: config.identity.clone(),
         prometheus_url: config.prometheus_url.clone(),
         scrape: config.scrape.clone(),
+        notifier,
     };
     controller::preflight(&client, &settings).await?;
 

@@ -128,6 +128,17 @@ fn bad_values_are_refused() {
         ("/metrics/port", json!(65536), "/metrics/port"),
         ("/metrics/port", json!("8080"), "/metrics/port"),
         (
+            "/prometheus/url",
+            json!("ftp://prom:9090"),
+            "/prometheus/url",
+        ),
+        ("/scrape/concurrency", json!(0), "/scrape/concurrency"),
+        (
+            "/notifications/webhook/url",
+            json!("hooks.slack.com/x"),
+            "/notifications/webhook/url",
+        ),
+        (
             "/leaderElection/enabled",
             json!("yes"),
             "/leaderElection/enabled",
@@ -189,6 +200,14 @@ fn good_overrides_are_accepted() {
         ("/imagePullSecrets", json!([{"name": "regcred"}])),
         ("/watchNamespaces", json!(["risk", "ml-serving"])),
         ("/metrics/port", json!(65535)),
+        (
+            "/prometheus/url",
+            json!("http://prometheus-operated.monitoring:9090"),
+        ),
+        (
+            "/notifications/webhook/existingSecret",
+            json!("slack-webhook"),
+        ),
         ("/resources/limits", json!({"cpu": 2, "memory": "512Mi"})),
         ("/tolerations", json!([{"operator": "Exists"}])),
         ("/serviceMonitor/interval", json!("1m30s")),

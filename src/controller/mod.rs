@@ -87,6 +87,7 @@ pub struct Context {
     services: Store<Service>,
     pods: Store<Pod>,
     scraper: crate::metrics::scrape::Scraper,
+    notifier: Option<crate::notify::Notifier>,
     prometheus: Option<crate::metrics::prometheus::PromClient>,
     windows: Mutex<collect::WindowMap>,
     /// The stable revision each object's captured drift reference describes.
@@ -108,6 +109,8 @@ pub struct Settings {
     /// configuration only, never from a ModelDeployment.
     pub prometheus_url: Option<String>,
     pub scrape: crate::metrics::scrape::ScrapeConfig,
+    /// Rollout transitions go here too, when a webhook is configured.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// Ask the API server for the CRD before anything else, so a missing CRD or an
@@ -313,6 +316,7 @@ async fn run_scope(
         services: services.clone(),
         pods: pods.clone(),
         scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
+        notifier: settings.notifier.clone(),
         prometheus,
         windows: Mutex::default(),
         captured: Mutex::default(),
@@ -507,6 +511,19 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
             publish(md, ctx, kind, note.reason, &note.message).await;
             if note.reason == rollout::ROLLED_BACK {
                 ctx.metrics.count_rollback(&ns, &name);
+            }
+        }
+        if let Some(notifier) = &ctx.notifier {
+            // The rollout's version, also when this decision ended it.
+            let version = decision
+                .status
+                .canary
+                .as_ref()
+                .or(status.canary.as_ref())
+                .map(|c| c.version.as_str())
+                .or(decision.status.stable.as_ref().map(|s| s.version.as_str()));
+            for n in crate::notify::from_notes(&ns, &name, version, &decision.notes) {
+                notifier.send(n);
             }
         }
     }

@@ -259,6 +259,56 @@ fn failed_checks_in_a_row_roll_back_and_cut_canary_traffic_at_once() {
 }
 
 #[test]
+fn drift_turning_bad_is_noted_once() {
+    let drifty = json!({"rollout": {"analysis": {"checks": [
+        {"name": "errors", "errorRate": {"max": 0.01}},
+        {"name": "inputs", "inputDrift": {"method": "psi", "max": 0.2}}
+    ]}}});
+    let mut sim = Sim::settled(canary_spec("1.0.0", drifty.clone()));
+    sim.start(canary_spec("2.0.0", drifty));
+    let run = |sim: &Sim, score: f64| {
+        let mut r = run_with(CheckVerdict::Pass, sim.now());
+        r.checks.push(CheckStatus {
+            name: "inputs".into(),
+            value: Some(score),
+            threshold: Some(0.2),
+            verdict: if score > 0.2 {
+                CheckVerdict::Fail
+            } else {
+                CheckVerdict::Pass
+            },
+            samples: 3000,
+            message: None,
+        });
+        r
+    };
+    let drift_notes = |sim: &Sim| {
+        sim.reasons()
+            .iter()
+            .filter(|r| **r == DRIFT_DETECTED)
+            .count()
+    };
+    for score in [0.05, 0.31, 0.35] {
+        sim.t += 30;
+        let r = run(&sim, score);
+        sim.tick(Some(r), None, None);
+    }
+    assert_eq!(drift_notes(&sim), 1, "{:?}", sim.reasons());
+    let note = sim
+        .notes
+        .iter()
+        .find(|n| n.reason == DRIFT_DETECTED)
+        .unwrap();
+    assert_eq!(note.kind, NoteKind::Warning);
+    assert!(
+        note.message
+            .contains("check inputs scored 0.3100 (max 0.2)"),
+        "{}",
+        note.message
+    );
+}
+
+#[test]
 fn a_decisive_failure_rolls_back_in_one_interval() {
     let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
     sim.spec = canary_spec("2.0.0", json!({}));

@@ -262,6 +262,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
 
     guard::watch(&mut d);
     record_drift(&mut d);
+    note_new_drift(&mut d);
     scale_down_previous(&mut d);
     summarize(&mut d, &target);
 
@@ -370,6 +371,52 @@ fn record_drift(d: &mut Draft<'_>) {
     );
     d.status.drift = Some(drift);
 }
+
+/// A drift check (input or prediction) that fails in this run but did not in
+/// the run before is worth telling people about, once.
+fn note_new_drift(d: &mut Draft<'_>) {
+    let Some(run) = d.input.analysis else {
+        return;
+    };
+    let spec = d.input.spec;
+    let drift_checks: Vec<&crate::api::Check> = spec
+        .rollout
+        .iter()
+        .flat_map(|r| r.analysis.checks.iter())
+        .chain(spec.guard.iter().flat_map(|g| g.checks.iter()))
+        .filter(|c| c.input_drift.is_some() || c.prediction_drift.is_some())
+        .collect();
+    let previous = d
+        .input
+        .status
+        .analysis
+        .iter()
+        .chain(d.input.status.guard.iter().map(|g| &g.analysis));
+    let failed_before = |name: &str| {
+        previous
+            .clone()
+            .flat_map(|a| a.checks.iter())
+            .any(|c| c.name == name && c.verdict == CheckVerdict::Fail)
+    };
+    let newly: Vec<String> = run
+        .checks
+        .iter()
+        .filter(|c| c.verdict == CheckVerdict::Fail)
+        .filter(|c| drift_checks.iter().any(|s| s.name == c.name))
+        .filter(|c| !failed_before(&c.name))
+        .map(|c| {
+            let value = c.value.map_or("-".into(), |v| format!("{v:.4}"));
+            let threshold = c.threshold.map_or("-".into(), |v| format!("{v}"));
+            format!("check {} scored {value} (max {threshold})", c.name)
+        })
+        .collect();
+    if !newly.is_empty() {
+        d.note(NoteKind::Warning, DRIFT_DETECTED, newly.join("; "));
+    }
+}
+
+/// Reason of the event when a drift check starts failing.
+pub const DRIFT_DETECTED: &str = "DriftDetected";
 
 /// After a promotion the previous revision keeps its pods for `scaleDownDelay`.
 fn scale_down_previous(d: &mut Draft<'_>) {

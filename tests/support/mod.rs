@@ -83,6 +83,16 @@ pub fn start_operator(
     identity: &str,
     leader_election: bool,
 ) -> RunningOperator {
+    start_operator_with(server, identity, leader_election, |_| {})
+}
+
+/// [`start_operator`] with the configuration adjusted by `adjust`.
+pub fn start_operator_with(
+    server: &FakeApiServer,
+    identity: &str,
+    leader_election: bool,
+    adjust: impl FnOnce(&mut OperatorConfig),
+) -> RunningOperator {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let readiness = Readiness::default();
     let metrics = Metrics::new();
@@ -97,6 +107,8 @@ pub fn start_operator(
         identity: identity.into(),
         ..Default::default()
     };
+    let mut config = config;
+    adjust(&mut config);
     let task = tokio::spawn(operator::run(
         server.client(),
         config,

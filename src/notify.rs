@@ -1,0 +1,182 @@
+//! Optional webhook notifications of rollout transitions, as Slack-compatible
+//! JSON (`text` plus the same facts as fields). The address comes from the
+//! operator's configuration only. Delivery happens on a background task behind
+//! a bounded queue: a slow, failing or unreachable receiver is logged and never
+//! holds up a reconcile, and a full queue drops the newest message.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::rollout::{DRIFT_DETECTED, Note, ROLLED_BACK};
+
+/// Event reasons worth a message; the rest stay in Events only.
+const FORWARDED: [&str; 8] = [
+    "RolloutStarted",
+    "StepCompleted",
+    "Promoted",
+    ROLLED_BACK,
+    "ABTestDecided",
+    "GuardBreach",
+    "AnalysisInconclusive",
+    DRIFT_DETECTED,
+];
+
+/// Messages waiting for delivery; beyond this the newest are dropped.
+const QUEUE: usize = 256;
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries per message, a second apart: a receiver restarting is not an outage.
+const TRIES: u32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notification {
+    /// One line for chat: what happened to which ModelDeployment.
+    pub text: String,
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+    pub message: String,
+    /// `info` or `warning`, for routing.
+    pub severity: &'static str,
+    /// The version the event is about (the canary's, or the stable's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Notification {
+    pub fn new(
+        namespace: &str,
+        name: &str,
+        reason: &str,
+        message: &str,
+        warning: bool,
+        version: Option<&str>,
+    ) -> Self {
+        let mark = if warning { ":warning: " } else { "" };
+        Self {
+            text: format!("{mark}ModelDeployment {namespace}/{name}: {reason}: {message}"),
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: reason.into(),
+            message: message.into(),
+            severity: if warning { "warning" } else { "info" },
+            version: version.map(String::from),
+        }
+    }
+}
+
+/// The notes of one decision that deserve a message.
+pub fn from_notes<'a>(
+    namespace: &'a str,
+    name: &'a str,
+    version: Option<&'a str>,
+    notes: &'a [Note],
+) -> impl Iterator<Item = Notification> + 'a {
+    notes
+        .iter()
+        .filter(|n| FORWARDED.contains(&n.reason))
+        .map(move |n| {
+            Notification::new(
+                namespace,
+                name,
+                n.reason,
+                &n.message,
+                n.kind == crate::rollout::NoteKind::Warning,
+                version,
+            )
+        })
+}
+
+/// Hands messages to the delivery task; cheap to clone, never blocks.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    queue: mpsc::Sender<Notification>,
+}
+
+impl Notifier {
+    /// Starts the delivery task on the current runtime.
+    pub fn start(url: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("webhook URL {url:?}: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "webhook URL {url}: only http and https are supported"
+            ));
+        }
+        let client = crate::http_client_builder()
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("webhook client: {e}"))?;
+        let (queue, mut inbox) = mpsc::channel::<Notification>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(n) = inbox.recv().await {
+                deliver(&client, &url, &n).await;
+            }
+        });
+        Ok(Self { queue })
+    }
+
+    pub fn send(&self, n: Notification) {
+        if let Err(e) = self.queue.try_send(n) {
+            warn!(error = %e, "webhook queue full or closed; dropping a notification");
+        }
+    }
+}
+
+async fn deliver(client: &reqwest::Client, url: &reqwest::Url, n: &Notification) {
+    for attempt in 1..=TRIES {
+        let outcome = client.post(url.clone()).json(n).send().await;
+        let problem = match outcome {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        if attempt == TRIES {
+            warn!(reason = %n.reason, name = %n.name, error = %problem, "webhook notification not delivered");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::NoteKind;
+
+    #[test]
+    fn only_transitions_are_forwarded_as_slack_text_with_fields() {
+        let notes = vec![
+            Note {
+                kind: NoteKind::Normal,
+                reason: "Deployed",
+                message: "nothing to announce".into(),
+            },
+            Note {
+                kind: NoteKind::Warning,
+                reason: ROLLED_BACK,
+                message: "check errors failed: 0.05 > 0.01".into(),
+            },
+        ];
+        let sent: Vec<Notification> = from_notes("risk", "scorer", Some("2.0.0"), &notes).collect();
+        assert_eq!(sent.len(), 1);
+        let json = serde_json::to_value(&sent[0]).unwrap();
+        assert_eq!(
+            json["text"],
+            ":warning: ModelDeployment risk/scorer: RolledBack: check errors failed: 0.05 > 0.01"
+        );
+        assert_eq!(json["severity"], "warning");
+        assert_eq!(json["reason"], "RolledBack");
+        assert_eq!(json["version"], "2.0.0");
+        assert_eq!(json["namespace"], "risk");
+    }
+
+    #[tokio::test]
+    async fn only_web_addresses_are_accepted() {
+        assert!(Notifier::start("file:///etc/passwd").is_err());
+        assert!(Notifier::start("not a url").is_err());
+        assert!(Notifier::start("https://hooks.example.com/T000/B000").is_ok());
+    }
+}
