@@ -1,5 +1,9 @@
 //! The Argo CD health check, run by a real Lua 5.1 interpreter (Argo CD's
-//! dialect) against status fixtures. Skips with a message without `lua5.1`.
+//! dialect) against status fixtures. Skips with a message without `lua5.1`
+//! (fails instead in CI, see tests/support/tools.rs).
+
+#[path = "support/tools.rs"]
+mod tools;
 
 use std::process::Command;
 
@@ -7,18 +11,39 @@ use serde_json::Value;
 
 const SCRIPT: &str = include_str!("../deploy/argocd/health.lua");
 
+/// A string as a Lua 5.1 literal: quotes, backslashes and control characters
+/// escaped the way 5.1 reads them (`\ddd` decimal; no `\u{..}` or `\x..`,
+/// which only later versions know). Other UTF-8 bytes go through as they are.
+fn lua_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\{:03}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// A JSON value as a Lua table literal.
 fn lua(v: &Value) -> String {
     match v {
         Value::Null => "nil".into(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("{s:?}"),
+        Value::String(s) => lua_string(s),
         Value::Array(a) => format!("{{{}}}", a.iter().map(lua).collect::<Vec<_>>().join(", ")),
         Value::Object(m) => format!(
             "{{{}}}",
             m.iter()
-                .map(|(k, v)| format!("[{k:?}] = {}", lua(v)))
+                .map(|(k, v)| format!("[{}] = {}", lua_string(k), lua(v)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -50,10 +75,7 @@ fn health(object: &Value) -> Option<(String, String)> {
 
 #[test]
 fn every_fixture_gets_its_health() {
-    if Command::new("lua5.1").arg("-v").output().is_err() {
-        println!(
-            "SKIPPED: lua5.1 is not installed (Debian package lua5.1; .ci/install-deps installs it)"
-        );
+    if !tools::available("lua5.1", &["-v"], "lua5.1") {
         return;
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/argocd");
@@ -77,6 +99,25 @@ fn every_fixture_gets_its_health() {
         seen += 1;
     }
     assert!(seen >= 8);
+}
+
+#[test]
+fn strings_reach_lua_5_1_unchanged() {
+    if !tools::available("lua5.1", &["-v"], "lua5.1") {
+        return;
+    }
+    let tricky = "quote \" back\\slash\nnew line\ttab \u{1b}[31m bell\u{7} ümlaut ✓";
+    let out = Command::new("lua5.1")
+        .arg("-e")
+        .arg(format!("io.write({})", lua_string(tricky)))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), tricky);
 }
 
 #[test]

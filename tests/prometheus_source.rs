@@ -12,7 +12,7 @@ use modeldeploy::demo::{self, Behaviour, Load};
 use modeldeploy::metrics::prometheus::{
     PromClient, RevisionSelector, bucket_increase, counter_increase,
 };
-use support::free_port;
+use support::{free_port, tools};
 
 struct Prometheus {
     child: Child,
@@ -47,14 +47,7 @@ mod tempdir {
 
 /// Start Prometheus scraping each (address, pod name) every second.
 async fn start_prometheus(targets: &[(SocketAddr, &str)]) -> Option<Prometheus> {
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!(
-            "SKIPPED: the prometheus binary is not installed (Debian package `prometheus`; `.ci/install-deps` installs it)"
-        );
+    if !tools::available("prometheus", &["--version"], "prometheus") {
         return None;
     }
     let dir = tempdir::Dir::new("prom");

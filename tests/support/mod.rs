@@ -2,6 +2,7 @@
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 pub mod fake_apiserver;
+pub mod tools;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
