@@ -38,6 +38,10 @@ docker build -t "$IMAGE" .
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 helm lint charts/modeldeploy
 helm template modeldeploy charts/modeldeploy >/dev/null
+# The optional parts render too (the Prometheus Operator CRDs are not needed to render).
+helm template modeldeploy charts/modeldeploy --set prometheusRule.enabled=true \
+  --set grafanaDashboard.enabled=true --set serviceMonitor.enabled=true \
+  --set prometheus.url=http://prometheus:9090 --set notifications.webhook.existingSecret=hook >/dev/null
 helm install modeldeploy charts/modeldeploy -n "$NAMESPACE" --create-namespace \
   --set image.repository="${IMAGE%%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never --wait
 E2E_IMAGE="$IMAGE" cargo test --locked --test e2e -- --ignored --test-threads=1

@@ -134,12 +134,18 @@ async fn first_deployment_becomes_ready_with_its_limits() {
     assert_eq!(limits["memory"].0, "128Mi");
 }
 
-async fn canary_story(name: &str, bad_args: &[&str]) -> Option<Value> {
+/// Version 1 stable under load, then version 2 (with `bad_args`) rolling out
+/// by `steps`.
+async fn start_canary(
+    name: &str,
+    bad_args: &[&str],
+    steps: Value,
+) -> Option<(kube::Client, Api<ModelDeployment>)> {
     let (client, ns) = client_and_namespace(name).await?;
     let api: Api<ModelDeployment> = Api::namespaced(client.clone(), &ns);
     let rollout = json!({
         "strategy": "canary",
-        "steps": [{"setWeight": 50}, {"analysis": {"passes": 3}}],
+        "steps": steps,
         "analysis": {"interval": "10s", "minSamples": 100, "failureLimit": 2,
             "checks": [{"name": "errors", "errorRate": {"max": 0.01}},
                        {"name": "outputs", "predictionDrift": {"method": "js", "max": 0.1}}]}
@@ -161,13 +167,20 @@ async fn canary_story(name: &str, bad_args: &[&str]) -> Option<Value> {
     )
     .await
     .unwrap();
-    Some(
-        wait_for(&api, name, "the rollout to end", |s| {
-            s["phase"] == "RolledBack"
-                || (s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0")
-        })
-        .await,
-    )
+    Some((client, api))
+}
+
+async fn rollout_end(api: &Api<ModelDeployment>, name: &str) -> Value {
+    wait_for(api, name, "the rollout to end", |s| {
+        s["phase"] == "RolledBack" || (s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0")
+    })
+    .await
+}
+
+async fn canary_story(name: &str, bad_args: &[&str]) -> Option<Value> {
+    let steps = json!([{"setWeight": 50}, {"analysis": {"passes": 3}}]);
+    let (_, api) = start_canary(name, bad_args, steps).await?;
+    Some(rollout_end(&api, name).await)
 }
 
 #[tokio::test]
@@ -196,4 +209,45 @@ async fn a_canary_with_drifted_predictions_is_rolled_back() {
         return;
     };
     assert_eq!(s["phase"], "RolledBack", "{s}");
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster with the operator installed: e2e/run.sh"]
+async fn an_operator_killed_mid_rollout_finishes_it_once() {
+    let steps = json!([
+        {"setWeight": 25}, {"pause": {"duration": "40s"}},
+        {"setWeight": 50}, {"analysis": {"passes": 2}}
+    ]);
+    let Some((client, api)) = start_canary("restart", &[], steps).await else {
+        return;
+    };
+    wait_for(&api, "restart", "the canary taking traffic", |s| {
+        s["canary"]["weight"].as_i64().unwrap_or(0) > 0
+    })
+    .await;
+    // Every operator pod at once: the Deployment brings new ones, which must
+    // pick the rollout up from status alone.
+    let namespace =
+        std::env::var("E2E_OPERATOR_NAMESPACE").unwrap_or_else(|_| "modeldeploy-system".into());
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &namespace);
+    let killed = pods
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels("app.kubernetes.io/name=modeldeploy"),
+        )
+        .await
+        .expect("deleting the operator pods");
+    assert!(
+        killed.left().is_some_and(|l| !l.items.is_empty()),
+        "no operator pods found in {namespace}"
+    );
+    let s = rollout_end(&api, "restart").await;
+    assert_eq!(s["phase"], "Stable", "{s}");
+    let history = s["history"].as_array().unwrap();
+    let promotions = history
+        .iter()
+        .filter(|h| h["revision"] == 2 && h["outcome"] == "Promoted")
+        .count();
+    assert_eq!(promotions, 1, "promoted once: {s}");
+    assert!(history.iter().all(|h| h["outcome"] != "RolledBack"), "{s}");
 }
