@@ -209,6 +209,10 @@ struct Scenario {
     bad_latency: f64,
     fault: Fault,
     horizon_s: i64,
+    /// What-if, not the controller's behaviour: start the windows at the
+    /// canary's `startedAt` instead of at the first analysis run, so canary
+    /// pods count from zero and the first run already has data.
+    window_from_canary_start: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -295,6 +299,8 @@ struct World {
     /// Fractional requests carried to the next tick, per variant.
     carry: [f64; 2],
     split_offset: usize,
+    trace: bool,
+    window_from_canary_start: bool,
 }
 
 fn now_of(t: i64) -> Timestamp {
@@ -390,7 +396,12 @@ impl World {
             if pods.is_empty() {
                 continue;
             }
-            let share = if is_canary { n_canary } else { n_all - n_canary } as f64 / n_all as f64;
+            let share = if is_canary {
+                n_canary
+            } else {
+                n_all - n_canary
+            } as f64
+                / n_all as f64;
             let want = sc.total_rps * share * TICK_S as f64 + self.carry[variant];
             let n = want.floor() as u64;
             self.carry[variant] = want - n as f64;
@@ -427,13 +438,18 @@ impl World {
         let canary = self.status.canary.as_ref()?;
         let rollout = self.spec.rollout.as_ref()?;
         let now = now_of(self.t);
+        let start = if self.window_from_canary_start {
+            canary.started_at.as_ref().map_or(now, |t| t.0)
+        } else {
+            now
+        };
         let w = match self.windows.take() {
             Some(w) if w.judged_hash == canary.hash && w.baseline_hash == stable.hash => w,
             _ => Windows {
                 judged_hash: canary.hash.clone(),
                 baseline_hash: stable.hash.clone(),
-                judged: CounterWindow::new(now.as_second(), MAX_SERIES_PER_POD),
-                baseline: CounterWindow::new(now.as_second(), MAX_SERIES_PER_POD),
+                judged: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
+                baseline: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
             },
         };
         let mut w = w;
@@ -456,6 +472,27 @@ impl World {
             sequential: SequentialConfig::default(),
         };
         let run = checks::evaluate(&rollout.analysis.checks, &judge, now);
+        if self.trace {
+            let verdicts: Vec<String> = run
+                .checks
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}={:?}({})",
+                        c.name,
+                        c.verdict,
+                        c.message.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect();
+            eprintln!(
+                "t={} w={} step={} run: {}",
+                self.t,
+                canary.weight,
+                canary.step,
+                verdicts.join("; ")
+            );
+        }
         self.windows = Some(w);
         Some(run)
     }
@@ -488,7 +525,7 @@ impl World {
     }
 }
 
-fn simulate(sc: &Scenario, seed: u64) -> RunResult {
+fn simulate(sc: &Scenario, seed: u64, trace: Option<u64>) -> RunResult {
     let v1 = spec("1.0.0");
     let mut world = World {
         valid: validate(&v1).expect("valid spec"),
@@ -502,6 +539,8 @@ fn simulate(sc: &Scenario, seed: u64) -> RunResult {
         rng: Rng::new(seed, 1),
         carry: [0.0; 2],
         split_offset: 0,
+        trace: trace == Some(seed),
+        window_from_canary_start: sc.window_from_canary_start,
     };
     let probs = [latency_probs(1.0), latency_probs(sc.bad_latency)];
     // The first revision settles.
@@ -633,7 +672,7 @@ fn pct(k: usize, n: usize) -> String {
     )
 }
 
-fn run_all(sc: &Scenario, seeds: &[u64]) -> Vec<RunResult> {
+fn run_all(sc: &Scenario, seeds: &[u64], trace: Option<u64>) -> Vec<RunResult> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = seeds.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
@@ -642,7 +681,7 @@ fn run_all(sc: &Scenario, seeds: &[u64]) -> Vec<RunResult> {
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|&seed| simulate(sc, seed))
+                        .map(|&seed| simulate(sc, seed, trace))
                         .collect::<Vec<RunResult>>()
                 })
             })
@@ -674,6 +713,7 @@ fn main() {
         bad_latency: 1.0,
         fault: Fault::None,
         horizon_s,
+        window_from_canary_start: false,
     };
     let bad = |name, total_rps, fault| Scenario {
         name,
@@ -683,6 +723,7 @@ fn main() {
         bad_latency: 1.0,
         fault,
         horizon_s: hour,
+        window_from_canary_start: false,
     };
     let slow = |name, total_rps| Scenario {
         name,
@@ -692,6 +733,11 @@ fn main() {
         bad_latency: 2.0,
         fault: Fault::FromStart,
         horizon_s: hour,
+        window_from_canary_start: false,
+    };
+    let what_if = |sc: Scenario| Scenario {
+        window_from_canary_start: true,
+        ..sc
     };
     let scenarios = [
         good("identical, 2000 req/s total", 2000.0, hour),
@@ -700,10 +746,33 @@ fn main() {
         good("identical, 2 req/s total", 2.0, hour),
         bad("5% errors from start, 2000 req/s", 2000.0, Fault::FromStart),
         bad("5% errors from start, 100 req/s", 100.0, Fault::FromStart),
-        bad("5% errors from 25% step, 2000 req/s", 2000.0, Fault::AtWeight(25)),
-        bad("5% errors from 25% step, 100 req/s", 100.0, Fault::AtWeight(25)),
+        bad(
+            "5% errors from 25% step, 2000 req/s",
+            2000.0,
+            Fault::AtWeight(25),
+        ),
+        bad(
+            "5% errors from 25% step, 100 req/s",
+            100.0,
+            Fault::AtWeight(25),
+        ),
         slow("p99 doubled from start, 2000 req/s", 2000.0),
         slow("p99 doubled from start, 100 req/s", 100.0),
+        what_if(good(
+            "what-if window at canary start: identical, 100 req/s",
+            100.0,
+            hour,
+        )),
+        what_if(good(
+            "what-if window at canary start: identical, 40 req/s",
+            40.0,
+            hour,
+        )),
+        what_if(bad(
+            "what-if window at canary start: 5% errors from start, 100 req/s",
+            100.0,
+            Fault::FromStart,
+        )),
     ];
     println!(
         "whole-rollout simulation: {n_seeds} seeds (0..{n_seeds}) per scenario, analysis every {INTERVAL_S}s, tick {TICK_S}s, {REPLICAS} replicas"
@@ -717,11 +786,18 @@ fn main() {
         table,
         "| scenario | canary req/s at 5 % | rolled back [95 % CI] | promoted | paused (inconclusive) | unfinished at 1 h | to promotion, intervals (median / p95 / max) | fault to rollback, intervals (median / p95 / max) | rolled back within 2 intervals |"
     );
-    let _ = writeln!(table, "| --- | ---: | --- | ---: | ---: | ---: | --- | --- | ---: |");
+    let _ = writeln!(
+        table,
+        "| --- | ---: | --- | ---: | ---: | ---: | --- | --- | ---: |"
+    );
     let mut notes = Vec::new();
     for sc in &scenarios {
         let started = std::time::Instant::now();
-        let rs = run_all(sc, &seeds);
+        let trace = std::env::var("ROLLOUT_SIM_TRACE").ok().and_then(|t| {
+            let (name, seed) = t.rsplit_once(':')?;
+            (name == sc.name).then(|| seed.parse().ok()).flatten()
+        });
+        let rs = run_all(sc, &seeds, trace);
         let n = rs.len();
         let rolled = rs.iter().filter(|r| r.end == End::RolledBack).count();
         let promoted = rs.iter().filter(|r| r.end == End::Promoted).count();
@@ -765,6 +841,16 @@ fn main() {
             started.elapsed().as_secs_f64(),
             rs.iter().map(|r| f64::from(r.runs)).sum::<f64>() / n as f64
         );
+        if let Some(r) = rs.iter().find(|r| r.paused_t.is_some()) {
+            notes.push(format!(
+                "{}: {paused} paused for lack of data, e.g. seed {} at {:.1} intervals (fault at {:?}s, end {:?})",
+                sc.name,
+                r.seed,
+                intervals(r.paused_t.unwrap_or_default()),
+                r.fault_t,
+                r.end
+            ));
+        }
         if sc.fault == Fault::None {
             for r in rs.iter().filter(|r| r.end == End::RolledBack).take(5) {
                 notes.push(format!(
@@ -777,7 +863,10 @@ fn main() {
             }
         } else {
             if ever_promoting > 0 {
-                let r = rs.iter().find(|r| r.promoting_t.is_some()).expect("counted");
+                let r = rs
+                    .iter()
+                    .find(|r| r.promoting_t.is_some())
+                    .expect("counted");
                 notes.push(format!(
                     "{}: {ever_promoting} bad canaries reached Promoting, e.g. seed {} (fault at {:?}s, promoting at {:?}s)",
                     sc.name, r.seed, r.fault_t, r.promoting_t
