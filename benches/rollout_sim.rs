@@ -698,11 +698,13 @@ fn intervals(s: i64) -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    // `cargo bench` passes `--bench`; without it (`cargo test --benches`)
+    // this is a smoke run of a few seeds. A filter argument is not supported.
+    let bench = std::env::args().any(|a| a == "--bench");
     let n_seeds: u64 = std::env::var("ROLLOUT_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000);
+        .unwrap_or(if bench { 2_000 } else { 10 });
     let seeds: Vec<u64> = (0..n_seeds).collect();
     let hour = 3600;
     let good = |name, total_rps, horizon_s| Scenario {
