@@ -209,10 +209,6 @@ struct Scenario {
     bad_latency: f64,
     fault: Fault,
     horizon_s: i64,
-    /// What-if, not the controller's behaviour: start the windows at the
-    /// canary's `startedAt` instead of at the first analysis run, so canary
-    /// pods count from zero and the first run already has data.
-    window_from_canary_start: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -300,7 +296,6 @@ struct World {
     carry: [f64; 2],
     split_offset: usize,
     trace: bool,
-    window_from_canary_start: bool,
 }
 
 fn now_of(t: i64) -> Timestamp {
@@ -438,11 +433,7 @@ impl World {
         let canary = self.status.canary.as_ref()?;
         let rollout = self.spec.rollout.as_ref()?;
         let now = now_of(self.t);
-        let start = if self.window_from_canary_start {
-            canary.started_at.as_ref().map_or(now, |t| t.0)
-        } else {
-            now
-        };
+        let start = modeldeploy::controller::collect::window_start(&self.status, now);
         let w = match self.windows.take() {
             Some(w) if w.judged_hash == canary.hash && w.baseline_hash == stable.hash => w,
             _ => Windows {
@@ -540,7 +531,6 @@ fn simulate(sc: &Scenario, seed: u64, trace: Option<u64>) -> RunResult {
         carry: [0.0; 2],
         split_offset: 0,
         trace: trace == Some(seed),
-        window_from_canary_start: sc.window_from_canary_start,
     };
     let probs = [latency_probs(1.0), latency_probs(sc.bad_latency)];
     // The first revision settles.
@@ -715,7 +705,6 @@ fn main() {
         bad_latency: 1.0,
         fault: Fault::None,
         horizon_s,
-        window_from_canary_start: false,
     };
     let bad = |name, total_rps, fault| Scenario {
         name,
@@ -725,7 +714,6 @@ fn main() {
         bad_latency: 1.0,
         fault,
         horizon_s: hour,
-        window_from_canary_start: false,
     };
     let slow = |name, total_rps| Scenario {
         name,
@@ -735,11 +723,6 @@ fn main() {
         bad_latency: 2.0,
         fault: Fault::FromStart,
         horizon_s: hour,
-        window_from_canary_start: false,
-    };
-    let what_if = |sc: Scenario| Scenario {
-        window_from_canary_start: true,
-        ..sc
     };
     let scenarios = [
         good("identical, 2000 req/s total", 2000.0, hour),
@@ -760,21 +743,6 @@ fn main() {
         ),
         slow("p99 doubled from start, 2000 req/s", 2000.0),
         slow("p99 doubled from start, 100 req/s", 100.0),
-        what_if(good(
-            "what-if window at canary start: identical, 100 req/s",
-            100.0,
-            hour,
-        )),
-        what_if(good(
-            "what-if window at canary start: identical, 40 req/s",
-            40.0,
-            hour,
-        )),
-        what_if(bad(
-            "what-if window at canary start: 5% errors from start, 100 req/s",
-            100.0,
-            Fault::FromStart,
-        )),
     ];
     println!(
         "whole-rollout simulation: {n_seeds} seeds (0..{n_seeds}) per scenario, analysis every {INTERVAL_S}s, tick {TICK_S}s, {REPLICAS} replicas"

@@ -46,6 +46,19 @@ struct Plan<'a> {
     min_samples: u64,
 }
 
+/// Where a window of per-pod counter deltas begins. During a rollout it is
+/// the canary's start, so the canary's pods (all started since) count every
+/// request they served, even those before the first analysis run or an
+/// operator restart; older pods count from their first observation. Otherwise
+/// (the guard) it is now.
+pub fn window_start(status: &ModelDeploymentStatus, now: Timestamp) -> Timestamp {
+    status
+        .canary
+        .as_ref()
+        .and_then(|c| c.started_at.as_ref())
+        .map_or(now, |t| t.0.min(now))
+}
+
 fn plan<'a>(md: &'a ModelDeployment, status: &ModelDeploymentStatus) -> Option<Plan<'a>> {
     let stable = status.stable.as_ref()?;
     if let Some(c) = &status.canary {
@@ -208,6 +221,7 @@ async fn from_pods(
     md: &ModelDeployment,
     valid: &ValidSpec,
     plan: &Plan<'_>,
+    start: Timestamp,
     now: Timestamp,
 ) -> (VariantData, VariantData) {
     let key = ObjectRef::from_obj(md);
@@ -219,9 +233,9 @@ async fn from_pods(
             _ => Windows {
                 judged_hash: plan.judged.clone(),
                 baseline_hash: baseline_hash.clone(),
-                judged: CounterWindow::new(now.as_second(), MAX_SERIES_PER_POD),
-                baseline: CounterWindow::new(now.as_second(), MAX_SERIES_PER_POD),
-                started: now,
+                judged: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
+                baseline: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
+                started: start,
             },
         }
     };
@@ -547,6 +561,7 @@ pub async fn analyze(
     now: Timestamp,
 ) -> Option<AnalysisRun> {
     let plan = plan(md, status)?;
+    let start = window_start(status, now);
     let (judged, baseline) = match (md.spec.metrics.source, &ctx.prometheus) {
         (MetricsSource::Prometheus, Some(client)) => {
             let since = status
@@ -572,7 +587,7 @@ pub async fn analyze(
             };
             (missing.clone(), missing)
         }
-        (MetricsSource::Pods, _) => from_pods(ctx, md, valid, &plan, now).await,
+        (MetricsSource::Pods, _) => from_pods(ctx, md, valid, &plan, start, now).await,
     };
     let reference = match reference(ctx, md).await {
         Ok(r) => r,
