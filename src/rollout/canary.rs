@@ -98,6 +98,18 @@ pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &Revi
                     InconclusivePolicy::Pause => {}
                 }
             }
+            // The pause was for want of evidence; evidence that passes ends it.
+            Some(CheckVerdict::Pass) if c.paused == Some(PauseReason::Inconclusive) => {
+                c.paused = None;
+                d.note(
+                    NoteKind::Normal,
+                    "AnalysisResumed",
+                    format!(
+                        "revision {} resumed: the analysis has data now and it passed",
+                        c.revision
+                    ),
+                );
+            }
             _ => {}
         }
     }

@@ -383,6 +383,41 @@ fn no_data_pauses_and_never_promotes() {
 }
 
 #[test]
+fn a_pause_for_lack_of_data_ends_when_passing_evidence_arrives() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    for _ in 0..12 {
+        sim.interval(CheckVerdict::Inconclusive);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::Paused));
+    // Still no data: still paused. Then a run with data that passes.
+    sim.interval(CheckVerdict::Inconclusive);
+    assert_eq!(sim.status.phase, Some(Phase::Paused));
+    sim.interval(CheckVerdict::Pass);
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    assert!(sim.reasons().contains(&"AnalysisResumed"));
+    for _ in 0..10 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert_eq!(sim.status.stable.as_ref().unwrap().version, "2.0.0");
+    // A pause a person asked for is not lifted by passing runs.
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    sim.t += 1;
+    sim.tick(None, None, Some(&Request::new("p1", RequestAction::Pause)));
+    for _ in 0..5 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::Paused));
+    assert_eq!(
+        sim.status.canary.as_ref().unwrap().paused,
+        Some(PauseReason::UserRequest)
+    );
+}
+
+#[test]
 fn inconclusive_can_be_a_rollback_by_policy() {
     let extra = json!({"rollout": {"analysis": {"inconclusivePolicy": "rollback"}}});
     let mut sim = Sim::settled(canary_spec("1.0.0", extra.clone()));
