@@ -342,9 +342,9 @@ async fn a_canary_receiving_reference_like_inputs_is_promoted() {
 
 // --- 3. A/B tests. -------------------------------------------------------------
 
-fn ab_spec(port: u16, traffic: Value, split: Value, max_duration: &str) -> Value {
+fn ab_spec(port: u16, traffic: Value, split: Value, min_samples: i64, max_duration: &str) -> Value {
     let mut ab = json!({
-        "minSamples": 300, "maxDuration": max_duration,
+        "minSamples": min_samples, "maxDuration": max_duration,
         "objective": {"metric": "accuracy", "goal": "maximize", "confidence": 0.99}
     });
     support::merge(&mut ab, split);
@@ -408,6 +408,7 @@ async fn a_clearly_better_candidate_wins_the_ab_test_behind_a_gateway() {
             port,
             traffic,
             json!({"match": [{"headers": {"x-model-variant": "b"}}]}),
+            600,
             "10m",
         ),
         &[
@@ -465,8 +466,8 @@ async fn a_clearly_better_candidate_wins_the_ab_test_behind_a_gateway() {
         (0.1..=0.3).contains(&effect),
         "accuracy 1.0 vs about 0.8: {ab}"
     );
-    assert!(ab["samples"]["stable"].as_i64().unwrap() >= 300, "{ab}");
-    assert!(ab["samples"]["candidate"].as_i64().unwrap() >= 300, "{ab}");
+    assert!(ab["samples"]["stable"].as_i64().unwrap() >= 600, "{ab}");
+    assert!(ab["samples"]["candidate"].as_i64().unwrap() >= 600, "{ab}");
     assert_eq!(outcomes(&s), vec!["1:Deployed", "2:Promoted"]);
     let decided = event_message(&story.event("ABTestDecided").await);
     assert!(decided.contains("revision 2 won the A/B test"), "{decided}");
@@ -511,7 +512,8 @@ async fn an_identical_candidate_ends_at_max_duration_and_stable_stays() {
             port,
             json!({"router": "replicas"}),
             json!({"weight": 50}),
-            "6s",
+            100,
+            "10s",
         ),
         &[
             Member::new("127.0.0.2", Behaviour::default()),
@@ -537,11 +539,16 @@ async fn an_identical_candidate_ends_at_max_duration_and_stable_stays() {
     let ab = &s["abTest"];
     assert_eq!(ab["winner"], "none", "{ab}");
     assert!(ab["pValue"].as_f64().unwrap() >= 0.01, "{ab}");
-    assert!(ab["samples"]["candidate"].as_i64().unwrap() >= 300, "{ab}");
+    // It had the data to decide, and found no difference.
+    assert!(ab["samples"]["candidate"].as_i64().unwrap() >= 100, "{ab}");
+    assert!(ab["samples"]["stable"].as_i64().unwrap() >= 100, "{ab}");
     let h = last_history(&s);
     assert_eq!(h["outcome"], "RolledBack");
     assert!(
-        h["reason"].as_str().unwrap().contains("undecided after 6s"),
+        h["reason"]
+            .as_str()
+            .unwrap()
+            .contains("undecided after 10s"),
         "{h}"
     );
     assert!(events(&story.server, "ABTestDecided").is_empty());
