@@ -297,7 +297,11 @@ impl StatusLog {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (log, name) = (seen.clone(), name.to_string());
         let task = tokio::spawn(async move {
+            // With a backoff: a watcher retrying a failing request in a
+            // tight loop never yields, and neither an abort nor the test
+            // runtime's shutdown could stop it.
             let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
                 .applied_objects()
                 .boxed();
             while let Some(item) = stream.next().await {
