@@ -560,6 +560,79 @@ async fn an_identical_candidate_ends_at_max_duration_and_stable_stays() {
     story.op.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worse_candidate_loses_a_weighted_ab_test_and_the_route_returns_to_stable() {
+    let port = free_port();
+    let name = "ablose";
+    let traffic = json!({"router": "gatewayAPI",
+        "gatewayAPI": {"parentRefs": [{"name": "public"}]}});
+    // Reads f0 backwards: every prediction is wrong.
+    let backwards = v2(Behaviour {
+        weights: vec![-3.0, 0.0, 0.0, 0.0],
+        ..Default::default()
+    });
+    let story = Story::stable(
+        name,
+        port,
+        ab_spec(port, traffic, json!({"weight": 30}), 600, "10m"),
+        &[
+            Member::new("127.0.0.2", Behaviour::default()),
+            Member::new("127.0.0.3", backwards),
+        ],
+        ip_by_version,
+        |_| PodHealth::Ready,
+    )
+    .await;
+    story.release("2.0.0").await;
+    let r = eventually("the HTTPRoute split 70/30", WAIT, || {
+        let r = route(&story);
+        (backends(&r["spec"]["rules"][0])
+            == vec![
+                (format!("{name}-stable"), 70),
+                (format!("{name}-canary"), 30),
+            ])
+        .then_some(r)
+    })
+    .await;
+    assert_eq!(r["spec"]["rules"].as_array().unwrap().len(), 1, "{r}");
+    // The gateway router keeps stable at full size beside the candidate.
+    assert_eq!(story.replicas_of("1.0.0"), Some(2));
+
+    let s = story
+        .until("the candidate rolled back", |s| s["phase"] == "RolledBack")
+        .await;
+    assert_eq!(s["stable"]["version"], "1.0.0");
+    let ab = &s["abTest"];
+    assert_eq!(ab["winner"], "stable", "{ab}");
+    assert!(ab["effect"].as_f64().unwrap() < -0.5, "{ab}");
+    assert!(ab["pValue"].as_f64().unwrap() < 0.01, "{ab}");
+    let h = last_history(&s);
+    assert!(
+        h["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the stable revision is better"),
+        "{h}"
+    );
+    assert!(is_true(&s, "Degraded"), "{s}");
+    let r = eventually("all traffic back on stable", WAIT, || {
+        let r = route(&story);
+        (backends(&r["spec"]["rules"][0])
+            == vec![
+                (format!("{name}-stable"), 100),
+                (format!("{name}-canary"), 0),
+            ])
+        .then_some(r)
+    })
+    .await;
+    assert_eq!(r["spec"]["rules"].as_array().unwrap().len(), 1, "{r}");
+    eventually("the candidate scaled to zero", WAIT, || {
+        (story.replicas_of("2.0.0") == Some(0)).then_some(())
+    })
+    .await;
+    story.op.stop().await.unwrap();
+}
+
 // --- 4. The guard after promotion. ---------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
