@@ -6,50 +6,15 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use modeldeploy::api::ModelDeployment;
 use modeldeploy::operator::Stopped;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::fake_apiserver::FakeApiServer;
+use support::story::{condition, create, deployments_of, events, status};
 use support::{deployment_controller, eventually, model_deployment, start_operator};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn status(server: &FakeApiServer, name: &str) -> Value {
-    server
-        .get("modeldeployments", "default", name)
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
-    status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
-fn deployments_of(server: &FakeApiServer, name: &str) -> Vec<Value> {
-    server
-        .list("deployments", "default")
-        .into_iter()
-        .filter(|d| d["metadata"]["labels"]["modeldeploy.io/name"] == name)
-        .collect()
-}
-
-async fn create(server: &FakeApiServer, manifest: Value) {
-    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
-    let md: ModelDeployment = serde_json::from_value(manifest).unwrap();
-    api.create(&PostParams::default(), &md).await.unwrap();
-}
-
-fn events(server: &FakeApiServer, reason: &str) -> Vec<Value> {
-    server
-        .list("events", "default")
-        .into_iter()
-        .filter(|e| e["reason"] == reason)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_deployment_update_and_delete() {

@@ -4,123 +4,18 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use modeldeploy::api::ModelDeployment;
-use modeldeploy::demo::{self, Behaviour, Load};
+use modeldeploy::demo::Behaviour;
 use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
+use support::story::{WAIT, canary_spec, fleet, ip_by_version, start_story, status};
 use support::{
     deployment_controller, eventually, free_port, model_deployment, pod_controller, start_operator,
 };
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn status(server: &FakeApiServer, name: &str) -> Value {
-    server
-        .get("modeldeployments", "default", name)
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
-}
-
-/// A model server per version on its own loopback address, with steady load.
-struct Fleet {
-    _servers: Vec<demo::Running>,
-    _load: Vec<tokio::task::JoinHandle<(u64, u64)>>,
-}
-
-async fn fleet(port: u16, versions: &[(&str, Behaviour)]) -> Fleet {
-    let mut servers = Vec::new();
-    let mut load = Vec::new();
-    for (ip, behaviour) in versions {
-        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-        servers.push(demo::spawn(addr, behaviour.clone()).await.unwrap());
-        load.push(tokio::spawn(demo::load(Load {
-            target: format!("http://{addr}"),
-            rps: 200.0,
-            duration: Some(Duration::from_secs(60)),
-            feature_shift: 0.0,
-            features: 4,
-            feedback: true,
-            seed: 3,
-        })));
-    }
-    Fleet {
-        _servers: servers,
-        _load: load,
-    }
-}
-
-fn ip_by_version(d: &Value) -> Option<String> {
-    match d["metadata"]["labels"]["modeldeploy.io/version"].as_str()? {
-        "1.0.0" => Some("127.0.0.2".into()),
-        "2.0.0" => Some("127.0.0.3".into()),
-        _ => None,
-    }
-}
-
-fn canary_spec(port: u16, steps: Value) -> Value {
-    json!({"spec": {
-        "replicas": 2,
-        "model": {"port": port},
-        "rollout": {
-            "strategy": "canary",
-            "steps": steps,
-            "analysis": {
-                "interval": "1s", "failureLimit": 2, "minSamples": 100,
-                "checks": [
-                    {"name": "errors", "errorRate": {"max": 0.01}},
-                    {"name": "p99", "latency": {"quantile": 0.99, "max": "500ms"}}
-                ]
-            }
-        }
-    }})
-}
-
-async fn start_story(
-    name: &str,
-    port: u16,
-    steps: Value,
-    canary: Behaviour,
-) -> (
-    Arc<FakeApiServer>,
-    support::RunningOperator,
-    Vec<support::DeploymentController>,
-    Fleet,
-) {
-    let server = Arc::new(FakeApiServer::start().await);
-    let controllers = vec![
-        deployment_controller(&server, |_| true),
-        pod_controller(&server, ip_by_version),
-    ];
-    let fleet = fleet(
-        port,
-        &[("127.0.0.2", Behaviour::default()), ("127.0.0.3", canary)],
-    )
-    .await;
-    let op = start_operator(&server, "op", false);
-    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
-    let md: ModelDeployment =
-        serde_json::from_value(model_deployment(name, "1.0.0", canary_spec(port, steps))).unwrap();
-    api.create(&PostParams::default(), &md).await.unwrap();
-    eventually("v1 stable", WAIT, || {
-        (status(&server, name)["phase"] == "Stable").then_some(())
-    })
-    .await;
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"spec": {"model": {"version": "2.0.0", "image": "example/scorer:2.0.0"}}}),
-        ),
-    )
-    .await
-    .unwrap();
-    (server, op, controllers, fleet)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_canary_is_promoted_step_by_step() {

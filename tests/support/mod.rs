@@ -2,6 +2,7 @@
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 pub mod fake_apiserver;
+pub mod story;
 pub mod tools;
 
 use std::sync::Arc;
@@ -175,6 +176,54 @@ pub fn merge(base: &mut Value, extra: Value) {
     }
 }
 
+/// How the kubelet reports the model container of a revision's pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodHealth {
+    /// Running and Ready, no restarts.
+    Ready,
+    /// The container keeps exiting: not Ready, waiting in `CrashLoopBackOff`,
+    /// its restart count going up every [`RESTART_EVERY`].
+    CrashLoopBackOff,
+    /// Running and Ready again after the kernel killed it for memory: the last
+    /// state is terminated with reason `OOMKilled`, one restart.
+    OomKilled,
+    /// Running and Ready between restarts, its restart count going up every
+    /// [`RESTART_EVERY`] (a server that dies now and then).
+    Restarting,
+}
+
+/// How often a restarting container restarts in [`pod_controller_with`].
+pub const RESTART_EVERY: Duration = Duration::from_millis(300);
+
+fn pod_status(ip: &str, health: PodHealth, restarts: i64) -> Value {
+    let started = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .unwrap()
+        .to_string();
+    let ready = health != PodHealth::CrashLoopBackOff;
+    let (state, last_state) = match health {
+        PodHealth::Ready => (json!({"running": {}}), json!({})),
+        PodHealth::CrashLoopBackOff => (
+            json!({"waiting": {"reason": "CrashLoopBackOff",
+                               "message": "back-off restarting failed container model"}}),
+            json!({"terminated": {"reason": "Error", "exitCode": 3}}),
+        ),
+        PodHealth::OomKilled => (
+            json!({"running": {}}),
+            json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}}),
+        ),
+        PodHealth::Restarting => (
+            json!({"running": {}}),
+            json!({"terminated": {"reason": "Error", "exitCode": 3}}),
+        ),
+    };
+    json!({"phase": "Running", "podIP": ip, "startTime": started,
+           "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+           "containerStatuses": [{"name": "model", "ready": ready, "restartCount": restarts,
+                                  "image": "demo", "imageID": "",
+                                  "state": state, "lastState": last_state}]})
+}
+
 /// Plays the ReplicaSet controller and the kubelet for pods: one Ready pod per
 /// Deployment with replicas, at the IP `ip_for` gives its revision (a local
 /// model server listens there), none for Deployments at zero.
@@ -182,9 +231,22 @@ pub fn pod_controller(
     server: &Arc<FakeApiServer>,
     ip_for: impl Fn(&Value) -> Option<String> + Send + 'static,
 ) -> DeploymentController {
+    pod_controller_with(server, ip_for, |_| PodHealth::Ready)
+}
+
+/// [`pod_controller`] with the container state `health` gives each
+/// Deployment's pod; restart counts of restarting containers keep going up.
+pub fn pod_controller_with(
+    server: &Arc<FakeApiServer>,
+    ip_for: impl Fn(&Value) -> Option<String> + Send + 'static,
+    health: impl Fn(&Value) -> PodHealth + Send + 'static,
+) -> DeploymentController {
     let stop = Arc::new(AtomicBool::new(false));
     let (server, flag) = (server.clone(), stop.clone());
     tokio::spawn(async move {
+        // When each pod (by uid) was created, to count its restarts.
+        let mut born: std::collections::HashMap<String, tokio::time::Instant> =
+            std::collections::HashMap::new();
         while !flag.load(Ordering::SeqCst) {
             for d in server.list("deployments", "") {
                 let ns = d["metadata"]["namespace"]
@@ -194,21 +256,45 @@ pub fn pod_controller(
                 let name = format!("{}-pod", d["metadata"]["name"].as_str().unwrap_or_default());
                 let replicas = d["spec"]["replicas"].as_i64().unwrap_or(0);
                 let existing = server.get("pods", &ns, &name);
+                let health = health(&d);
                 match (replicas > 0, existing, ip_for(&d)) {
                     (true, None, Some(ip)) => {
-                        server.upsert(
+                        let restarts = i64::from(health == PodHealth::OomKilled);
+                        let pod = server.upsert(
                             "pods",
                             json!({
                                 "metadata": {"name": name, "namespace": ns,
                                              "labels": d["spec"]["template"]["metadata"]["labels"]},
                                 "spec": {"containers": [{"name": "model", "image": "demo"}]},
-                                "status": {"phase": "Running", "podIP": ip,
-                                           "startTime": k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap().to_string(),
-                                           "conditions": [{"type": "Ready", "status": "True"}],
-                                           "containerStatuses": [{"name": "model", "ready": true, "restartCount": 0,
-                                                                  "image": "demo", "imageID": "", "state": {"running": {}}}]}
+                                "status": pod_status(&ip, health, restarts)
                             }),
                         );
+                        if let Some(uid) = pod["metadata"]["uid"].as_str() {
+                            born.insert(uid.to_string(), tokio::time::Instant::now());
+                        }
+                    }
+                    (true, Some(pod), _)
+                        if matches!(
+                            health,
+                            PodHealth::CrashLoopBackOff | PodHealth::Restarting
+                        ) =>
+                    {
+                        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+                        let age = born.get(uid).map_or(Duration::ZERO, |t| t.elapsed());
+                        let restarts = i64::try_from(age.as_millis() / RESTART_EVERY.as_millis())
+                            .unwrap_or(i64::MAX);
+                        let status = &pod["status"]["containerStatuses"][0];
+                        if status["restartCount"].as_i64() != Some(restarts) {
+                            server.patch_status(
+                                "pods",
+                                &ns,
+                                &name,
+                                json!({"containerStatuses": [{
+                                    "name": "model", "ready": status["ready"],
+                                    "restartCount": restarts, "image": "demo", "imageID": "",
+                                    "state": status["state"], "lastState": status["lastState"]}]}),
+                            );
+                        }
                     }
                     (false, Some(_), _) => {
                         server.delete("pods", &ns, &name);
