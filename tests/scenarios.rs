@@ -109,7 +109,7 @@ async fn unhealthy_canary_is_rolled_back_at_once(name: &str, health: PodHealth) 
         h["reason"]
             .as_str()
             .unwrap()
-            .contains("canary pods are unhealthy"),
+            .contains("check restarts failed, canary pods are unhealthy"),
         "{h}"
     );
     // Not the analysis: no check failed, let alone failureLimit times.

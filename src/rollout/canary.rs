@@ -31,7 +31,12 @@ pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &Revi
     c.weight = weights::achieved(input.spec, &c, stable, input.observed);
 
     if let Some(why) = input.canary_pods_failure {
-        return roll_back(d, &c, stable, format!("canary pods are unhealthy: {why}"));
+        return roll_back(
+            d,
+            &c,
+            stable,
+            format!("check restarts failed, canary pods are unhealthy: {why}"),
+        );
     }
     let canary_size = weights::canary_replicas(input.spec, &c);
     let canary_obs = input.observed.get(&c.hash);
@@ -184,6 +189,7 @@ fn start(
     // fresh analysis record.
     d.status.guard = None;
     d.status.analysis = (!replace).then(AnalysisStatus::default);
+    d.status.ab_test = None;
     CanaryStatus {
         revision: target.revision,
         version: target.version.clone(),

@@ -578,6 +578,10 @@ fn an_ab_test_keeps_stable_when_it_wins_or_nothing_is_decided() {
             .reason
             .contains("undecided")
     );
+    // The next test starts without the last one's numbers.
+    sim.start(ab_spec("3.0.0"));
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    assert_eq!(sim.status.ab_test, None);
 }
 
 #[test]
