@@ -441,3 +441,16 @@ async fn metrics_health_and_readiness_are_served() {
     let _ = tx.send(());
     assert_eq!(task.await.unwrap(), Ok(Stopped::Shutdown));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_stopped_before_its_watches_sync_stops() {
+    let server = Arc::new(FakeApiServer::start().await);
+    // Slow answers: the first lists are still in flight when the stop comes.
+    server.set_delay(Duration::from_secs(2));
+    let op = start_operator(&server, "op", false);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(op.readiness.state(), "starting");
+    // A Controller asked to stop gracefully before its store is ready would
+    // wait for that store forever; `stop` gives up after 30 s.
+    assert_eq!(op.stop().await, Ok(Stopped::Shutdown));
+}

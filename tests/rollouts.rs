@@ -12,7 +12,7 @@ use modeldeploy::api::ModelDeployment;
 use modeldeploy::demo::Behaviour;
 use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
-use support::story::{WAIT, canary_spec, fleet, ip_by_version, start_story, status};
+use support::story::{StatusLog, WAIT, canary_spec, fleet, ip_by_version, start_story, status};
 use support::{
     deployment_controller, eventually, free_port, model_deployment, pod_controller, start_operator,
 };
@@ -220,4 +220,138 @@ async fn abort_and_retry_through_the_plugins_code_path() {
     .await;
     assert_ne!(s["phase"], "RolledBack");
     op.stop().await.unwrap();
+}
+
+/// Restart the operator each time the rollout reaches a state it had not been
+/// in (each step, promoting, the guard, the previous revision's scale-down),
+/// and check the outcome is the one an uninterrupted operator reaches, with
+/// nothing done twice. Returns the final status, every status the API server
+/// stored in between, the events, and the states restarted in.
+async fn restarted_at_every_phase(
+    canary: Behaviour,
+) -> (Value, Vec<Value>, Vec<Value>, Vec<String>) {
+    let port = free_port();
+    let steps = json!([
+        {"setWeight": 25}, {"pause": {"duration": "2s"}},
+        {"setWeight": 50}, {"analysis": {"passes": 2}}, {"setWeight": 75}
+    ]);
+    let (server, op, _c, _f) = start_story("phases", port, steps, canary).await;
+    let log = StatusLog::start(&server, "phases");
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    api.patch(
+        "phases",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "guard": {"window": "3s", "interval": "1s",
+                      "checks": [{"name": "errors", "errorRate": {"max": 0.01}}]},
+            "rollout": {"scaleDownDelay": "1s"}
+        }})),
+    )
+    .await
+    .unwrap();
+    let key = |s: &Value| {
+        format!(
+            "{}|step {}|promoting {}|paused {}|guard {}|scale-down {}",
+            s["phase"],
+            s["canary"]["step"],
+            s["canary"]["promoting"],
+            s["canary"]["paused"],
+            s["guard"].is_object(),
+            s["previousScaleDownAt"].is_string()
+        )
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut op = Some(op);
+    let mut restarts = 0;
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let last = loop {
+        let s = status(&server, "phases");
+        let done = s["canary"].is_null()
+            && s["guard"].is_null()
+            && s["previousScaleDownAt"].is_null()
+            && (s["phase"] == "RolledBack"
+                || (s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"));
+        if done {
+            break s;
+        }
+        if seen.insert(key(&s)) {
+            op.take().unwrap().stop().await.unwrap();
+            restarts += 1;
+            op = Some(start_operator(&server, &format!("op-{restarts}"), false));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout did not finish; last status {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    op.take().unwrap().stop().await.unwrap();
+    let events: Vec<Value> = server
+        .list("events", "default")
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "phases")
+        .collect();
+    (last, log.all(), events, seen.into_iter().collect())
+}
+
+/// How often `reason` was recorded: a recorder folds repeats into one Event
+/// with a series count.
+fn occurrences(events: &[Value], reason: &str) -> i64 {
+    events
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
+        .sum()
+}
+
+fn outcomes(s: &Value) -> Vec<String> {
+    s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_at_every_phase_change_nothing_in_a_promotion() {
+    let (s, statuses, events, seen) = restarted_at_every_phase(Behaviour {
+        version: "2.0.0".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(outcomes(&s), ["Deployed", "Promoted"], "{s}");
+    for reason in ["RolloutStarted", "Promoted", "GuardPassed"] {
+        assert_eq!(occurrences(&events, reason), 1, "{reason}: {events:#?}");
+    }
+    // The canary's step never went back, and every step was passed through.
+    let steps: Vec<i64> = statuses
+        .iter()
+        .filter_map(|s| s["canary"]["step"].as_i64())
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    // (After the last step the canary is promoted, possibly in the same write.)
+    assert!(steps.last().is_some_and(|s| *s >= 4), "{steps:?}");
+    // Restarted while progressing, while guarded, and while the previous
+    // revision waited to scale down.
+    for state in ["Progressing", "guard true", "scale-down true"] {
+        assert!(seen.iter().any(|k| k.contains(state)), "{state}: {seen:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_at_every_phase_change_nothing_in_a_rollback() {
+    let (s, _, events, seen) = restarted_at_every_phase(Behaviour {
+        version: "2.0.0".into(),
+        error_rate: 0.2,
+        ..Default::default()
+    })
+    .await;
+    assert!(seen.iter().any(|k| k.contains("Progressing")), "{seen:?}");
+    assert_eq!(s["phase"], "RolledBack", "{s}");
+    assert_eq!(s["stable"]["version"], "1.0.0");
+    assert_eq!(outcomes(&s), ["Deployed", "RolledBack"], "{s}");
+    for reason in ["RolloutStarted", "RolledBack"] {
+        assert_eq!(occurrences(&events, reason), 1, "{reason}: {events:#?}");
+    }
 }

@@ -264,7 +264,7 @@ async fn run_scope(
     ns: Option<String>,
     settings: Settings,
     metrics: Metrics,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
     on_synced: impl FnOnce() + Send + 'static,
 ) {
     let mdeps: Api<Watched> = scoped(&client, ns.as_deref());
@@ -346,14 +346,14 @@ async fn run_scope(
     let controller = Controller::for_stream(main_stream, main_store.clone());
     tokio::spawn(synced.clone().report_while_unsynced());
 
-    controller
+    let running = controller
         .owns_stream(deploy_stream)
         .owns_stream(service_stream)
         .watches_stream(pod_stream, |pod: Pod| {
             let name = pod.labels().get(labels::NAME)?.clone();
             Some(ObjectRef::new(&name).within(&pod.namespace()?))
         })
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {
@@ -366,8 +366,23 @@ async fn run_scope(
                 // fail to deserialize land here too, and the watch goes on.
                 Err(e) => warn!(error = %e, "reconcile loop"),
             }
-        })
-        .await;
+        });
+    // A graceful shutdown waits for the store to be ready, but it also stops
+    // the watches that would fill it: asked to stop before the first lists
+    // are in, the Controller would wait forever. Nothing reconciles before
+    // then, so there is nothing to wait for.
+    let stopped_while_syncing = async move {
+        shutdown.await;
+        if synced.unsynced().is_empty() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = running => {}
+        _ = stopped_while_syncing => {
+            info!("stopped before the watches synced");
+        }
+    }
 }
 
 pub async fn reconcile(guard: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
