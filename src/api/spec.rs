@@ -609,7 +609,8 @@ pub enum Goal {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub enum InconclusivePolicy {
-    /// Stop shifting traffic and wait for a person.
+    /// Stop shifting traffic until a run has data and passes (or a person
+    /// resumes, promotes or aborts).
     #[default]
     Pause,
     /// Treat a lack of evidence as a failure.
