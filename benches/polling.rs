@@ -18,16 +18,55 @@
 //! Run: `cargo bench --bench polling` (`-- --quick` for fewer cycles).
 //! Results: docs/benchmarks.md, `## Polling`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use modeldeploy::analysis::window::CounterWindow;
 use modeldeploy::api::presets::Names;
 use modeldeploy::metrics::parse::{FamilyFilter, Options, OwnedSample, parse_owned};
 use modeldeploy::metrics::scrape::{ScrapeConfig, Scraper, Target};
+
+/// Counts live heap bytes, to size the windows the collector keeps.
+struct CountingAlloc;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; the
+// counter only records sizes.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 const PODS: usize = 1_000;
 const SERVER_ENV: &str = "MODELDEPLOY_POLLING_SERVER";
@@ -483,7 +522,29 @@ mod client {
             );
             server.set_delay(0);
         }
+        // Heap held by what the collector keeps: a window over 1,000 pods
+        // (one cycle observed), and one pod's parsed samples.
+        let before = LIVE_BYTES.load(Ordering::SeqCst);
+        let mut window = CounterWindow::new(0, MAX_SERIES_PER_POD);
+        for t in &targets {
+            let samples = parse_owned(&payload, &filter, &Options::default()).expect("parses");
+            window.observe(&t.pod_uid, None, &samples);
+        }
+        let window_bytes = LIVE_BYTES.load(Ordering::SeqCst) - before;
+        let before = LIVE_BYTES.load(Ordering::SeqCst);
+        let samples = parse_owned(&payload, &filter, &Options::default()).expect("parses");
+        let samples_bytes = LIVE_BYTES.load(Ordering::SeqCst) - before;
         println!();
+        println!(
+            "heap: CounterWindow over {PODS} pods x {} series: {:.1} MiB ({:.0} bytes per series); one pod's parse_owned output: {:.1} KiB ({} samples, payload {:.1} KiB)",
+            samples.len(),
+            window_bytes as f64 / 1048576.0,
+            window_bytes as f64 / (PODS * samples.len()) as f64,
+            samples_bytes as f64 / 1024.0,
+            samples.len(),
+            payload.len() as f64 / 1024.0
+        );
+        drop((window, samples));
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let mem = |field: &str| {
             status
@@ -507,7 +568,7 @@ mod client {
 mod server {
     use super::*;
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[derive(Default)]

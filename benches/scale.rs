@@ -41,7 +41,13 @@ use std::time::{Duration, Instant};
 use fake_apiserver::FakeApiServer;
 use serde_json::{Value, json};
 
-const OBJECTS: usize = 1_000;
+/// ModelDeployments; `SCALE_OBJECTS` overrides it (to see how memory grows).
+fn objects() -> usize {
+    std::env::var("SCALE_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+}
 const NAMESPACES: usize = 10;
 const REPLICAS: i64 = 3;
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -85,6 +91,20 @@ fn manifest(ns: &str, name: &str, version: &str) -> Value {
                           "limits": {"cpu": "2", "memory": "2Gi"}}
         }
     })
+}
+
+/// Open sockets of a process (its connections to the API server, listeners).
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Memory of a process from /proc, in KiB.
@@ -180,7 +200,24 @@ impl Operator {
             .expect("free port")
             .port();
         let log = dir.join("operator.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_modeldeploy"))
+        // `SCALE_OPERATOR_PREFIX="heaptrack -o /tmp/op"` runs the operator
+        // under a profiler (its RSS figures are then the wrapper's).
+        let prefix: Vec<String> = std::env::var("SCALE_OPERATOR_PREFIX")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_modeldeploy"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_modeldeploy")),
+        };
+        // Its own process group, so a wrapper and the operator stop together.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command
             .args([
                 "operator",
                 "--leader-election",
@@ -210,7 +247,10 @@ impl Operator {
 
     /// `modeldeploy_reconcile_total` from the operator's own /metrics.
     async fn reconciles(&self) -> Option<f64> {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+        let client = modeldeploy::http_client_builder().build().ok()?;
+        let text = client
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .send()
             .await
             .ok()?
             .text()
@@ -224,11 +264,11 @@ impl Operator {
             .ok()
     }
 
-    fn stop(mut self) -> (Option<u64>, String) {
+    fn stop(&mut self) -> (Option<u64>, String) {
         let hwm = proc_kib(self.pid(), "VmHWM:");
         // SAFETY: sending SIGTERM to our own child process.
         unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -240,6 +280,19 @@ impl Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
         (hwm, std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // A panicking bench must not leave the operator running.
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: the process group this bench created for its child.
+            unsafe {
+                libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -398,7 +451,23 @@ const WRITTEN: [&str; 7] = [
     "pods",
 ];
 
+/// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / hz
+}
+
 async fn run(quick: bool) {
+    #[allow(non_snake_case)]
+    let OBJECTS = objects();
     let rest = if quick { 30 } else { 60 };
     println!(
         "scale: {OBJECTS} ModelDeployments in {NAMESPACES} namespaces, {REPLICAS} replicas each; operator {}",
@@ -420,7 +489,7 @@ async fn run(quick: bool) {
         let t0 = Instant::now();
         keys.iter().map(|k| (k.clone(), (t0, 1))).collect()
     };
-    let op = Operator::start(&server, &dir);
+    let mut op = Operator::start(&server, &dir);
     let rss = RssSampler::start(op.pid());
     let t_start = Instant::now();
     let (acted, stable, took) = wait_all(&server, &initial, "1.0.0").await;
@@ -442,6 +511,19 @@ async fn run(quick: bool) {
         counts_line(&server)
     );
     let (peak1, _) = rss.between(t_start, t_synced);
+    let sizes: Vec<String> = ["modeldeployments", "deployments", "services", "pods"]
+        .iter()
+        .map(|kind| {
+            let all = server.list(kind, "");
+            let bytes: usize = all.iter().map(|o| o.to_string().len()).sum();
+            format!("{kind} {} B", bytes / all.len().max(1))
+        })
+        .collect();
+    println!("mean JSON size per object: {}", sizes.join(", "));
+    let cpu1 = cpu_seconds(op.pid());
+    let self_pid = std::process::id();
+    let reconciles1 = op.reconciles().await.unwrap_or(f64::NAN);
+    let bench_cpu1 = cpu_seconds(self_pid);
 
     // Phase 2: at rest, with forced reconciles.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -464,6 +546,7 @@ async fn run(quick: bool) {
     let writes = server.writes(&WRITTEN);
     let (peak2, mean2) = rss.between(rest_from, rest_to);
     let steady = proc_kib(op.pid(), "VmRSS:").unwrap_or(0);
+    let sockets_at_rest = sockets(op.pid());
     println!();
     println!("## Phase 2: {rest} s at rest (load {})", load_average());
     println!(
@@ -477,6 +560,8 @@ async fn run(quick: bool) {
     for (version, n) in [("2.0.0", OBJECTS / 10), ("3.0.0", OBJECTS)] {
         tokio::time::sleep(Duration::from_secs(3)).await;
         server.reset_counts();
+        let (cpu_before, bench_before) = (cpu_seconds(op.pid()), cpu_seconds(self_pid));
+        let rec_before = op.reconciles().await.unwrap_or(f64::NAN);
         let from = Instant::now();
         let changed = change(&server, &keys[..n], version);
         let spread = from.elapsed();
@@ -493,7 +578,13 @@ async fn run(quick: bool) {
             took.as_secs_f64(),
             counts_line(&server)
         );
-        rows.push((n, acted, stable, peak, load_average()));
+        let cpu = cpu_seconds(op.pid()) - cpu_before;
+        let bench_cpu = cpu_seconds(self_pid) - bench_before;
+        let rec = op.reconciles().await.unwrap_or(f64::NAN) - rec_before;
+        println!(
+            "operator CPU {cpu:.1} s, bench process (fake API server + kubelet) CPU {bench_cpu:.1} s, reconciles {rec}"
+        );
+        rows.push((n, acted, stable, peak, load_average(), cpu, bench_cpu, rec));
     }
     let final_rss = proc_kib(op.pid(), "VmRSS:").unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -509,11 +600,11 @@ async fn run(quick: bool) {
     println!("## Results");
     println!();
     println!(
-        "| what | objects | acted p50 / p99 / max s | Stable p50 / p99 / max s | peak VmRSS in phase MiB |"
+        "| what | objects | acted p50 / p99 / max s | Stable p50 / p99 / max s | peak VmRSS in phase MiB | operator CPU s | fake server + kubelet CPU s | reconciles |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| start: operator start -> reconciled | {} | {} / {} / {} | {} / {} / {} | {:.1} |",
+        "| start: operator start -> reconciled | {} | {} / {} / {} | {} / {} / {} | {:.1} | {cpu1:.1} | {bench_cpu1:.1} | {reconciles1} |",
         OBJECTS,
         pct(&acted, 0.5),
         pct(&acted, 0.99),
@@ -523,9 +614,9 @@ async fn run(quick: bool) {
         pct(&stable, 1.0),
         mib(peak1)
     );
-    for (n, acted, stable, peak, load) in &rows {
+    for (n, acted, stable, peak, load, cpu, bench_cpu, rec) in &rows {
         println!(
-            "| new version on {n} objects: change -> reconciled (load {load}) | {n} | {} / {} / {} | {} / {} / {} | {:.1} |",
+            "| new version on {n} objects: change -> reconciled (load {load}) | {n} | {} / {} / {} | {} / {} / {} | {:.1} | {cpu:.1} | {bench_cpu:.1} | {rec} |",
             pct(acted, 0.5),
             pct(acted, 0.99),
             pct(acted, 1.0),
@@ -539,7 +630,7 @@ async fn run(quick: bool) {
     println!("| memory | MiB |");
     println!("|---|---:|");
     println!(
-        "| VmRSS at rest, 1,000 objects / 1,000 Deployments / 3,000 pods: mean / peak | {:.1} / {:.1} |",
+        "| VmRSS at rest, {OBJECTS} objects / {deployments} Deployments / {pods} pods: mean / peak | {:.1} / {:.1} |",
         mib(mean2),
         mib(peak2)
     );
@@ -560,6 +651,7 @@ async fn run(quick: bool) {
     println!("| at rest ({rest} s, every object touched) | value |");
     println!("|---|---:|");
     println!("| reconciles | {} |", reconciles_after - reconciles_before);
+    println!("| open sockets of the operator at the end of the period | {sockets_at_rest} |");
     println!("| writes (create/update/patch/apply/delete) | {writes} |");
     let warnings = log.lines().filter(|l| l.contains("WARN")).count();
     let errors = log.lines().filter(|l| l.contains("ERROR")).count();
