@@ -178,6 +178,13 @@ fn kubelet(server: Arc<FakeApiServer>, stop: Arc<AtomicBool>) -> tokio::task::Jo
     })
 }
 
+/// The operator built with this bench, or `SCALE_OPERATOR_BIN` (another
+/// build, to compare a change).
+fn operator_binary() -> String {
+    std::env::var("SCALE_OPERATOR_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_modeldeploy").to_string())
+}
+
 struct Operator {
     child: Child,
     metrics_port: u16,
@@ -210,10 +217,10 @@ impl Operator {
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(env!("CARGO_BIN_EXE_modeldeploy"));
+                c.args(args).arg(operator_binary());
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_modeldeploy")),
+            None => Command::new(operator_binary()),
         };
         // Its own process group, so a wrapper and the operator stop together.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -471,7 +478,7 @@ async fn run(quick: bool) {
     let rest = if quick { 30 } else { 60 };
     println!(
         "scale: {OBJECTS} ModelDeployments in {NAMESPACES} namespaces, {REPLICAS} replicas each; operator {}",
-        env!("CARGO_BIN_EXE_modeldeploy")
+        operator_binary()
     );
     println!("load average at start: {}", load_average());
     let dir = std::env::temp_dir().join(format!("modeldeploy-scale-{}", std::process::id()));
