@@ -454,3 +454,37 @@ async fn an_operator_stopped_before_its_watches_sync_stops() {
     // wait for that store forever; `stop` gives up after 30 s.
     assert_eq!(op.stop().await, Ok(Stopped::Shutdown));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_objects_at_once_are_each_deployed_once() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op", false);
+    const N: usize = 150;
+    for i in 0..N {
+        create(
+            &server,
+            model_deployment(&format!("m{i}"), "1.0.0", json!({})),
+        )
+        .await;
+    }
+    eventually("all Stable", WAIT, || {
+        (0..N)
+            .all(|i| status(&server, &format!("m{i}"))["phase"] == "Stable")
+            .then_some(())
+    })
+    .await;
+    // A cache behind the operator's own writes must not make it decide a
+    // transition twice: one Deployed event (of count 1) and one history entry each.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let deployed: i64 = events(&server, "Deployed")
+        .iter()
+        .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
+        .sum();
+    assert_eq!(deployed, N as i64);
+    for i in 0..N {
+        let s = status(&server, &format!("m{i}"));
+        assert_eq!(s["history"].as_array().map(Vec::len), Some(1), "{s}");
+    }
+    op.stop().await.unwrap();
+}

@@ -75,9 +75,18 @@ pub type Watched = DeserializeGuard<ModelDeployment>;
 /// has arrived must not redo a transition (a second promotion, a second history entry).
 #[derive(Clone)]
 struct WrittenStatus {
-    resource_version_before: String,
+    /// Versions of the object that come before this write: the one it was
+    /// decided on and those of this operator's earlier writes the cache may
+    /// still show on its way to this one.
+    older: Vec<String>,
+    /// The version this write made.
+    made: String,
     status: ModelDeploymentStatus,
 }
+
+/// Older versions remembered per object: enough for a cache several of our
+/// own writes behind.
+const MAX_OLDER_VERSIONS: usize = 16;
 
 pub struct Context {
     pub client: Client,
@@ -689,10 +698,10 @@ fn set_phase_metric(ctx: &Context, md: &ModelDeployment, status: &ModelDeploymen
 fn current_status(md: &ModelDeployment, ctx: &Context) -> ModelDeploymentStatus {
     let key = ObjectRef::from_obj(md);
     let mut written = lock(&ctx.written);
+    let seen = md.resource_version().unwrap_or_default();
     match written.get(&key) {
-        Some(w) if md.resource_version().as_deref() == Some(w.resource_version_before.as_str()) => {
-            w.status.clone()
-        }
+        Some(w) if w.older.contains(&seen) => w.status.clone(),
+        // The cache holds our write, or something newer than it.
         Some(_) => {
             written.remove(&key);
             md.status.clone().unwrap_or_default()
@@ -769,13 +778,30 @@ async fn write_status(
             &Patch::Apply(&patch),
         )
         .await?;
-    if let Some(before) = md.resource_version()
-        && written.resource_version().as_deref() != Some(before.as_str())
+    if let (Some(before), Some(made)) = (md.resource_version(), written.resource_version())
+        && made != before
     {
-        lock(&ctx.written).insert(
-            ObjectRef::from_obj(md),
+        let key = ObjectRef::from_obj(md);
+        let mut all = lock(&ctx.written);
+        // A write decided on a stale cache still knows the versions before
+        // the previous write: the cache may show any of them next.
+        let mut older = match all.remove(&key) {
+            Some(previous) => {
+                let mut o = previous.older;
+                o.push(previous.made);
+                o
+            }
+            None => Vec::new(),
+        };
+        older.push(before);
+        older.dedup();
+        let excess = older.len().saturating_sub(MAX_OLDER_VERSIONS);
+        older.drain(..excess);
+        all.insert(
+            key,
             WrittenStatus {
-                resource_version_before: before,
+                older,
+                made,
                 status: status.clone(),
             },
         );
