@@ -76,6 +76,10 @@ struct OperatorArgs {
     /// to this URL as Slack-compatible JSON. Delivery failures are logged only.
     #[arg(long, env = "WEBHOOK_URL")]
     webhook_url: Option<String>,
+    /// Reconciles running at once (0: no limit). Bounds memory and API
+    /// connections when many objects change together.
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 128)]
+    max_concurrent_reconciles: u16,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +136,7 @@ async fn run_operator(args: OperatorArgs) -> ExitCode {
             concurrency: args.scrape_concurrency.max(1),
         },
         webhook_url: args.webhook_url.filter(|u| !u.is_empty()),
+        max_concurrent_reconciles: args.max_concurrent_reconciles,
     };
     match operator::run(
         client,

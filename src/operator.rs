@@ -27,6 +27,8 @@ pub struct OperatorConfig {
     pub scrape: crate::metrics::scrape::ScrapeConfig,
     /// Where rollout transitions are posted (Slack-compatible JSON), if anywhere.
     pub webhook_url: Option<String>,
+    /// Reconciles running at once; 0 means no limit.
+    pub max_concurrent_reconciles: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +68,7 @@ pub async fn run(
         prometheus_url: config.prometheus_url.clone(),
         scrape: config.scrape.clone(),
         notifier,
+        max_concurrent_reconciles: config.max_concurrent_reconciles,
     };
     controller::preflight(&client, &settings).await?;
 

@@ -87,22 +87,18 @@ fn plan<'a>(md: &'a ModelDeployment, status: &ModelDeploymentStatus) -> Option<P
 fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> {
     let ns = md.namespace();
     let name = md.name_any();
-    ctx.pods
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.namespace() == ns
-                && p.labels().get(labels::NAME) == Some(&name)
-                && p.labels().get(labels::HASH).map(String::as_str) == Some(hash)
-                && p.metadata.deletion_timestamp.is_none()
-                && p.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-        })
-        .collect()
+    ctx.pods.state_filter(|p| {
+        p.namespace() == ns
+            && p.labels().get(labels::NAME) == Some(&name)
+            && p.labels().get(labels::HASH).map(String::as_str) == Some(hash)
+            && p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+    })
 }
 
 /// Scrape one revision's Ready pods into its window.

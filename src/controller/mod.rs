@@ -120,6 +120,9 @@ pub struct Settings {
     pub scrape: crate::metrics::scrape::ScrapeConfig,
     /// Rollout transitions go here too, when a webhook is configured.
     pub notifier: Option<crate::notify::Notifier>,
+    /// Reconciles running at once (0: no limit). Each holds API connections
+    /// and cache snapshots, so this bounds memory under a burst of changes.
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Ask the API server for the CRD before anything else, so a missing CRD or an
@@ -287,23 +290,37 @@ async fn run_scope(
         on_synced,
     );
     let (deployments, deploy_writer) = reflector::store();
-    let deploy_stream = reflector::reflector(deploy_writer, watcher(deploy_api, owned.clone()))
-        .default_backoff()
-        .inspect(synced.marker("deployments"))
-        .touched_objects();
+    // Caches keep only what decisions read: no managed fields anywhere, and
+    // no pod specs (pods are read for their labels and status).
+    let deploy_stream = reflector::reflector(
+        deploy_writer,
+        watcher(deploy_api, owned.clone()).modify(|d| d.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .inspect(synced.marker("deployments"))
+    .touched_objects();
     let (services, service_writer) = reflector::store();
-    let service_stream = reflector::reflector(service_writer, watcher(service_api, owned.clone()))
-        .default_backoff()
-        .inspect(synced.marker("services"))
-        .touched_objects();
+    let service_stream = reflector::reflector(
+        service_writer,
+        watcher(service_api, owned.clone()).modify(|s| s.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .inspect(synced.marker("services"))
+    .touched_objects();
     // Pods belong to ReplicaSets, not to the ModelDeployment: map them back by
     // label, so a crash-looping canary pod is seen at once.
     let pod_api: Api<Pod> = scoped(&client, ns.as_deref());
     let (pods, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(pod_writer, watcher(pod_api, owned))
-        .default_backoff()
-        .inspect(synced.marker("pods"))
-        .touched_objects();
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        watcher(pod_api, owned).modify(|p| {
+            p.managed_fields_mut().clear();
+            p.spec = None;
+        }),
+    )
+    .default_backoff()
+    .inspect(synced.marker("pods"))
+    .touched_objects();
 
     let recorder = Recorder::new(
         client.clone(),
@@ -352,7 +369,10 @@ async fn run_scope(
     })
     .inspect(synced.marker("modeldeployments"))
     .touched_objects();
-    let controller = Controller::for_stream(main_stream, main_store.clone());
+    let controller = Controller::for_stream(main_stream, main_store.clone()).with_config(
+        kube::runtime::controller::Config::default()
+            .concurrency(settings.max_concurrent_reconciles),
+    );
     tokio::spawn(synced.clone().report_while_unsynced());
 
     let running = controller
@@ -460,12 +480,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
         }
     };
 
-    let owned: Vec<Arc<Deployment>> = ctx
-        .deployments
-        .state()
-        .into_iter()
-        .filter(|d| is_owned_by(d.as_ref(), md))
-        .collect();
+    let owned: Vec<Arc<Deployment>> = ctx.deployments.state_filter(|d| is_owned_by(d, md));
     let observed = observe::revisions(&owned);
     let request = pending_request(md);
     let canary_pods_failure = canary_health(md, ctx, &status, &valid, now);
@@ -650,16 +665,11 @@ fn canary_health(
     let canary = status.canary.as_ref()?;
     let ns = md.namespace();
     let name = md.name_any();
-    let pods: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.namespace() == ns
-                && p.labels().get(labels::NAME) == Some(&name)
-                && p.labels().get(labels::HASH) == Some(&canary.hash)
-        })
-        .collect();
+    let pods: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| {
+        p.namespace() == ns
+            && p.labels().get(labels::NAME) == Some(&name)
+            && p.labels().get(labels::HASH) == Some(&canary.hash)
+    });
     let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     let max = md
         .spec
