@@ -488,3 +488,42 @@ async fn many_objects_at_once_are_each_deployed_once() {
     }
     op.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_scaled_or_deleted_by_hand_is_put_back() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op", false);
+    create(
+        &server,
+        model_deployment("kept", "1.0.0", json!({"spec": {"replicas": 3}})),
+    )
+    .await;
+    eventually("Stable", WAIT, || {
+        (status(&server, "kept")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let name = deployments_of(&server, "kept")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(server.client(), "default");
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    eventually("scaled back to 3", WAIT, || {
+        (server.get("deployments", "default", &name)?["spec"]["replicas"] == 3).then_some(())
+    })
+    .await;
+    api.delete(&name, &Default::default()).await.unwrap();
+    eventually("made again", WAIT, || {
+        server.get("deployments", "default", &name).map(|_| ())
+    })
+    .await;
+    op.stop().await.unwrap();
+}

@@ -101,6 +101,8 @@ pub struct Context {
     windows: Mutex<collect::WindowMap>,
     /// The stable revision each object's captured drift reference describes.
     captured: Mutex<HashMap<ObjectRef<ModelDeployment>, String>>,
+    /// The last apply to each child, by (kind, namespace, name).
+    applied: Mutex<HashMap<(String, String, String), Applied>>,
     written: Mutex<HashMap<ObjectRef<ModelDeployment>, WrittenStatus>>,
     failures: Mutex<HashMap<ObjectRef<Watched>, u32>>,
     /// Undecodable objects already reported, by resourceVersion.
@@ -346,6 +348,7 @@ async fn run_scope(
         prometheus,
         windows: Mutex::default(),
         captured: Mutex::default(),
+        applied: Mutex::default(),
         written: Mutex::default(),
         failures: Mutex::default(),
         reported_undecodable: Mutex::default(),
@@ -365,6 +368,10 @@ async fn run_scope(
             let (ns, name) = (md.namespace().unwrap_or_default(), md.name_any());
             forget.metrics.forget(&ns, &name);
             lock(&forget.captured).remove(&ObjectRef::new(&name).within(&ns));
+            // Children are named after their object (`<name>`, `<name>-...`).
+            lock(&forget.applied).retain(|(_, child_ns, child), _| {
+                *child_ns != ns || (child != &name && !child.starts_with(&format!("{name}-")))
+            });
         }
     })
     .inspect(synced.marker("modeldeployments"))
@@ -739,6 +746,25 @@ where
     K::DynamicType: Default,
 {
     let hash = |o: &K| o.annotations().get(APPLIED_HASH).cloned();
+    let name = desired.name_any();
+    let key = (
+        K::kind(&K::DynamicType::default()).to_string(),
+        ns.to_string(),
+        name.clone(),
+    );
+    let seen = current.and_then(|c| c.resource_version());
+    {
+        // Once the cache shows our last apply or anything after it, the cache
+        // is the truth again (a child deleted since must be made again); and
+        // no cache lags for minutes.
+        let mut applied = lock(&ctx.applied);
+        if applied
+            .get(&key)
+            .is_some_and(|a| !a.before.contains(&seen) || a.at.elapsed() > APPLIED_MEMORY)
+        {
+            applied.remove(&key);
+        }
+    }
     if let Some(current) = current
         && hash(current).is_some()
         && hash(current) == hash(&desired)
@@ -746,25 +772,98 @@ where
     {
         return Ok(());
     }
+    let content = AppliedContent {
+        hash: hash(&desired).unwrap_or_default(),
+        replicas: replicas_of(&desired),
+    };
+    if lock(&ctx.applied)
+        .get(&key)
+        .is_some_and(|a| a.covers(&content, seen.as_deref()))
+    {
+        // The cache has not caught up with our own write of this content yet.
+        return Ok(());
+    }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let name = desired.name_any();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await?;
+    let made = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await?
+        .resource_version();
+    let mut applied = lock(&ctx.applied);
+    let previous = applied.remove(&key);
+    if let Some(made) = made {
+        applied.insert(key, Applied::after(previous, content, seen, made));
+    }
     Ok(())
+}
+
+/// What this operator last applied to one child.
+#[derive(Debug, Clone, PartialEq)]
+struct AppliedContent {
+    hash: String,
+    replicas: Option<serde_json::Value>,
+}
+
+/// The last apply to one child and the versions of it that came before, so
+/// a watch cache still showing one of those is known to lag behind that
+/// apply (and is not answered with the same apply again), while a child that
+/// someone else changed or deleted since is applied again.
+#[derive(Debug, Clone)]
+struct Applied {
+    content: AppliedContent,
+    /// Versions before the apply; `None`: the child did not exist yet.
+    before: Vec<Option<String>>,
+    made: String,
+    at: Instant,
+}
+
+/// How long an apply is remembered at most.
+const APPLIED_MEMORY: Duration = Duration::from_secs(60);
+
+impl Applied {
+    fn after(
+        previous: Option<Applied>,
+        content: AppliedContent,
+        seen: Option<String>,
+        made: String,
+    ) -> Self {
+        let mut before = match previous {
+            Some(p) => {
+                let mut b = p.before;
+                b.push(Some(p.made));
+                b
+            }
+            None => Vec::new(),
+        };
+        before.push(seen);
+        before.dedup();
+        let excess = before.len().saturating_sub(MAX_OLDER_VERSIONS);
+        before.drain(..excess);
+        Self {
+            content,
+            before,
+            made,
+            at: Instant::now(),
+        }
+    }
+
+    fn covers(&self, content: &AppliedContent, seen: Option<&str>) -> bool {
+        self.content == *content && self.before.iter().any(|b| b.as_deref() == seen)
+    }
+}
+
+fn replicas_of<K: serde::Serialize>(o: &K) -> Option<serde_json::Value> {
+    serde_json::to_value(o)
+        .ok()
+        .and_then(|v| v.pointer("/spec/replicas").cloned())
 }
 
 /// Someone may scale a revision's Deployment by hand; the operator owns its size.
 fn same_replicas<K: serde::Serialize>(current: &K, desired: &K) -> bool {
-    let replicas = |o: &K| {
-        serde_json::to_value(o)
-            .ok()
-            .and_then(|v| v.pointer("/spec/replicas").cloned())
-    };
-    replicas(current) == replicas(desired)
+    replicas_of(current) == replicas_of(desired)
 }
 
 async fn write_status(
@@ -881,6 +980,30 @@ pub fn error_policy(md: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Actio
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_lagging_cache_is_not_answered_with_the_same_apply() {
+        let content = |hash: &str, replicas: i64| AppliedContent {
+            hash: hash.into(),
+            replicas: Some(serde_json::json!(replicas)),
+        };
+        // Created (the cache had nothing), then scaled: the cache may show
+        // nothing, or the created version, until it shows the scaled one.
+        let first = Applied::after(None, content("a", 2), None, "10".into());
+        assert!(first.covers(&content("a", 2), None));
+        let second = Applied::after(Some(first), content("a", 3), Some("10".into()), "11".into());
+        assert!(second.covers(&content("a", 3), None));
+        assert!(second.covers(&content("a", 3), Some("10")));
+        // Different content, or a version that is not ours: apply.
+        assert!(!second.covers(&content("a", 2), Some("10")));
+        assert!(!second.covers(&content("b", 3), Some("10")));
+        assert!(
+            !second.covers(&content("a", 3), Some("12")),
+            "changed by someone else"
+        );
+        // The cache at our own write compares as usual (not covered here).
+        assert!(!second.covers(&content("a", 3), Some("11")));
+    }
 
     #[test]
     fn synced_once_every_watch_listed_once() {
