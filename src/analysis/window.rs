@@ -36,6 +36,19 @@ impl SeriesKey {
         }
     }
 
+    /// Whether `sample` is this series, without allocating.
+    fn is(&self, sample: &Sample) -> bool {
+        self.name == sample.name
+            && self.labels.len() == sample.labels.len()
+            && sample.labels.iter().all(|(k, v)| {
+                self.labels
+                    .binary_search_by(|(a, b)| {
+                        (a.as_str(), b.as_str()).cmp(&(k.as_str(), v.as_str()))
+                    })
+                    .is_ok()
+            })
+    }
+
     pub fn label(&self, name: &str) -> Option<&str> {
         self.labels
             .iter()
@@ -68,10 +81,48 @@ pub struct CounterWindow {
 
 #[derive(Debug, Clone, Default)]
 struct PodSeries {
-    counters: HashMap<SeriesKey, Counter>,
+    /// Series by a fingerprint of name and labels (label order does not
+    /// matter), each with its full key: a scrape finds its series without
+    /// building a key per sample, and a fingerprint collision stays correct.
+    counters: HashMap<u64, Vec<(SeriesKey, Counter)>>,
+    len: usize,
     /// The pod's process restarted inside the window: series it shows for
     /// the first time were born after that restart and count from zero.
     restarted: bool,
+}
+
+impl PodSeries {
+    fn get(&self, sample: &Sample) -> Option<&Counter> {
+        self.counters
+            .get(&fingerprint(sample))?
+            .iter()
+            .find(|(k, _)| k.is(sample))
+            .map(|(_, c)| c)
+    }
+
+    fn get_mut(&mut self, print: u64, sample: &Sample) -> Option<&mut Counter> {
+        self.counters
+            .get_mut(&print)?
+            .iter_mut()
+            .find(|(k, _)| k.is(sample))
+            .map(|(_, c)| c)
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Counter> {
+        self.counters.values_mut().flatten().map(|(_, c)| c)
+    }
+}
+
+/// Order-independent hash of a sample's name and labels.
+fn fingerprint(sample: &Sample) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hasher = BuildHasherDefault::<DefaultHasher>::default();
+    let labels = sample
+        .labels
+        .iter()
+        .map(|(k, v)| hasher.hash_one((k, v)))
+        .fold(0u64, u64::wrapping_add);
+    hasher.hash_one((&sample.name, labels))
 }
 
 impl CounterWindow {
@@ -103,35 +154,35 @@ impl CounterWindow {
         let cap = self.max_series_per_pod;
         let pod = self.pods.entry(pod_uid.to_string()).or_default();
         let usable = |s: &&Sample| s.value.is_finite() && s.value >= 0.0;
-        let reset = samples.iter().filter(usable).any(|s| {
-            pod.counters
-                .get(&SeriesKey::of(s))
-                .is_some_and(|c| s.value < c.last)
-        });
+        let reset = samples
+            .iter()
+            .filter(usable)
+            .any(|s| pod.get(s).is_some_and(|c| s.value < c.last));
         if reset {
             pod.restarted = true;
-            for c in pod.counters.values_mut() {
+            for c in pod.all_mut() {
                 c.carried += c.last - c.baseline;
                 c.baseline = 0.0;
                 c.last = 0.0;
             }
         }
         for s in samples.iter().filter(usable) {
-            let key = SeriesKey::of(s);
-            let full = pod.counters.len() >= cap;
-            match pod.counters.get_mut(&key) {
+            let print = fingerprint(s);
+            let full = pod.len >= cap;
+            match pod.get_mut(print, s) {
                 Some(c) => c.last = s.value,
                 None if full => self.dropped += 1,
                 None => {
                     let baseline = if fresh || pod.restarted { 0.0 } else { s.value };
-                    pod.counters.insert(
-                        key,
+                    pod.counters.entry(print).or_default().push((
+                        SeriesKey::of(s),
                         Counter {
                             baseline,
                             last: s.value,
                             carried: 0.0,
                         },
-                    );
+                    ));
+                    pod.len += 1;
                 }
             }
         }
@@ -141,7 +192,7 @@ impl CounterWindow {
     pub fn totals(&self) -> BTreeMap<SeriesKey, f64> {
         let mut out = BTreeMap::new();
         for pod in self.pods.values() {
-            for (k, c) in &pod.counters {
+            for (k, c) in pod.counters.values().flatten() {
                 *out.entry(k.clone()).or_insert(0.0) += c.total();
             }
         }
@@ -334,6 +385,18 @@ mod tests {
             "counted from zero after the restart"
         );
         assert_eq!(get("late"), Some(3.0), "born after the restart");
+    }
+
+    #[test]
+    fn label_order_does_not_make_another_series() {
+        let mut w = CounterWindow::new(100, 100);
+        w.observe("a", Some(120), &[s("c", &[("x", "1"), ("y", "2")], 5.0)]);
+        w.observe("a", Some(120), &[s("c", &[("y", "2"), ("x", "1")], 8.0)]);
+        // Same labels and values but paired differently: another series.
+        w.observe("a", Some(120), &[s("c", &[("x", "2"), ("y", "1")], 1.0)]);
+        let t = w.totals();
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(total(&w), 9.0);
     }
 
     #[test]
