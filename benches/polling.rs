@@ -1,6 +1,6 @@
 //! Polling 1,000 pod `/metrics` endpoints on loopback, as the operator does in
 //! one collection cycle: `Scraper::fetch_all` (one shared pool, the global
-//! concurrency bound) -> `parse_owned` with the collector's `FamilyFilter` ->
+//! concurrency bound) -> the parser's borrowing visitor (`parse_with`) with the collector's `FamilyFilter` ->
 //! `CounterWindow::observe`.
 //!
 //! The pods are played by a child process (this same binary, re-executed with
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use modeldeploy::analysis::window::CounterWindow;
 use modeldeploy::api::presets::Names;
-use modeldeploy::metrics::parse::{FamilyFilter, Options, OwnedSample, parse_owned};
+use modeldeploy::metrics::parse::{FamilyFilter, Options, parse_owned, parse_with};
 use modeldeploy::metrics::scrape::{ScrapeConfig, Scraper, Target};
 
 /// Counts live heap bytes, to size the windows the collector keeps.
@@ -252,7 +252,7 @@ mod client {
     struct Cycle {
         wall: Duration,
         fetch: Duration,
-        /// `parse_owned` alone; the rest of `wall - fetch` is observe and bookkeeping.
+        /// parsing alone; the rest of `wall - fetch` is observe and bookkeeping.
         parse: Duration,
         cpu: Duration,
         body_bytes: usize,
@@ -271,25 +271,28 @@ mod client {
         let started = Instant::now();
         let results = scraper.fetch_all(targets).await;
         let fetch = started.elapsed();
-        let mut latest: Vec<OwnedSample> = Vec::new();
+        let mut seen_samples = 0usize;
         let (mut bytes, mut errors) = (0, 0);
         let mut parse = Duration::ZERO;
         for (target, result) in targets.iter().zip(results) {
-            let parsed = match result {
-                Ok(text) => {
-                    bytes += text.len();
-                    let t = Instant::now();
-                    let parsed =
-                        parse_owned(&text, filter, &Options::default()).map_err(|e| e.to_string());
-                    parse += t.elapsed();
-                    parsed
+            let Ok(text) = result.map_err(|e| {
+                if errors == 0 {
+                    eprintln!("pod {}: {e}", target.url());
                 }
-                Err(e) => Err(e.to_string()),
+            }) else {
+                errors += 1;
+                continue;
             };
+            bytes += text.len();
+            let t = Instant::now();
+            let mut samples = Vec::new();
+            let parsed = parse_with(&text, filter, &Options::default(), |s| samples.push(s))
+                .map_err(|e| e.to_string());
+            parse += t.elapsed();
             match parsed {
-                Ok(samples) => {
+                Ok(_) => {
                     window.observe(&target.pod_uid, None, &samples);
-                    latest.extend(samples);
+                    seen_samples += samples.len();
                 }
                 Err(e) => {
                     if errors == 0 {
@@ -299,7 +302,7 @@ mod client {
                 }
             }
         }
-        (fetch, parse, bytes, latest.len(), errors)
+        (fetch, parse, bytes, seen_samples, errors)
     }
 
     /// The same 1,000 pods as 334 objects of 3 pods, each reconciled in its

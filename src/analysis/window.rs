@@ -15,7 +15,48 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::api::presets::{Names, Traffic};
-use crate::metrics::parse::OwnedSample as Sample;
+use crate::metrics::parse::{OwnedSample, Sample as BorrowedSample};
+
+/// A sample as a window reads it: owned (`parse_owned`), or borrowed from the
+/// scraped text by the parser's visitor, which spares an allocation per name,
+/// label and value on every scrape.
+pub trait SampleView {
+    fn name(&self) -> &str;
+    fn value(&self) -> f64;
+    fn label_count(&self) -> usize;
+    /// Calls `f` with each label until it returns false; false if it did.
+    fn all_labels(&self, f: &mut dyn FnMut(&str, &str) -> bool) -> bool;
+}
+
+impl SampleView for OwnedSample {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn value(&self) -> f64 {
+        self.value
+    }
+    fn label_count(&self) -> usize {
+        self.labels.len()
+    }
+    fn all_labels(&self, f: &mut dyn FnMut(&str, &str) -> bool) -> bool {
+        self.labels.iter().all(|(k, v)| f(k, v))
+    }
+}
+
+impl SampleView for BorrowedSample<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn value(&self) -> f64 {
+        self.value
+    }
+    fn label_count(&self) -> usize {
+        self.labels.len()
+    }
+    fn all_labels(&self, f: &mut dyn FnMut(&str, &str) -> bool) -> bool {
+        self.labels.iter().all(|(k, v)| f(k, &v))
+    }
+}
 
 use super::histogram::Histogram;
 
@@ -27,24 +68,26 @@ pub struct SeriesKey {
 }
 
 impl SeriesKey {
-    pub fn of(sample: &Sample) -> Self {
-        let mut labels = sample.labels.clone();
+    pub fn of(sample: &impl SampleView) -> Self {
+        let mut labels = Vec::with_capacity(sample.label_count());
+        sample.all_labels(&mut |k, v| {
+            labels.push((k.to_string(), v.to_string()));
+            true
+        });
         labels.sort();
         Self {
-            name: sample.name.clone(),
+            name: sample.name().to_string(),
             labels,
         }
     }
 
     /// Whether `sample` is this series, without allocating.
-    fn is(&self, sample: &Sample) -> bool {
-        self.name == sample.name
-            && self.labels.len() == sample.labels.len()
-            && sample.labels.iter().all(|(k, v)| {
+    fn is(&self, sample: &impl SampleView) -> bool {
+        self.name == sample.name()
+            && self.labels.len() == sample.label_count()
+            && sample.all_labels(&mut |k, v| {
                 self.labels
-                    .binary_search_by(|(a, b)| {
-                        (a.as_str(), b.as_str()).cmp(&(k.as_str(), v.as_str()))
-                    })
+                    .binary_search_by(|(a, b)| (a.as_str(), b.as_str()).cmp(&(k, v)))
                     .is_ok()
             })
     }
@@ -92,7 +135,7 @@ struct PodSeries {
 }
 
 impl PodSeries {
-    fn get(&self, sample: &Sample) -> Option<&Counter> {
+    fn get(&self, sample: &impl SampleView) -> Option<&Counter> {
         self.counters
             .get(&fingerprint(sample))?
             .iter()
@@ -100,7 +143,7 @@ impl PodSeries {
             .map(|(_, c)| c)
     }
 
-    fn get_mut(&mut self, print: u64, sample: &Sample) -> Option<&mut Counter> {
+    fn get_mut(&mut self, print: u64, sample: &impl SampleView) -> Option<&mut Counter> {
         self.counters
             .get_mut(&print)?
             .iter_mut()
@@ -114,15 +157,15 @@ impl PodSeries {
 }
 
 /// Order-independent hash of a sample's name and labels.
-fn fingerprint(sample: &Sample) -> u64 {
+fn fingerprint(sample: &impl SampleView) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    let labels = sample
-        .labels
-        .iter()
-        .map(|(k, v)| hasher.hash_one((k, v)))
-        .fold(0u64, u64::wrapping_add);
-    hasher.hash_one((&sample.name, labels))
+    let mut labels = 0u64;
+    sample.all_labels(&mut |k, v| {
+        labels = labels.wrapping_add(hasher.hash_one((k, v)));
+        true
+    });
+    hasher.hash_one((sample.name(), labels))
 }
 
 impl CounterWindow {
@@ -149,15 +192,20 @@ impl CounterWindow {
     /// process restarted, and then every counter of the pod did: all of them
     /// keep what they had counted and start again from zero, including those
     /// that already climbed past their old value or did not appear this time.
-    pub fn observe(&mut self, pod_uid: &str, pod_started: Option<i64>, samples: &[Sample]) {
+    pub fn observe<S: SampleView>(
+        &mut self,
+        pod_uid: &str,
+        pod_started: Option<i64>,
+        samples: &[S],
+    ) {
         let fresh = pod_started.is_some_and(|t| t >= self.start);
         let cap = self.max_series_per_pod;
         let pod = self.pods.entry(pod_uid.to_string()).or_default();
-        let usable = |s: &&Sample| s.value.is_finite() && s.value >= 0.0;
+        let usable = |s: &&S| s.value().is_finite() && s.value() >= 0.0;
         let reset = samples
             .iter()
             .filter(usable)
-            .any(|s| pod.get(s).is_some_and(|c| s.value < c.last));
+            .any(|s| pod.get(s).is_some_and(|c| s.value() < c.last));
         if reset {
             pod.restarted = true;
             for c in pod.all_mut() {
@@ -170,15 +218,19 @@ impl CounterWindow {
             let print = fingerprint(s);
             let full = pod.len >= cap;
             match pod.get_mut(print, s) {
-                Some(c) => c.last = s.value,
+                Some(c) => c.last = s.value(),
                 None if full => self.dropped += 1,
                 None => {
-                    let baseline = if fresh || pod.restarted { 0.0 } else { s.value };
+                    let baseline = if fresh || pod.restarted {
+                        0.0
+                    } else {
+                        s.value()
+                    };
                     pod.counters.entry(print).or_default().push((
                         SeriesKey::of(s),
                         Counter {
                             baseline,
-                            last: s.value,
+                            last: s.value(),
                             carried: 0.0,
                         },
                     ));
@@ -320,8 +372,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn s(name: &str, labels: &[(&str, &str)], value: f64) -> Sample {
-        Sample {
+    fn s(name: &str, labels: &[(&str, &str)], value: f64) -> OwnedSample {
+        OwnedSample {
             family: name.into(),
             name: name.into(),
             kind: crate::metrics::parse::MetricType::Unknown,

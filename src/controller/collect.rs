@@ -20,7 +20,7 @@ use crate::analysis::window::{CounterWindow, SeriesKey, VariantData};
 use crate::api::{Check, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec, labels};
 use crate::metrics::parse::{self, FamilyFilter, Options, OwnedSample};
 use crate::metrics::prometheus::{self as prom, PromClient, RevisionSelector};
-use crate::metrics::scrape::{Scraper, Target};
+use crate::metrics::scrape::Target;
 use crate::resources::deployment_name;
 use crate::rollout::AnalysisRun;
 
@@ -101,13 +101,15 @@ fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> 
     })
 }
 
-/// Scrape one revision's Ready pods into its window.
+/// Scrape one revision's Ready pods into its window. Samples are read where
+/// they lie in the scraped text; only those named in `keep` (gauges that
+/// custom checks read as they are) are copied out and returned.
 async fn scrape_into(
-    scraper: &Scraper,
-    metrics: &crate::telemetry::Metrics,
+    ctx: &Context,
     md: &ModelDeployment,
     pods: &[Arc<Pod>],
     filter: &FamilyFilter,
+    keep: &[String],
     window: &mut CounterWindow,
     problems: &mut Vec<String>,
 ) -> Vec<OwnedSample> {
@@ -142,24 +144,37 @@ async fn scrape_into(
     for ((target, start), result) in targets
         .iter()
         .zip(starts)
-        .zip(scraper.fetch_all(&targets).await)
+        .zip(ctx.scraper.fetch_all(&targets).await)
     {
-        let parsed = match result {
-            Ok(text) => parse::parse_owned(&text, filter, &Options::default()).map_err(|e| {
-                metrics.scrape_errors.with_label_values(&["parse"]).inc();
-                format!("cannot parse metrics: {e}")
-            }),
+        let text = match result {
+            Ok(text) => text,
             Err(e) => {
-                metrics.scrape_errors.with_label_values(&[e.reason()]).inc();
-                Err(e.to_string())
+                ctx.metrics
+                    .scrape_errors
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                problems.push(format!("pod {}: {e}", target.url()));
+                continue;
             }
         };
-        match parsed {
-            Ok(samples) => {
+        let mut samples = Vec::new();
+        match parse::parse_with(&text, filter, &Options::default(), |s| samples.push(s)) {
+            Ok(_) => {
                 window.observe(&target.pod_uid, start, &samples);
-                latest.extend(samples);
+                latest.extend(
+                    samples
+                        .into_iter()
+                        .filter(|s| keep.iter().any(|k| k == s.name))
+                        .map(OwnedSample::from),
+                );
             }
-            Err(e) => problems.push(format!("pod {}: {e}", target.url())),
+            Err(e) => {
+                ctx.metrics
+                    .scrape_errors
+                    .with_label_values(&["parse"])
+                    .inc();
+                problems.push(format!("pod {}: cannot parse metrics: {e}", target.url()));
+            }
         }
     }
     if pods.is_empty() {
@@ -235,31 +250,33 @@ async fn from_pods(
             },
         }
     };
+    // Custom series, read as they are (gauges) or as windows (counters).
+    let custom: Vec<String> = plan
+        .checks
+        .iter()
+        .filter_map(|c| c.metric.as_ref())
+        .map(|m| {
+            m.query
+                .split('{')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect();
     let mut families = valid.names.families();
-    families.extend(
-        plan.checks
-            .iter()
-            .filter_map(|c| c.metric.as_ref())
-            .map(|m| {
-                m.query
-                    .split('{')
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string()
-            }),
-    );
+    families.extend(custom.iter().cloned());
     let filter = FamilyFilter::new(families);
     let mut judged_problems = Vec::new();
     let mut baseline_problems = Vec::new();
     let started = std::time::Instant::now();
     let judged_pods = ready_pods(ctx, md, &plan.judged);
     let latest = scrape_into(
-        &ctx.scraper,
-        &ctx.metrics,
+        ctx,
         md,
         &judged_pods,
         &filter,
+        &custom,
         &mut windows.judged,
         &mut judged_problems,
     )
@@ -267,11 +284,11 @@ async fn from_pods(
     if plan.baseline.is_some() {
         let pods = ready_pods(ctx, md, &baseline_hash);
         scrape_into(
-            &ctx.scraper,
-            &ctx.metrics,
+            ctx,
             md,
             &pods,
             &filter,
+            &[],
             &mut windows.baseline,
             &mut baseline_problems,
         )
@@ -530,11 +547,11 @@ async fn stable_inputs(
             let pods = ready_pods(ctx, md, hash);
             let mut problems = Vec::new();
             scrape_into(
-                &ctx.scraper,
-                &ctx.metrics,
+                ctx,
                 md,
                 &pods,
                 &filter,
+                &[],
                 &mut since_start,
                 &mut problems,
             )
