@@ -403,13 +403,13 @@ async fn run_scope(
                 Err(e) => warn!(error = %e, "reconcile loop"),
             }
         });
-    // A graceful shutdown waits for the store to be ready, but it also stops
-    // the watches that would fill it: asked to stop before the first lists
-    // are in, the Controller would wait forever. Nothing reconciles before
-    // then, so there is nothing to wait for.
+    // A graceful shutdown waits for the main store to be ready, but it also
+    // stops the watch that would fill it: asked to stop before that first
+    // list is in, the Controller would wait forever. Nothing reconciles
+    // before then, so there is nothing to wait for.
     let stopped_while_syncing = async move {
         shutdown.await;
-        if synced.unsynced().is_empty() {
+        if !synced.unsynced().contains(&"modeldeployments") {
             std::future::pending::<()>().await;
         }
     };
