@@ -98,10 +98,13 @@ pub struct Notifier {
 impl Notifier {
     /// Starts the delivery task on the current runtime.
     pub fn start(url: &str) -> Result<Self, String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("webhook URL {url:?}: {e}"))?;
+        // The URL is the secret of most webhooks: never in a message or a log.
+        let url =
+            reqwest::Url::parse(url).map_err(|e| format!("the webhook URL does not parse: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
-                "webhook URL {url}: only http and https are supported"
+                "the webhook URL's scheme is {:?}; only http and https are supported",
+                url.scheme()
             ));
         }
         let client = crate::http_client_builder()
@@ -131,7 +134,7 @@ async fn deliver(client: &reqwest::Client, url: &reqwest::Url, n: &Notification)
         let problem = match outcome {
             Ok(r) if r.status().is_success() => return,
             Ok(r) => format!("HTTP {}", r.status()),
-            Err(e) => e.to_string(),
+            Err(e) => e.without_url().to_string(),
         };
         if attempt == TRIES {
             warn!(reason = %n.reason, name = %n.name, error = %problem, "webhook notification not delivered");
@@ -174,9 +177,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_web_addresses_are_accepted() {
-        assert!(Notifier::start("file:///etc/passwd").is_err());
-        assert!(Notifier::start("not a url").is_err());
+    async fn only_web_addresses_are_accepted_and_never_echoed() {
+        let e = Notifier::start("file:///etc/passwd").unwrap_err();
+        assert!(!e.contains("passwd"), "{e}");
+        let e = Notifier::start("hooks.slack.com/services/T0/B0/secret").unwrap_err();
+        assert!(!e.contains("secret"), "{e}");
         assert!(Notifier::start("https://hooks.example.com/T000/B000").is_ok());
     }
 }

@@ -9,19 +9,43 @@
 //!   zero and what was counted before is kept;
 //! - a pod that vanishes keeps what it contributed; a new pod uid is a new pod.
 //!
-//! So totals are never negative and nothing is counted twice. Memory is
-//! bounded by pods x series, with a cap of series per pod.
+//! So totals are never negative and nothing is counted twice. Only series
+//! that grow are windowed (see `is_monotonic`): a gauge or a `_sum` going
+//! down is not a restart. Memory is bounded by pods x series, with a cap of
+//! series per pod.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::api::presets::{Names, Traffic};
-use crate::metrics::parse::{OwnedSample, Sample as BorrowedSample};
+use crate::metrics::parse::{MetricType, OwnedSample, Sample as BorrowedSample};
+
+/// Whether a sample only grows while its process lives: counters, histogram
+/// buckets and counts, summary counts (and untyped series, which cannot be
+/// told apart). Gauges, `_sum` (observations may be negative), quantiles and
+/// `_created` are not, so a window neither counts them nor takes their going
+/// down for a restart.
+fn is_monotonic(sample: &impl SampleView) -> bool {
+    let name = sample.name();
+    if name.ends_with("_sum") || name.ends_with("_created") {
+        return false;
+    }
+    match sample.kind() {
+        MetricType::Counter | MetricType::Unknown => true,
+        MetricType::Histogram => name.ends_with("_bucket") || name.ends_with("_count"),
+        MetricType::Summary => name.ends_with("_count"),
+        MetricType::Gauge
+        | MetricType::GaugeHistogram
+        | MetricType::Info
+        | MetricType::StateSet => false,
+    }
+}
 
 /// A sample as a window reads it: owned (`parse_owned`), or borrowed from the
 /// scraped text by the parser's visitor, which spares an allocation per name,
 /// label and value on every scrape.
 pub trait SampleView {
     fn name(&self) -> &str;
+    fn kind(&self) -> MetricType;
     fn value(&self) -> f64;
     fn label_count(&self) -> usize;
     /// Calls `f` with each label until it returns false; false if it did.
@@ -31,6 +55,9 @@ pub trait SampleView {
 impl SampleView for OwnedSample {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn kind(&self) -> MetricType {
+        self.kind
     }
     fn value(&self) -> f64 {
         self.value
@@ -46,6 +73,9 @@ impl SampleView for OwnedSample {
 impl SampleView for BorrowedSample<'_> {
     fn name(&self) -> &str {
         self.name
+    }
+    fn kind(&self) -> MetricType {
+        self.kind
     }
     fn value(&self) -> f64 {
         self.value
@@ -201,7 +231,7 @@ impl CounterWindow {
         let fresh = pod_started.is_some_and(|t| t >= self.start);
         let cap = self.max_series_per_pod;
         let pod = self.pods.entry(pod_uid.to_string()).or_default();
-        let usable = |s: &&S| s.value().is_finite() && s.value() >= 0.0;
+        let usable = |s: &&S| s.value().is_finite() && s.value() >= 0.0 && is_monotonic(*s);
         let reset = samples
             .iter()
             .filter(usable)
@@ -437,6 +467,36 @@ mod tests {
             "counted from zero after the restart"
         );
         assert_eq!(get("late"), Some(3.0), "born after the restart");
+    }
+
+    #[test]
+    fn a_falling_sum_or_gauge_is_not_a_restart() {
+        use crate::metrics::parse::MetricType;
+        let typed = |name: &str, kind: MetricType, value: f64| OwnedSample {
+            kind,
+            ..s(name, &[], value)
+        };
+        let mut w = CounterWindow::new(100, 100);
+        for (requests, sum, gauge) in [(100.0, 5.0, 7.0), (110.0, 3.0, 2.0)] {
+            w.observe(
+                "a",
+                Some(120),
+                &[
+                    typed("req_total", MetricType::Counter, requests),
+                    typed("feat_sum", MetricType::Histogram, sum),
+                    typed("feat_bucket", MetricType::Histogram, requests),
+                    typed("queue", MetricType::Gauge, gauge),
+                    typed("lat", MetricType::Summary, gauge),
+                ],
+            );
+        }
+        let t = w.totals();
+        let get = |n: &str| t.iter().find(|(k, _)| k.name == n).map(|(_, v)| *v);
+        assert_eq!(get("req_total"), Some(110.0));
+        assert_eq!(get("feat_bucket"), Some(110.0));
+        assert_eq!(get("feat_sum"), None, "not windowed");
+        assert_eq!(get("queue"), None, "not windowed");
+        assert_eq!(get("lat"), None, "a summary quantile is a gauge");
     }
 
     #[test]
