@@ -81,7 +81,34 @@ struct WrittenStatus {
     older: Vec<String>,
     /// The version this write made.
     made: String,
+    /// The watch has delivered `made` (or relisted since): from then on a
+    /// version that is neither `made` nor in `older` came after it.
+    delivered: bool,
     status: ModelDeploymentStatus,
+}
+
+impl WrittenStatus {
+    /// Whether this write is newer than the cached version `seen`: one of
+    /// ours before it, or another writer's that the watch delivered first.
+    fn ahead_of(&self, seen: &str) -> bool {
+        seen != self.made && (self.older.iter().any(|o| o == seen) || !self.delivered)
+    }
+}
+
+/// Note that the main watch delivered `version` of an object, or relisted.
+fn watch_delivered(ctx: &Context, key: Option<(&ObjectRef<ModelDeployment>, Option<&str>)>) {
+    let mut written = lock(&ctx.written);
+    match key {
+        Some((key, version)) => {
+            if let Some(w) = written.get_mut(key)
+                && version == Some(w.made.as_str())
+            {
+                w.delivered = true;
+            }
+        }
+        // A relist shows every object as it is now, after all our writes.
+        None => written.values_mut().for_each(|w| w.delivered = true),
+    }
 }
 
 /// Older versions remembered per object: enough for a cache several of our
@@ -99,6 +126,8 @@ pub struct Context {
     notifier: Option<crate::notify::Notifier>,
     prometheus: Option<crate::metrics::prometheus::PromClient>,
     windows: Mutex<collect::WindowMap>,
+    /// Which watches have listed once; nothing is decided before all have.
+    synced: SyncTracker,
     /// The stable revision each object's captured drift reference describes.
     captured: Mutex<HashMap<ObjectRef<ModelDeployment>, String>>,
     /// The last apply to each child, by (kind, namespace, name).
@@ -347,6 +376,7 @@ async fn run_scope(
         notifier: settings.notifier.clone(),
         prometheus,
         windows: Mutex::default(),
+        synced: synced.clone(),
         captured: Mutex::default(),
         applied: Mutex::default(),
         written: Mutex::default(),
@@ -363,11 +393,27 @@ async fn run_scope(
         watcher(mdeps, watcher::Config::default().any_semantic()),
     )
     .default_backoff()
+    .inspect({
+        let ctx = ctx.clone();
+        move |event| match event {
+            Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
+                let key =
+                    ObjectRef::new(&md.name_any()).within(&md.namespace().unwrap_or_default());
+                watch_delivered(&ctx, Some((&key, md.resource_version().as_deref())));
+            }
+            Ok(watcher::Event::InitDone) => watch_delivered(&ctx, None),
+            _ => {}
+        }
+    })
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(md)) = event {
             let (ns, name) = (md.namespace().unwrap_or_default(), md.name_any());
             forget.metrics.forget(&ns, &name);
-            lock(&forget.captured).remove(&ObjectRef::new(&name).within(&ns));
+            let key = ObjectRef::<ModelDeployment>::new(&name).within(&ns);
+            lock(&forget.captured).remove(&key);
+            lock(&forget.windows).remove(&key);
+            lock(&forget.written).remove(&key);
+            lock(&forget.failures).remove(&ObjectRef::new(&name).within(&ns));
             // Children are named after their object (`<name>`, `<name>-...`).
             lock(&forget.applied).retain(|(_, child_ns, child), _| {
                 *child_ns != ns || (child != &name && !child.starts_with(&format!("{name}-")))
@@ -405,11 +451,11 @@ async fn run_scope(
         });
     // A graceful shutdown waits for the main store to be ready, but it also
     // stops the watch that would fill it: asked to stop before that first
-    // list is in, the Controller would wait forever. Nothing reconciles
-    // before then, so there is nothing to wait for.
+    // list is in, the Controller would wait forever. Reconciles decide
+    // nothing before every watch has listed, so there is nothing to wait for.
     let stopped_while_syncing = async move {
         shutdown.await;
-        if !synced.unsynced().contains(&"modeldeployments") {
+        if synced.unsynced().is_empty() {
             std::future::pending::<()>().await;
         }
     };
@@ -428,6 +474,11 @@ pub async fn reconcile(guard: Arc<Watched>, ctx: Arc<Context>) -> Result<Action>
     let name = guard.name_any();
     let span = info_span!("reconcile", namespace = %ns, name = %name);
     async move {
+        // Until every cache has listed once, a decision would see no pods or
+        // Deployments (an empty analysis, a revision looking absent).
+        if !ctx.synced.unsynced().is_empty() {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         let started = Instant::now();
         ctx.metrics.reconciles.inc();
         let result = match &guard.0 {
@@ -717,7 +768,9 @@ fn current_status(md: &ModelDeployment, ctx: &Context) -> ModelDeploymentStatus 
     let mut written = lock(&ctx.written);
     let seen = md.resource_version().unwrap_or_default();
     match written.get(&key) {
-        Some(w) if w.older.contains(&seen) => w.status.clone(),
+        // The cache is behind our write: ours, or another writer's version
+        // the watch delivered before it.
+        Some(w) if w.ahead_of(&seen) => w.status.clone(),
         // The cache holds our write, or something newer than it.
         Some(_) => {
             written.remove(&key);
@@ -911,6 +964,7 @@ async fn write_status(
             WrittenStatus {
                 older,
                 made,
+                delivered: false,
                 status: status.clone(),
             },
         );
@@ -980,6 +1034,22 @@ pub fn error_policy(md: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Actio
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_status_write_stays_ahead_of_the_cache_until_the_watch_passes_it() {
+        let mut w = WrittenStatus {
+            older: vec!["6".into()],
+            made: "8".into(),
+            delivered: false,
+            status: ModelDeploymentStatus::default(),
+        };
+        assert!(w.ahead_of("6"), "the version it was decided on");
+        assert!(w.ahead_of("7"), "another writer's, delivered before ours");
+        assert!(!w.ahead_of("8"), "the cache shows our write");
+        w.delivered = true;
+        assert!(w.ahead_of("6"));
+        assert!(!w.ahead_of("9"), "another writer's, after ours");
+    }
 
     #[test]
     fn a_lagging_cache_is_not_answered_with_the_same_apply() {
