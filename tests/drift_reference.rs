@@ -167,3 +167,44 @@ async fn the_stable_distribution_is_captured_once_and_a_shifted_canary_is_rolled
         stable_hash.as_str()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn someone_elses_configmap_of_that_name_is_never_taken_over() {
+    let port = free_port();
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let _pc = pod_controller(&server, |_| Some("127.0.0.2".into()));
+    let _stable = served("127.0.0.2", port, "1.0.0", 0.0).await;
+    let theirs = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "mine-drift-reference", "namespace": "default"},
+        "data": {"reference.json": "{\"features\": {}}"}
+    });
+    server.upsert("configmaps", theirs);
+    let _op = start_operator(&server, "op", false);
+    let manifest = model_deployment(
+        "mine",
+        "1.0.0",
+        json!({"spec": {
+            "model": {"port": port},
+            "drift": {"reference": {"fromStable": true}},
+            "rollout": {"strategy": "canary", "steps": [{"setWeight": 50}],
+                        "analysis": {"interval": "1s", "minSamples": 100}}
+        }}),
+    );
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    let md: ModelDeployment = serde_json::from_value(manifest).unwrap();
+    api.create(&PostParams::default(), &md).await.unwrap();
+    eventually("Stable", WAIT, || {
+        (status(&server, "mine")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    // Enough time for several capture attempts with data available.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let cm = server
+        .get("configmaps", "default", "mine-drift-reference")
+        .unwrap();
+    assert!(cm["metadata"]["ownerReferences"].is_null(), "{cm}");
+    assert_eq!(cm["data"]["reference.json"], "{\"features\": {}}");
+    assert_eq!(server.writes(&["configmaps"]), 0);
+}

@@ -414,6 +414,8 @@ async fn reference(ctx: &Context, md: &ModelDeployment) -> Result<Option<Referen
     };
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(cm) = api.get_opt(&name).await.map_err(|e| e.to_string())? else {
+        // A captured reference deleted by someone is captured again.
+        super::lock(&ctx.captured).remove(&ObjectRef::from_obj(md));
         return Ok(None);
     };
     let Some(doc) = cm.data.as_ref().and_then(|d| d.get(&key)) else {
@@ -466,14 +468,34 @@ pub async fn capture_stable_reference(
     if super::lock(&ctx.captured).get(&key) == Some(&stable.hash) {
         return Ok(Capture::Current);
     }
+    // Waiting for data: scrape for it once per analysis interval, not on
+    // every pod event.
+    let now = std::time::Instant::now();
+    if super::lock(&ctx.capture_tried)
+        .get(&key)
+        .is_some_and(|t| now.duration_since(*t) < valid.analysis_interval)
+    {
+        return Ok(Capture::Waiting);
+    }
+    super::lock(&ctx.capture_tried).insert(key.clone(), now);
     let ns = md.namespace().unwrap_or_default();
     let name = captured_reference_name(&md.name_any());
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(cm) = api.get_opt(&name).await?
-        && cm.annotations().get(CAPTURED_REVISION) == Some(&stable.hash)
-    {
-        super::lock(&ctx.captured).insert(key, stable.hash.clone());
-        return Ok(Capture::Current);
+    if let Some(cm) = api.get_opt(&name).await? {
+        if cm.annotations().get(CAPTURED_REVISION) == Some(&stable.hash) {
+            super::lock(&ctx.captured).insert(key, stable.hash.clone());
+            return Ok(Capture::Current);
+        }
+        let ours = cm
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == md.uid().as_ref());
+        if !ours {
+            // Someone else's ConfigMap by that name: never take it over (the
+            // owner reference would have it deleted with this object).
+            tracing::warn!(configmap = %name, "not capturing the drift reference: a ConfigMap of that name exists and is not this ModelDeployment's");
+            return Ok(Capture::NotWanted);
+        }
     }
     let data = stable_inputs(ctx, md, valid, &stable.hash).await;
     let Some(reference) = enough_to_capture(data.features, capture_min_samples(md)) else {
@@ -494,6 +516,7 @@ pub async fn capture_stable_reference(
     )
     .await?;
     tracing::info!(revision = %stable.hash, features = reference.features.len(), "captured the stable revision's input distribution");
+    super::lock(&ctx.capture_tried).remove(&key);
     super::lock(&ctx.captured).insert(key, stable.hash.clone());
     Ok(Capture::Written)
 }

@@ -130,6 +130,8 @@ pub struct Context {
     synced: SyncTracker,
     /// The stable revision each object's captured drift reference describes.
     captured: Mutex<HashMap<ObjectRef<ModelDeployment>, String>>,
+    /// When each object last tried to capture its stable inputs.
+    capture_tried: Mutex<HashMap<ObjectRef<ModelDeployment>, Instant>>,
     /// The last apply to each child, by (kind, namespace, name).
     applied: Mutex<HashMap<(String, String, String), Applied>>,
     written: Mutex<HashMap<ObjectRef<ModelDeployment>, WrittenStatus>>,
@@ -378,6 +380,7 @@ async fn run_scope(
         windows: Mutex::default(),
         synced: synced.clone(),
         captured: Mutex::default(),
+        capture_tried: Mutex::default(),
         applied: Mutex::default(),
         written: Mutex::default(),
         failures: Mutex::default(),
@@ -411,6 +414,7 @@ async fn run_scope(
             forget.metrics.forget(&ns, &name);
             let key = ObjectRef::<ModelDeployment>::new(&name).within(&ns);
             lock(&forget.captured).remove(&key);
+            lock(&forget.capture_tried).remove(&key);
             lock(&forget.windows).remove(&key);
             lock(&forget.written).remove(&key);
             lock(&forget.failures).remove(&ObjectRef::new(&name).within(&ns));
@@ -705,6 +709,12 @@ async fn route_traffic(
     let route = gateway::http_route(md, gw, decision.canary_weight, &matches);
     let api: Api<HTTPRoute> = Api::namespaced(ctx.client.clone(), ns);
     let current = api.get_opt(&md.name_any()).await?;
+    // Read live, not from a cache: nothing to remember about earlier applies.
+    lock(&ctx.applied).remove(&(
+        HTTPRoute::kind(&()).to_string(),
+        ns.to_string(),
+        md.name_any(),
+    ));
     // A 404 on apply means the HTTPRoute kind itself is unknown to the cluster.
     match apply_if_changed(ctx, ns, route, current.as_ref()).await {
         Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Err(Error::GatewayApiMissing),
@@ -875,6 +885,8 @@ struct Applied {
 
 /// How long an apply is remembered at most.
 const APPLIED_MEMORY: Duration = Duration::from_secs(60);
+/// How long a child this operator created may be missing from the cache.
+const NEW_CHILD_GRACE: Duration = Duration::from_secs(5);
 
 impl Applied {
     fn after(
@@ -904,7 +916,12 @@ impl Applied {
     }
 
     fn covers(&self, content: &AppliedContent, seen: Option<&str>) -> bool {
-        self.content == *content && self.before.iter().any(|b| b.as_deref() == seen)
+        // A cache shows a new child within moments; still nothing after that
+        // means it was deleted since, and it is made again.
+        let absence_is_lag = seen.is_some() || self.at.elapsed() < NEW_CHILD_GRACE;
+        self.content == *content
+            && absence_is_lag
+            && self.before.iter().any(|b| b.as_deref() == seen)
     }
 }
 
