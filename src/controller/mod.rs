@@ -615,14 +615,16 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
             }
         }
         if let Some(notifier) = &ctx.notifier {
-            // The rollout's version, also when this decision ended it.
+            // The version the transition is about: the rollout's (also when
+            // this decision ended it), else the stable one it started from
+            // (which the guard may just have rolled back).
             let version = decision
                 .status
                 .canary
                 .as_ref()
                 .or(status.canary.as_ref())
                 .map(|c| c.version.as_str())
-                .or(decision.status.stable.as_ref().map(|s| s.version.as_str()));
+                .or(status.stable.as_ref().map(|s| s.version.as_str()));
             for n in crate::notify::from_notes(&ns, &name, version, &decision.notes) {
                 notifier.send(n);
             }
