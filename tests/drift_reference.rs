@@ -4,56 +4,25 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use modeldeploy::analysis::checks::Reference;
 use modeldeploy::api::ModelDeployment;
-use modeldeploy::demo::{self, Behaviour, Load};
-use serde_json::{Value, json};
+use modeldeploy::demo::{self, Behaviour};
+use serde_json::json;
 use support::fake_apiserver::FakeApiServer;
+use support::story::{Member, WAIT, fleet_of, ip_by_version, status};
 use support::{
     deployment_controller, eventually, free_port, model_deployment, pod_controller, start_operator,
 };
 
-const WAIT: Duration = Duration::from_secs(60);
-
-fn status(server: &FakeApiServer, name: &str) -> Value {
-    server
-        .get("modeldeployments", "default", name)
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
-}
-
-/// A demo model server on `ip`, fed steady load whose inputs are shifted by `shift`.
-async fn served(
-    ip: &str,
-    port: u16,
-    version: &str,
-    shift: f64,
-) -> (demo::Running, tokio::task::JoinHandle<(u64, u64)>) {
-    let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    let server = demo::spawn(
-        addr,
-        Behaviour {
-            version: version.into(),
-            ..Behaviour::default()
-        },
-    )
-    .await
-    .unwrap();
-    let load = tokio::spawn(demo::load(Load {
-        target: format!("http://{addr}"),
-        rps: 200.0,
-        duration: Some(Duration::from_secs(60)),
-        feature_shift: shift,
-        features: 4,
-        feedback: false,
-        seed: 7,
-    }));
-    (server, load)
+fn version(v: &str) -> Behaviour {
+    Behaviour {
+        version: v.into(),
+        ..Behaviour::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,17 +30,13 @@ async fn the_stable_distribution_is_captured_once_and_a_shifted_canary_is_rolled
     let port = free_port();
     let server = Arc::new(FakeApiServer::start().await);
     let _dc = deployment_controller(&server, |_| true);
-    let _pc = pod_controller(
-        &server,
-        |d| match d["metadata"]["labels"]["modeldeploy.io/version"].as_str()? {
-            "1.0.0" => Some("127.0.0.2".into()),
-            "2.0.0" => Some("127.0.0.3".into()),
-            _ => None,
-        },
-    );
-    let _stable = served("127.0.0.2", port, "1.0.0", 0.0).await;
+    let _pc = pod_controller(&server, ip_by_version);
     // The canary's users send inputs one standard deviation higher.
-    let _canary = served("127.0.0.3", port, "2.0.0", 1.0).await;
+    let canary = Member {
+        feature_shift: 1.0,
+        ..Member::new("127.0.0.3", version("2.0.0"))
+    };
+    let _fleet = fleet_of(port, &[Member::new("127.0.0.2", version("1.0.0")), canary]).await;
     let _op = start_operator(&server, "op", false);
 
     let manifest = model_deployment(
@@ -173,8 +138,8 @@ async fn someone_elses_configmap_of_that_name_is_never_taken_over() {
     let port = free_port();
     let server = Arc::new(FakeApiServer::start().await);
     let _dc = deployment_controller(&server, |_| true);
-    let _pc = pod_controller(&server, |_| Some("127.0.0.2".into()));
-    let _stable = served("127.0.0.2", port, "1.0.0", 0.0).await;
+    let _pc = pod_controller(&server, ip_by_version);
+    let _fleet = fleet_of(port, &[Member::new("127.0.0.2", version("1.0.0"))]).await;
     let theirs = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "mine-drift-reference", "namespace": "default"},

@@ -12,6 +12,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use modeldeploy::api::ModelDeployment;
 use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
+use support::story::status;
 use support::{deployment_controller, eventually, model_deployment, start_operator_with};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -54,14 +55,8 @@ async fn failing_rollout(webhook: String) -> Value {
     ))
     .unwrap();
     api.create(&PostParams::default(), &md).await.unwrap();
-    let status = |server: &FakeApiServer| {
-        server
-            .get("modeldeployments", "default", "hooked")
-            .map(|o| o["status"].clone())
-            .unwrap_or(Value::Null)
-    };
     eventually("Stable", WAIT, || {
-        (status(&server)["phase"] == "Stable").then_some(())
+        (status(&server, "hooked")["phase"] == "Stable").then_some(())
     })
     .await;
     api.patch(
@@ -72,7 +67,7 @@ async fn failing_rollout(webhook: String) -> Value {
     .await
     .unwrap();
     let s = eventually("RolledBack", WAIT, || {
-        let s = status(&server);
+        let s = status(&server, "hooked");
         (s["phase"] == "RolledBack").then_some(s)
     })
     .await;

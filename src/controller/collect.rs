@@ -598,14 +598,15 @@ pub async fn analyze(
 ) -> Option<AnalysisRun> {
     let plan = plan(md, status)?;
     let start = window_start(status, now);
+    // How long the rollout has run, when there is one.
+    let canary_age = status
+        .canary
+        .as_ref()
+        .and_then(|c| c.started_at.as_ref())
+        .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default());
     let (judged, baseline) = match (md.spec.metrics.source, &ctx.prometheus) {
         (MetricsSource::Prometheus, Some(client)) => {
-            let since = status
-                .canary
-                .as_ref()
-                .and_then(|c| c.started_at.as_ref())
-                .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default())
-                .unwrap_or(valid.analysis_interval);
+            let since = canary_age.unwrap_or(valid.analysis_interval);
             from_prometheus(
                 client,
                 &ctx.metrics,
@@ -654,12 +655,7 @@ pub async fn analyze(
             .as_ref()
             .is_some_and(|r| r.strategy == crate::api::Strategy::AbTest)
     {
-        let ran = status
-            .canary
-            .as_ref()
-            .and_then(|c| c.started_at.as_ref())
-            .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default())
-            .unwrap_or_default();
+        let ran = canary_age.unwrap_or_default();
         let alpha = crate::analysis::abtest::look_alpha(
             ab.objective.confidence,
             ran,

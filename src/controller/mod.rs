@@ -115,6 +115,18 @@ fn watch_delivered(ctx: &Context, key: Option<(&ObjectRef<ModelDeployment>, Opti
 /// own writes behind.
 const MAX_OLDER_VERSIONS: usize = 16;
 
+/// The versions that come before a new write of ours: those before the
+/// previous write, the previous write's own, and the one this write was
+/// decided on; the newest [`MAX_OLDER_VERSIONS`] of them.
+fn versions_before<V: PartialEq>(mut known: Vec<V>, previous_write: Option<V>, seen: V) -> Vec<V> {
+    known.extend(previous_write);
+    known.push(seen);
+    known.dedup();
+    let excess = known.len().saturating_sub(MAX_OLDER_VERSIONS);
+    known.drain(..excess);
+    known
+}
+
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
@@ -272,6 +284,10 @@ impl SyncTracker {
 
     fn unsynced(&self) -> Vec<&'static str> {
         lock(&self.0).unsynced.clone()
+    }
+
+    fn all_synced(&self) -> bool {
+        lock(&self.0).unsynced.is_empty()
     }
 
     /// A replica that stays unready says which watch it still waits for.
@@ -459,7 +475,7 @@ async fn run_scope(
     // nothing before every watch has listed, so there is nothing to wait for.
     let stopped_while_syncing = async move {
         shutdown.await;
-        if synced.unsynced().is_empty() {
+        if synced.all_synced() {
             std::future::pending::<()>().await;
         }
     };
@@ -480,7 +496,7 @@ pub async fn reconcile(guard: Arc<Watched>, ctx: Arc<Context>) -> Result<Action>
     async move {
         // Until every cache has listed once, a decision would see no pods or
         // Deployments (an empty analysis, a revision looking absent).
-        if !ctx.synced.unsynced().is_empty() {
+        if !ctx.synced.all_synced() {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         let started = Instant::now();
@@ -897,18 +913,10 @@ impl Applied {
         seen: Option<String>,
         made: String,
     ) -> Self {
-        let mut before = match previous {
-            Some(p) => {
-                let mut b = p.before;
-                b.push(Some(p.made));
-                b
-            }
-            None => Vec::new(),
+        let before = match previous {
+            Some(p) => versions_before(p.before, Some(Some(p.made)), seen),
+            None => versions_before(Vec::new(), None, seen),
         };
-        before.push(seen);
-        before.dedup();
-        let excess = before.len().saturating_sub(MAX_OLDER_VERSIONS);
-        before.drain(..excess);
         Self {
             content,
             before,
@@ -966,18 +974,10 @@ async fn write_status(
         let mut all = lock(&ctx.written);
         // A write decided on a stale cache still knows the versions before
         // the previous write: the cache may show any of them next.
-        let mut older = match all.remove(&key) {
-            Some(previous) => {
-                let mut o = previous.older;
-                o.push(previous.made);
-                o
-            }
-            None => Vec::new(),
+        let older = match all.remove(&key) {
+            Some(previous) => versions_before(previous.older, Some(previous.made), before),
+            None => versions_before(Vec::new(), None, before),
         };
-        older.push(before);
-        older.dedup();
-        let excess = older.len().saturating_sub(MAX_OLDER_VERSIONS);
-        older.drain(..excess);
         all.insert(
             key,
             WrittenStatus {

@@ -355,8 +355,8 @@ fn a_canary_that_never_gets_ready_is_rolled_back_at_the_deadline() {
     assert_eq!(sim.status.phase, Some(Phase::RolledBack));
 }
 
-#[test]
-fn no_data_pauses_and_never_promotes() {
+/// A canary rollout whose analysis found no data `inconclusiveLimit` times.
+fn paused_for_lack_of_data() -> Sim {
     let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
     sim.spec = canary_spec("2.0.0", json!({}));
     sim.tick(None, None, None);
@@ -364,6 +364,12 @@ fn no_data_pauses_and_never_promotes() {
         sim.interval(CheckVerdict::Inconclusive);
     }
     assert_eq!(sim.status.phase, Some(Phase::Paused));
+    sim
+}
+
+#[test]
+fn no_data_pauses_and_never_promotes() {
+    let mut sim = paused_for_lack_of_data();
     let c = sim.status.canary.clone().unwrap();
     assert_eq!(c.paused, Some(PauseReason::Inconclusive));
     assert_eq!(
@@ -384,13 +390,7 @@ fn no_data_pauses_and_never_promotes() {
 
 #[test]
 fn a_pause_for_lack_of_data_ends_when_passing_evidence_arrives() {
-    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
-    sim.spec = canary_spec("2.0.0", json!({}));
-    sim.tick(None, None, None);
-    for _ in 0..12 {
-        sim.interval(CheckVerdict::Inconclusive);
-    }
-    assert_eq!(sim.status.phase, Some(Phase::Paused));
+    let mut sim = paused_for_lack_of_data();
     // Still no data: still paused. Then a run with data that passes.
     sim.interval(CheckVerdict::Inconclusive);
     assert_eq!(sim.status.phase, Some(Phase::Paused));
