@@ -191,10 +191,108 @@ pub fn render_history(md: &ModelDeployment) -> String {
     out
 }
 
+/// `kubectl modeldeploy history NAME --diff A B`: what changed in the pods
+/// between two stored revisions, one line per changed field of the pod
+/// template (`-` in A only, `+` in B only).
+pub fn render_revision_diff(
+    a: (i64, &k8s_openapi::api::core::v1::PodTemplateSpec),
+    b: (i64, &k8s_openapi::api::core::v1::PodTemplateSpec),
+) -> String {
+    let flat = |t: &k8s_openapi::api::core::v1::PodTemplateSpec| {
+        let mut out = std::collections::BTreeMap::new();
+        flatten("", &serde_json::to_value(t).unwrap_or_default(), &mut out);
+        out
+    };
+    let (left, right) = (flat(a.1), flat(b.1));
+    let mut out = String::new();
+    let _ = writeln!(out, "Revision {} -> revision {}:", a.0, b.0);
+    let mut changed = 0;
+    for path in left
+        .keys()
+        .chain(right.keys().filter(|k| !left.contains_key(*k)))
+    {
+        match (left.get(path), right.get(path)) {
+            (Some(l), Some(r)) if l == r => {}
+            (l, r) => {
+                changed += 1;
+                if let Some(l) = l {
+                    let _ = writeln!(out, "  - {path}: {l}");
+                }
+                if let Some(r) = r {
+                    let _ = writeln!(out, "  + {path}: {r}");
+                }
+            }
+        }
+    }
+    if changed == 0 {
+        let _ = writeln!(out, "  (the pod templates are the same)");
+    }
+    out
+}
+
+/// Leaves of a JSON document by path; list items by index, except named
+/// items (containers, env, ports, volumes) by name, so an insertion does not
+/// show every later item as changed.
+fn flatten(
+    path: &str,
+    v: &serde_json::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                flatten(&format!("{path}.{k}"), v, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let key = item
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .map_or(i.to_string(), str::to_string);
+                flatten(&format!("{path}[{key}]"), item, out);
+            }
+        }
+        leaf => {
+            out.insert(path.trim_start_matches('.').to_string(), leaf.to_string());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_revision_diff_names_each_changed_field() {
+        let t =
+            |image: &str, env: serde_json::Value| -> k8s_openapi::api::core::v1::PodTemplateSpec {
+                serde_json::from_value(json!({"spec": {"containers": [
+                {"name": "model", "image": image, "env": env}]}}))
+                .unwrap()
+            };
+        let a = t("m:1", json!([{"name": "MODEL_VERSION", "value": "1"}]));
+        let b = t(
+            "m:2",
+            json!([{"name": "MODEL_VERSION", "value": "2"}, {"name": "ERROR_RATE", "value": "0.05"}]),
+        );
+        let diff = render_revision_diff((1, &a), (2, &b));
+        assert!(
+            diff.contains("  - spec.containers[model].image: \"m:1\""),
+            "{diff}"
+        );
+        assert!(
+            diff.contains("  + spec.containers[model].image: \"m:2\""),
+            "{diff}"
+        );
+        assert!(
+            diff.contains("  + spec.containers[model].env[ERROR_RATE].value: \"0.05\""),
+            "{diff}"
+        );
+        assert!(!diff.contains("env[MODEL_VERSION].name"), "{diff}");
+        assert!(render_revision_diff((1, &a), (1, &a)).contains("the same"));
+    }
 
     #[test]
     fn status_shows_phase_canary_checks_and_history() {

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use modeldeploy::api::ModelDeployment;
 use modeldeploy::resources::revision_hash;
 use modeldeploy::rollout::requests::{Request, RequestAction, applicable};
@@ -29,8 +31,13 @@ struct Cli {
 enum Command {
     /// Phase, step, weights, checks, drift and history.
     Status { name: String },
-    /// The revision history.
-    History { name: String },
+    /// The revision history; `--diff A B` shows what changed in the pods
+    /// between two stored revisions.
+    History {
+        name: String,
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        diff: Option<Vec<i64>>,
+    },
     /// Finish the current step (or pause) and go on; --full skips the rest.
     Promote {
         name: String,
@@ -63,7 +70,7 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Serve an older revision (its Deployment must still exist).
+    /// Serve an older revision (it must still be stored: see revisionHistoryLimit).
     Rollback {
         name: String,
         #[arg(long)]
@@ -90,8 +97,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
     let api: Api<ModelDeployment> = match &cli.namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::default_namespaced(client),
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::default_namespaced(client.clone()),
     };
     let (name, action, wait) = match cli.command {
         Command::Status { name } => {
@@ -101,10 +108,26 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             return Ok(());
         }
-        Command::History { name } => {
+        Command::History { name, diff: None } => {
             print!(
                 "{}",
                 modeldeploy::cli::render_history(&get(&api, &name).await?)
+            );
+            return Ok(());
+        }
+        Command::History {
+            name,
+            diff: Some(pair),
+        } => {
+            let stored: Api<ControllerRevision> = match &cli.namespace {
+                Some(ns) => Api::namespaced(client, ns),
+                None => Api::default_namespaced(client),
+            };
+            let a = stored_template(&stored, &name, pair[0]).await?;
+            let b = stored_template(&stored, &name, pair[1]).await?;
+            print!(
+                "{}",
+                modeldeploy::cli::render_revision_diff((pair[0], &a), (pair[1], &b))
             );
             return Ok(());
         }
@@ -158,6 +181,27 @@ async fn run(cli: Cli) -> Result<(), String> {
     Err(format!(
         "{name}: the operator has not picked up request {id} within 30s; is it running?"
     ))
+}
+
+/// The pod template stored for revision `revision` of `name`.
+async fn stored_template(
+    api: &Api<ControllerRevision>,
+    name: &str,
+    revision: i64,
+) -> Result<PodTemplateSpec, String> {
+    let selector = format!("{}={name}", modeldeploy::api::labels::NAME);
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| format!("cannot list the stored revisions of {name}: {e}"))?;
+    let cr = list
+        .items
+        .into_iter()
+        .find(|r| r.revision == revision)
+        .ok_or_else(|| {
+            format!("{name}: revision {revision} is not stored (beyond revisionHistoryLimit?)")
+        })?;
+    modeldeploy::resources::stored_template(&cr)
 }
 
 async fn get(api: &Api<ModelDeployment>, name: &str) -> Result<ModelDeployment, String> {

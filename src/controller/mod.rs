@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -132,6 +132,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     deployments: Store<Deployment>,
+    /// Each revision's stored pod template.
+    revisions: Store<ControllerRevision>,
     services: Store<Service>,
     pods: Store<Pod>,
     scraper: crate::metrics::scrape::Scraper,
@@ -331,22 +333,43 @@ async fn run_scope(
     let mdeps: Api<Watched> = scoped(&client, ns.as_deref());
     let deploy_api: Api<Deployment> = scoped(&client, ns.as_deref());
     let service_api: Api<Service> = scoped(&client, ns.as_deref());
+    let revision_api: Api<ControllerRevision> = scoped(&client, ns.as_deref());
     // Only objects this operator made: keeps the caches small on busy clusters.
     let owned = watcher::Config::default().labels(&format!("{}=modeldeploy", labels::MANAGED_BY));
 
     let synced = SyncTracker::new(
-        ["modeldeployments", "deployments", "services", "pods"],
+        [
+            "modeldeployments",
+            "deployments",
+            "controllerrevisions",
+            "services",
+            "pods",
+        ],
         on_synced,
     );
     let (deployments, deploy_writer) = reflector::store();
-    // Caches keep only what decisions read: no managed fields anywhere, and
-    // no pod specs (pods are read for their labels and status).
+    // Caches keep only what decisions read: no managed fields anywhere, no
+    // pod specs (pods are read for their labels and status), and no pod
+    // templates of Deployments (a revision's template is its ControllerRevision's).
     let deploy_stream = reflector::reflector(
         deploy_writer,
-        watcher(deploy_api, owned.clone()).modify(|d| d.managed_fields_mut().clear()),
+        watcher(deploy_api, owned.clone()).modify(|d| {
+            d.managed_fields_mut().clear();
+            if let Some(spec) = d.spec.as_mut() {
+                spec.template.spec = None;
+            }
+        }),
     )
     .default_backoff()
     .inspect(synced.marker("deployments"))
+    .touched_objects();
+    let (revisions, revision_writer) = reflector::store();
+    let revision_stream = reflector::reflector(
+        revision_writer,
+        watcher(revision_api, owned.clone()).modify(|r| r.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .inspect(synced.marker("controllerrevisions"))
     .touched_objects();
     let (services, service_writer) = reflector::store();
     let service_stream = reflector::reflector(
@@ -388,6 +411,7 @@ async fn run_scope(
         recorder,
         metrics,
         deployments: deployments.clone(),
+        revisions: revisions.clone(),
         services: services.clone(),
         pods: pods.clone(),
         scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
@@ -450,6 +474,7 @@ async fn run_scope(
 
     let running = controller
         .owns_stream(deploy_stream)
+        .owns_stream(revision_stream)
         .owns_stream(service_stream)
         .watches_stream(pod_stream, |pod: Pod| {
             let name = pod.labels().get(labels::NAME)?.clone();
@@ -559,7 +584,8 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
     };
 
     let owned: Vec<Arc<Deployment>> = ctx.deployments.state_filter(|d| is_owned_by(d, md));
-    let observed = observe::revisions(&owned);
+    let stored: Vec<Arc<ControllerRevision>> = ctx.revisions.state_filter(|r| is_owned_by(r, md));
+    let observed = observe::revisions(&owned, &stored);
     let request = pending_request(md);
     let canary_pods_failure = canary_health(md, ctx, &status, &valid, now);
     // Before analysis, so a rollout judges input drift against the current stable.
@@ -598,25 +624,18 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
     .await?;
     let mut keep = Vec::with_capacity(decision.workloads.len());
     for w in &decision.workloads {
-        let desired = resources::deployment(md, &valid, w);
-        let desired_name = desired.name_any();
-        let current = owned.iter().find(|d| d.name_any() == desired_name);
-        apply_if_changed(ctx, &ns, desired, current.map(|d| d.as_ref())).await?;
-        keep.push(desired_name);
+        let name = resources::deployment_name(&md.name_any(), &w.hash);
+        if let Some(template) = revision_template(ctx, md, &valid, w, &stored, &owned).await? {
+            let desired = resources::deployment(md, &template, w, valid.progress_deadline);
+            let current = owned.iter().find(|d| d.name_any() == name);
+            apply_if_changed(ctx, &ns, desired, current.map(|d| d.as_ref())).await?;
+        }
+        keep.push(name);
     }
     route_traffic(md, ctx, &ns, &decision).await?;
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    for stale in owned.iter().filter(|d| !keep.contains(&d.name_any())) {
-        info!(deployment = %stale.name_any(), "deleting a revision beyond the history limit");
-        match api
-            .delete(&stale.name_any(), &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // A revision beyond the history limit goes with its stored template.
+    delete_stale(ctx, &ns, &owned, &keep).await?;
+    delete_stale(ctx, &ns, &stored, &keep).await?;
 
     if decision.status != status {
         write_status(md, ctx, &decision.status).await?;
@@ -655,6 +674,82 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action> 
         requeue = requeue.min(valid.analysis_interval);
     }
     Ok(Action::requeue(requeue))
+}
+
+/// The pod template of one revision, from its ControllerRevision. A revision
+/// seen for the first time is rendered from the spec that names it and stored;
+/// a Deployment made before templates were stored is adopted as it runs.
+/// Nothing else ever renders a template, so a spec change never reaches the
+/// pods of an existing revision.
+async fn revision_template(
+    ctx: &Context,
+    md: &ModelDeployment,
+    valid: &crate::api::ValidSpec,
+    w: &resources::RevisionWorkload,
+    stored: &[Arc<ControllerRevision>],
+    deployments: &[Arc<Deployment>],
+) -> Result<Option<PodTemplateSpec>> {
+    let name = resources::deployment_name(&md.name_any(), &w.hash);
+    if let Some(cr) = stored.iter().find(|r| r.name_any() == name) {
+        return match resources::stored_template(cr) {
+            Ok(t) => Ok(Some(t)),
+            Err(why) => {
+                warn!(%why, "leaving the revision's Deployment as it is");
+                Ok(None)
+            }
+        };
+    }
+    let ns = md
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let template = if w.hash == resources::revision_hash(&md.spec) {
+        resources::pod_template(md, valid, w)
+    } else if deployments.iter().any(|d| d.name_any() == name) {
+        // The cache keeps no templates: read the running one.
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+        match api.get_opt(&name).await?.and_then(|d| d.spec) {
+            Some(spec) => spec.template,
+            None => return Ok(None),
+        }
+    } else {
+        // Neither stored nor running, and not what the spec names: nothing
+        // to build it from (a rollback target pruned by hand).
+        warn!(revision = w.revision, "no stored template for the revision");
+        return Ok(None);
+    };
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
+    let cr = resources::controller_revision(md, w, &template);
+    match api.create(&PostParams::default(), &cr).await {
+        Ok(_) => Ok(Some(template)),
+        // Stored already, and the cache has not seen it yet: the next
+        // reconcile builds from what is stored.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Delete the owned objects of one kind that are not kept.
+async fn delete_stale<K>(ctx: &Context, ns: &str, owned: &[Arc<K>], keep: &[String]) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    for stale in owned.iter().filter(|o| !keep.contains(&o.name_any())) {
+        info!(kind = %K::kind(&K::DynamicType::default()), name = %stale.name_any(), "deleting a revision beyond the history limit");
+        match api
+            .delete(&stale.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// An object that does not decode: say so once per version of it, touch nothing.
@@ -808,7 +903,7 @@ fn current_status(md: &ModelDeployment, ctx: &Context) -> ModelDeploymentStatus 
     }
 }
 
-fn is_owned_by(d: &Deployment, md: &ModelDeployment) -> bool {
+fn is_owned_by<K: Resource>(d: &K, md: &ModelDeployment) -> bool {
     let uid = md.uid();
     d.owner_references()
         .iter()

@@ -1,36 +1,71 @@
-//! Turn owned Deployments into what the rollout decision needs to know.
+//! Turn owned ControllerRevisions and Deployments into what the rollout
+//! decision needs to know.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use kube::ResourceExt;
 
 use crate::api::labels;
-use crate::resources::MODEL_CONTAINER;
+use crate::resources::{stored_template, template_image};
 use crate::rollout::{Observed, ObservedRevision};
 
-pub fn revisions(owned: &[Arc<Deployment>]) -> Observed {
-    owned
+/// Every known revision: those with a stored template (a ControllerRevision),
+/// with or without a Deployment, and Deployments made before revisions were
+/// stored (adopted on the next apply).
+pub fn revisions(deployments: &[Arc<Deployment>], stored: &[Arc<ControllerRevision>]) -> Observed {
+    let mut observed: Observed = stored
         .iter()
-        .filter_map(|d| {
-            let l = d.labels();
-            let hash = l.get(labels::HASH)?.clone();
-            let revision = l.get(labels::REVISION)?.parse().ok()?;
-            Some((hash, revision_of(d, revision)))
+        .filter_map(|cr| {
+            let hash = cr.labels().get(labels::HASH)?.clone();
+            let image = stored_template(cr)
+                .ok()
+                .and_then(|t| template_image(&t).map(str::to_string))
+                .unwrap_or_default();
+            Some((
+                hash,
+                ObservedRevision {
+                    revision: cr.revision,
+                    version: cr
+                        .labels()
+                        .get(labels::VERSION)
+                        .cloned()
+                        .unwrap_or_default(),
+                    image,
+                    // No Deployment (yet): nothing runs.
+                    replicas: 0,
+                    ..Default::default()
+                },
+            ))
         })
-        .collect()
+        .collect();
+    for d in deployments {
+        let l = d.labels();
+        let Some(hash) = l.get(labels::HASH) else {
+            continue;
+        };
+        let entry = match observed.get_mut(hash) {
+            Some(known) => known,
+            None => {
+                let Some(revision) = l.get(labels::REVISION).and_then(|r| r.parse().ok()) else {
+                    continue;
+                };
+                observed.entry(hash.clone()).or_insert(ObservedRevision {
+                    revision,
+                    version: l.get(labels::VERSION).cloned().unwrap_or_default(),
+                    ..Default::default()
+                })
+            }
+        };
+        size_of(d, entry);
+    }
+    observed
 }
 
-fn revision_of(d: &Deployment, revision: i64) -> ObservedRevision {
-    let spec = d.spec.as_ref();
+fn size_of(d: &Deployment, o: &mut ObservedRevision) {
     let status = d.status.as_ref();
-    let image = spec
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.iter().find(|c| c.name == MODEL_CONTAINER))
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
     let generation = d.metadata.generation.unwrap_or(0);
-    let deadline_exceeded = status
+    o.deadline_exceeded = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| {
             cs.iter().any(|c| {
@@ -39,15 +74,9 @@ fn revision_of(d: &Deployment, revision: i64) -> ObservedRevision {
                     && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
             })
         });
-    ObservedRevision {
-        revision,
-        version: d.labels().get(labels::VERSION).cloned().unwrap_or_default(),
-        image,
-        replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
-        available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
-        up_to_date: status
-            .and_then(|s| s.observed_generation)
-            .is_some_and(|g| g >= generation),
-        deadline_exceeded,
-    }
+    o.replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    o.available_replicas = status.and_then(|s| s.available_replicas).unwrap_or(0);
+    o.up_to_date = status
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|g| g >= generation);
 }

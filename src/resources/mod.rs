@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -130,9 +131,15 @@ fn stamp<T: serde::Serialize + Resource>(mut obj: T) -> T {
     obj
 }
 
-/// The Deployment of one revision. The pod template depends only on the spec
-/// of that revision, so scaling it up on promotion restarts nothing.
-pub fn deployment(md: &ModelDeployment, valid: &ValidSpec, w: &RevisionWorkload) -> Deployment {
+/// The pod template of a new revision, rendered once from the spec that
+/// names it. It is stored in the revision's ControllerRevision and never
+/// rendered again: later spec changes and newer operator versions that render
+/// differently leave a running revision's pods alone.
+pub fn pod_template(
+    md: &ModelDeployment,
+    valid: &ValidSpec,
+    w: &RevisionWorkload,
+) -> PodTemplateSpec {
     let spec = &md.spec;
     let template = spec.template.clone().unwrap_or_default();
     let model_port = spec.model.port;
@@ -204,7 +211,7 @@ pub fn deployment(md: &ModelDeployment, valid: &ValidSpec, w: &RevisionWorkload)
     let mut pod_labels = template.labels.clone();
     pod_labels.extend(revision_labels(md, w));
 
-    let pod = PodTemplateSpec {
+    PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels),
             annotations: (!template.annotations.is_empty()).then(|| template.annotations.clone()),
@@ -226,8 +233,18 @@ pub fn deployment(md: &ModelDeployment, valid: &ValidSpec, w: &RevisionWorkload)
             security_context: valid.pod.pod_security_context.clone(),
             ..Default::default()
         }),
-    };
+    }
+}
 
+/// The Deployment of one revision, built from that revision's stored pod
+/// template: only its size (and the rollout's progress deadline) follow the
+/// current spec.
+pub fn deployment(
+    md: &ModelDeployment,
+    template: &PodTemplateSpec,
+    w: &RevisionWorkload,
+    progress_deadline: std::time::Duration,
+) -> Deployment {
     stamp(Deployment {
         metadata: owned_meta(
             md,
@@ -240,14 +257,65 @@ pub fn deployment(md: &ModelDeployment, valid: &ValidSpec, w: &RevisionWorkload)
                 match_labels: Some(selector_labels(md, &w.hash)),
                 ..Default::default()
             },
-            template: pod,
+            template: template.clone(),
             // One pod template per Deployment: older ReplicaSets are never needed.
             revision_history_limit: Some(1),
-            progress_deadline_seconds: i32::try_from(valid.progress_deadline.as_secs()).ok(),
+            progress_deadline_seconds: i32::try_from(progress_deadline.as_secs()).ok(),
             ..Default::default()
         }),
         status: None,
     })
+}
+
+/// Key of the stored pod template in a revision's ControllerRevision `data`.
+const STORED_TEMPLATE: &str = "template";
+
+/// The ControllerRevision that keeps one revision's rendered pod template,
+/// as StatefulSets and DaemonSets keep their history. Created once, never
+/// updated (the API server refuses changes to `data` anyway).
+pub fn controller_revision(
+    md: &ModelDeployment,
+    w: &RevisionWorkload,
+    template: &PodTemplateSpec,
+) -> ControllerRevision {
+    ControllerRevision {
+        metadata: owned_meta(
+            md,
+            deployment_name(&md.name_any(), &w.hash),
+            revision_labels(md, w),
+        ),
+        revision: w.revision,
+        data: Some(RawExtension(serde_json::json!({
+            STORED_TEMPLATE: template,
+        }))),
+    }
+}
+
+/// The pod template a ControllerRevision stores.
+pub fn stored_template(cr: &ControllerRevision) -> Result<PodTemplateSpec, String> {
+    let data = cr
+        .data
+        .as_ref()
+        .and_then(|d| d.0.get(STORED_TEMPLATE))
+        .ok_or_else(|| format!("ControllerRevision {} holds no pod template", cr.name_any()))?;
+    serde_json::from_value(data.clone()).map_err(|e| {
+        format!(
+            "ControllerRevision {} holds an unreadable pod template: {e}",
+            cr.name_any()
+        )
+    })
+}
+
+/// The model container's image in a pod template.
+pub fn template_image(template: &PodTemplateSpec) -> Option<&str> {
+    template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == MODEL_CONTAINER)?
+        .image
+        .as_deref()
 }
 
 fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
@@ -317,7 +385,12 @@ mod tests {
             version: md.spec.model.version.clone(),
             replicas: 3,
         };
-        deployment(md, &valid, &w)
+        deployment(
+            md,
+            &pod_template(md, &valid, &w),
+            &w,
+            valid.progress_deadline,
+        )
     }
 
     #[test]
@@ -420,17 +493,74 @@ mod tests {
         let hash = |d: &Deployment| d.annotations()[APPLIED_HASH].clone();
         assert_eq!(hash(&a), hash(&b));
         let valid = validate(&md.spec).unwrap();
+        let w = RevisionWorkload {
+            hash: revision_hash(&md.spec),
+            revision: 4,
+            version: "1.2.0".into(),
+            replicas: 0,
+        };
         let scaled = deployment(
             &md,
-            &valid,
-            &RevisionWorkload {
-                hash: revision_hash(&md.spec),
-                revision: 4,
-                version: "1.2.0".into(),
-                replicas: 0,
-            },
+            &pod_template(&md, &valid, &w),
+            &w,
+            valid.progress_deadline,
         );
         assert_ne!(hash(&a), hash(&scaled));
+    }
+
+    #[test]
+    fn a_stored_revision_builds_the_same_deployment_whatever_the_spec_says_now() {
+        let v1 = md(json!({}));
+        let valid = validate(&v1.spec).unwrap();
+        let w = RevisionWorkload {
+            hash: revision_hash(&v1.spec),
+            revision: 1,
+            version: "1.2.0".into(),
+            replicas: 3,
+        };
+        let cr = controller_revision(&v1, &w, &pod_template(&v1, &valid, &w));
+        assert_eq!(cr.revision, 1);
+        assert_eq!(cr.metadata.name, Some(format!("scorer-{}", w.hash)));
+        assert_eq!(cr.labels()[labels::HASH], w.hash);
+        let stored = stored_template(&cr).unwrap();
+        let before = deployment(&v1, &stored, &w, valid.progress_deadline);
+
+        // The spec moves on to another image, env and resources.
+        let mut v2 = md(
+            json!({"model": {"version": "2.0.0", "image": "example/model:2.0.0",
+            "port": 9000, "env": [{"name": "ERROR_RATE", "value": "0.05"}]}}),
+        );
+        v2.spec.resources.limits.insert(
+            "memory".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("8Gi".into()),
+        );
+        let after = deployment(
+            &v2,
+            &stored_template(&cr).unwrap(),
+            &w,
+            valid.progress_deadline,
+        );
+        assert_eq!(
+            serde_json::to_string(&before).unwrap(),
+            serde_json::to_string(&after).unwrap(),
+            "revision 1's Deployment does not follow the current spec"
+        );
+        assert_eq!(template_image(&stored), Some("example/model:1.2.0"));
+    }
+
+    #[test]
+    fn an_unreadable_stored_template_is_an_error_not_a_panic() {
+        let mut cr = ControllerRevision::default();
+        cr.metadata.name = Some("scorer-x".into());
+        assert!(
+            stored_template(&cr)
+                .unwrap_err()
+                .contains("no pod template")
+        );
+        cr.data = Some(RawExtension(
+            json!({"template": {"spec": {"containers": "nope"}}}),
+        ));
+        assert!(stored_template(&cr).unwrap_err().contains("unreadable"));
     }
 
     #[test]

@@ -158,6 +158,7 @@ fn start(
     replace: bool,
 ) -> CanaryStatus {
     if let Some(old) = superseded {
+        keep_capacity_while_draining(d, &revision_of(&old), stable);
         d.history(
             &revision_of(&old),
             Outcome::Superseded,
@@ -436,6 +437,24 @@ pub(super) fn roll_back(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionSt
             rev.revision, rev.version, stable.revision
         ),
     );
+    keep_capacity_while_draining(d, &rev, stable);
     d.status.rolled_back = Some(rev);
     d.status.canary = None;
+}
+
+/// With the replicas router a revision that stops serving holds its pods
+/// until stable is back at full size (see `weights::draining_replicas`):
+/// taking them at once would drop the fleet below `spec.replicas`.
+fn keep_capacity_while_draining(
+    d: &mut Draft<'_>,
+    leaving: &RevisionStatus,
+    stable: &RevisionStatus,
+) {
+    let spec = d.input.spec;
+    if weights::drains(spec)
+        && d.status.draining.is_none()
+        && !available(d.input.observed.get(&stable.hash), spec.replicas)
+    {
+        d.status.draining = Some(leaving.clone());
+    }
 }

@@ -73,6 +73,9 @@ struct Sim {
     t: i64,
     /// Revisions whose pods never become available.
     broken: BTreeSet<String>,
+    /// Pods asked for become available one decision later (scaling down is
+    /// immediate), as with a real Deployment controller.
+    slow: bool,
     notes: Vec<Note>,
     last: Option<Decision>,
 }
@@ -90,6 +93,7 @@ impl Sim {
             observed: Observed::new(),
             t: 0,
             broken: BTreeSet::new(),
+            slow: false,
             notes: Vec::new(),
             last: None,
         };
@@ -133,11 +137,18 @@ impl Sim {
             again.status, d.status,
             "a second decision changed the status"
         );
+        let before = std::mem::take(&mut self.observed);
         self.observed = d
             .workloads
             .iter()
             .map(|w| {
                 let up = !self.broken.contains(&w.hash);
+                let asked_before = before.get(&w.hash).map_or(0, |o| o.replicas);
+                let came_up = if self.slow {
+                    w.replicas.min(asked_before)
+                } else {
+                    w.replicas
+                };
                 (
                     w.hash.clone(),
                     ObservedRevision {
@@ -145,7 +156,7 @@ impl Sim {
                         version: w.version.clone(),
                         image: format!("example/model:{}", w.version),
                         replicas: w.replicas,
-                        available_replicas: if up { w.replicas } else { 0 },
+                        available_replicas: if up { came_up } else { 0 },
                         up_to_date: true,
                         deadline_exceeded: false,
                     },
@@ -200,8 +211,14 @@ fn a_good_canary_is_promoted_step_by_step() {
     assert_eq!(sim.status.phase, Some(Phase::Progressing));
     assert_eq!(
         sim.sizes(),
+        BTreeMap::from([(1, 10), (2, 2)]),
+        "canary pods first, stable whole until they are available"
+    );
+    sim.tick(None, None, None);
+    assert_eq!(
+        sim.sizes(),
         BTreeMap::from([(1, 8), (2, 2)]),
-        "20% of 10 pods, fleet size kept"
+        "20% of 10 pods once the canary's are available"
     );
     let mut weights = Vec::new();
     for _ in 0..20 {
@@ -243,7 +260,15 @@ fn failed_checks_in_a_row_roll_back_and_cut_canary_traffic_at_once() {
     assert_eq!(d.status.phase, Some(Phase::RolledBack));
     assert_eq!(d.canary_weight, 0);
     let sizes = sim.sizes();
+    assert_eq!(
+        (sizes[&1], sizes[&2]),
+        (10, 2),
+        "stable back to full size; the canary's pods go once stable's are available"
+    );
+    sim.tick(None, None, None);
+    let sizes = sim.sizes();
     assert_eq!((sizes[&1], sizes[&2]), (10, 0));
+    assert!(sim.status.draining.is_none());
     let rb = sim.notes.iter().find(|n| n.reason == "RolledBack").unwrap();
     assert_eq!(rb.kind, NoteKind::Warning);
     assert!(
@@ -374,8 +399,8 @@ fn no_data_pauses_and_never_promotes() {
     assert_eq!(c.paused, Some(PauseReason::Inconclusive));
     assert_eq!(
         (c.step, c.set_weight),
-        (3, 50),
-        "held at the analysis step: {c:?}"
+        (2, 50),
+        "held at the setWeight 50 step: {c:?}"
     );
     assert!(sim.reasons().contains(&"AnalysisInconclusive"));
     // A resume starts the count again.
@@ -616,12 +641,21 @@ fn a_new_version_mid_rollout_restarts_it() {
         sim.interval(CheckVerdict::Pass);
     }
     assert!(sim.status.canary.as_ref().unwrap().step >= 2);
+    let had = sim.sizes()[&2];
+    let stable_had = sim.sizes()[&1];
+    assert!(had > 0 && stable_had < 10);
     sim.spec = canary_spec("3.0.0", json!({}));
     sim.t += 1;
     sim.tick(None, None, None);
     let c = sim.status.canary.as_ref().unwrap();
     assert_eq!((c.revision, c.step, c.set_weight), (3, 0, 20));
-    assert_eq!(sim.sizes()[&2], 0, "the abandoned canary gets no traffic");
+    assert_eq!(
+        (sim.sizes()[&1], sim.sizes()[&2]),
+        (10, had.min(10 - stable_had)),
+        "the abandoned canary keeps its pods until stable is whole again"
+    );
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes()[&2], 0, "then it lets go");
     assert_eq!(
         sim.status.history.last().unwrap().outcome,
         Outcome::Superseded
@@ -829,5 +863,86 @@ proptest! {
                 prop_assert!(w.replicas >= 0 && w.replicas <= sim.spec.replicas);
             }
         }
+    }
+}
+
+/// Available pods of every revision, as the Deployment controller reports them.
+fn available_pods(sim: &Sim) -> i32 {
+    sim.observed.values().map(|o| o.available_replicas).sum()
+}
+
+/// Rolls `to` out on a fleet of `replicas` whose pods take a decision to come
+/// up; returns the fewest available pods seen after the first revision was up.
+fn fewest_available_during_rollout(replicas: i32, verdict: CheckVerdict) -> (i32, Sim) {
+    let sized = |v: &str| canary_spec(v, json!({"replicas": replicas}));
+    let mut sim = Sim::settled(sized("1.0.0"));
+    sim.slow = true;
+    for _ in 0..3 {
+        sim.tick(None, None, None);
+    }
+    assert_eq!(available_pods(&sim), replicas);
+    sim.spec = sized("2.0.0");
+    let mut fewest = i32::MAX;
+    for _ in 0..40 {
+        sim.interval(verdict);
+        fewest = fewest.min(available_pods(&sim));
+        let done = sim.status.canary.is_none() && sim.status.draining.is_none();
+        if done && matches!(sim.status.phase, Some(Phase::Stable | Phase::RolledBack)) {
+            break;
+        }
+    }
+    (fewest, sim)
+}
+
+#[test]
+fn capacity_never_drops_below_replicas_on_the_replicas_router() {
+    for replicas in [1, 4, 10] {
+        let (fewest, sim) = fewest_available_during_rollout(replicas, CheckVerdict::Pass);
+        assert_eq!(sim.status.phase, Some(Phase::Stable), "replicas {replicas}");
+        assert_eq!(sim.status.stable.as_ref().unwrap().revision, 2);
+        assert!(
+            fewest >= replicas,
+            "replicas {replicas}: {fewest} available at one point"
+        );
+        let (fewest, sim) = fewest_available_during_rollout(replicas, CheckVerdict::Fail);
+        assert_eq!(
+            sim.status.phase,
+            Some(Phase::RolledBack),
+            "replicas {replicas}"
+        );
+        assert!(
+            fewest >= replicas,
+            "replicas {replicas}, rolled back: {fewest} available at one point"
+        );
+        assert_eq!(
+            sim.sizes()[&2],
+            0,
+            "the rolled-back revision let go of its pods"
+        );
+    }
+}
+
+#[test]
+fn one_replica_runs_one_pod_of_each_revision() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({"replicas": 1})));
+    sim.start(canary_spec("2.0.0", json!({"replicas": 1})));
+    assert_eq!(sim.sizes(), BTreeMap::from([(1, 1), (2, 1)]));
+    let c = sim.status.canary.as_ref().unwrap();
+    assert_eq!(
+        (c.set_weight, c.weight),
+        (20, 50),
+        "the share actually reached"
+    );
+}
+
+#[test]
+fn a_canary_that_never_becomes_available_leaves_stable_whole() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.broken.insert(revision_hash(&sim.spec));
+    for _ in 0..3 {
+        sim.interval(CheckVerdict::Inconclusive);
+        assert_eq!(sim.sizes()[&1], 10);
+        assert_eq!(sim.status.canary.as_ref().unwrap().weight, 0);
     }
 }

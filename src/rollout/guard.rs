@@ -103,13 +103,11 @@ fn roll_back_to_previous(d: &mut Draft<'_>, bad: &RevisionStatus, why: String) {
     d.status.guard = None;
 }
 
-/// A drained revision lets go of its pods once the restored one is available.
+/// A drained revision lets go of its pods once the serving ones carry the
+/// whole fleet again.
 fn finish_draining(d: &mut Draft<'_>) {
-    let Some(stable) = d.status.stable.as_ref() else {
-        return;
-    };
     if d.status.draining.is_some()
-        && available(d.input.observed.get(&stable.hash), d.input.spec.replicas)
+        && super::weights::draining_replicas(d.input.spec, &d.status, d.input.observed) == 0
     {
         d.status.draining = None;
     }

@@ -28,7 +28,7 @@ pub enum RequestAction {
     Abort,
     /// Try a rolled-back revision again.
     Retry,
-    /// Serve an older revision (its Deployment must still exist).
+    /// Serve an older revision (its stored template must still exist).
     RollbackTo {
         revision: i64,
     },
@@ -209,7 +209,9 @@ fn rollback_to(d: &mut Draft<'_>, revision: i64, target: &RevisionStatus) -> (No
     let Some(old) = found else {
         return (
             NoteKind::Warning,
-            format!("revision {revision} has no Deployment any more; cannot roll back to it"),
+            format!(
+                "revision {revision} is no longer stored (beyond revisionHistoryLimit); cannot roll back to it"
+            ),
         );
     };
     if let Some(c) = d.status.canary.take() {

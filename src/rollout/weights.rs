@@ -39,13 +39,55 @@ pub fn canary_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
     i32::try_from(n).unwrap_or(total).clamp(1, total)
 }
 
-/// Pods the stable revision runs while a canary is out.
-pub fn stable_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
+/// Pods the stable revision runs once the current step is reached. With the
+/// replicas router it keeps at least one pod while the canary's weight is
+/// under 100, so `replicas: 1` runs one pod of each (50 %).
+fn stable_target(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
     match router(spec) {
         _ if c.promoting => spec.replicas,
-        Router::Replicas => spec.replicas - canary_replicas(spec, c),
         Router::GatewayApi => spec.replicas,
+        Router::Replicas if c.set_weight >= 100 || spec.replicas == 0 => 0,
+        Router::Replicas => (spec.replicas - canary_replicas(spec, c)).max(1),
     }
+}
+
+/// Pods the stable revision runs while a canary is out. Surge first: a stable
+/// pod goes only once a canary pod of this step is available to take its
+/// place, so available pods never fall below `spec.replicas` on the way, and
+/// a canary that never becomes available leaves stable at full size.
+pub fn stable_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus, observed: &Observed) -> i32 {
+    let target = stable_target(spec, c);
+    let canary_up = observed
+        .get(&c.hash)
+        .map_or(0, |o| o.available_replicas.min(canary_replicas(spec, c)));
+    target.max(spec.replicas - canary_up)
+}
+
+/// Pods a rolled-back or superseded revision keeps while the revisions that
+/// serve are not yet at full size: no more than it has, and only as many as
+/// they still lack. Once this is zero the drain is over.
+pub fn draining_replicas(
+    spec: &ModelDeploymentSpec,
+    status: &ModelDeploymentStatus,
+    observed: &Observed,
+) -> i32 {
+    let Some(draining) = &status.draining else {
+        return 0;
+    };
+    let up = |hash: Option<&str>| {
+        hash.and_then(|h| observed.get(h))
+            .map_or(0, |o| o.available_replicas)
+    };
+    let serving_up = up(status.stable.as_ref().map(|s| s.hash.as_str()))
+        + up(status.canary.as_ref().map(|c| c.hash.as_str()));
+    let has = observed.get(&draining.hash).map_or(0, |o| o.replicas);
+    has.min(spec.replicas - serving_up).max(0)
+}
+
+/// Whether a revision that stops serving should keep its pods for a while:
+/// with the replicas router its pods are part of the fleet's capacity.
+pub fn drains(spec: &ModelDeploymentSpec) -> bool {
+    router(spec) == Router::Replicas
 }
 
 /// The canary's actual share of traffic.
@@ -91,7 +133,7 @@ pub fn reached(
     let stable_ok = stable.is_none_or(|s| {
         observed
             .get(&s.hash)
-            .is_some_and(|o| o.replicas == stable_replicas(spec, c))
+            .is_some_and(|o| o.replicas == stable_target(spec, c))
     });
     canary_ok && stable_ok
 }
@@ -120,14 +162,14 @@ pub fn workloads(
         let n = status
             .canary
             .as_ref()
-            .map_or(total, |c| stable_replicas(spec, c));
+            .map_or(total, |c| stable_replicas(spec, c, observed));
         push(s, n);
     }
     if let Some(c) = &status.canary {
         push(&super::canary::revision_of(c), canary_replicas(spec, c));
     }
     if let Some(dr) = &status.draining {
-        push(dr, total);
+        push(dr, draining_replicas(spec, status, observed));
     }
     if let Some(p) = &status.previous {
         let keep = status

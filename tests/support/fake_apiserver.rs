@@ -156,6 +156,14 @@ impl FakeApiServer {
             res("", "v1", "events", "Event", true, false),
             res("", "v1", "namespaces", "Namespace", false, true),
             res("apps", "v1", "deployments", "Deployment", true, true),
+            res(
+                "apps",
+                "v1",
+                "controllerrevisions",
+                "ControllerRevision",
+                true,
+                false,
+            ),
             res("events.k8s.io", "v1", "events", "Event", true, false),
             res("coordination.k8s.io", "v1", "leases", "Lease", true, false),
             res(
