@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::io;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use modeldeploy::metrics::parse::{FamilyFilter, Options, parse, parse_owned};
+use modeldeploy::exposition::{FamilyFilter, Options, parse, parse_owned};
 
 const PAYLOAD: &str = include_str!("../tests/fixtures/metrics_payload.txt");
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use modeldeploy::analysis::window::CounterWindow;
 use modeldeploy::api::presets::Names;
-use modeldeploy::metrics::parse::{FamilyFilter, Options, parse_owned, parse_with};
+use modeldeploy::exposition::{FamilyFilter, Options, parse_owned, parse_with};
 use modeldeploy::metrics::scrape::{ScrapeConfig, Scraper, Target};
 
 /// Counts live heap bytes, to size the windows the collector keeps.

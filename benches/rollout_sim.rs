@@ -37,7 +37,7 @@ use modeldeploy::api::{
     Phase, ValidSpec, validate,
 };
 use modeldeploy::controller::collect::MAX_SERIES_PER_POD;
-use modeldeploy::metrics::parse::{MetricType, OwnedSample};
+use modeldeploy::exposition::{MetricType, OwnedSample};
 use modeldeploy::rollout::{self, AnalysisRun, Input, Observed, ObservedRevision};
 use serde_json::json;
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod demo;
+pub mod exposition;
 pub mod metrics;
 pub mod notify;
 pub mod operator;

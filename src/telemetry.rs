@@ -166,7 +166,7 @@ impl Metrics {
 
     /// Check values and verdicts of a run. Bounded: check names come from the
     /// spec (at most 32 per object), objects from the watched namespaces.
-    pub fn record_run(&self, namespace: &str, name: &str, run: &crate::rollout::AnalysisRun) {
+    pub fn record_run(&self, namespace: &str, name: &str, run: &crate::analysis::AnalysisRun) {
         for c in &run.checks {
             let labels = [namespace, name, c.name.as_str()];
             if let Some(v) = c.value.filter(|v| v.is_finite()) {
@@ -381,8 +381,8 @@ pub fn init_logging(default_level: &str, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::AnalysisRun;
     use crate::api::{DriftStatus, FeatureDrift};
-    use crate::rollout::AnalysisRun;
 
     fn run_with_features(n: usize) -> AnalysisRun {
         let features = (0..n)

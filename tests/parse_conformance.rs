@@ -1,9 +1,9 @@
-//! Conformance, oracle and robustness tests for `metrics::parse`.
+//! Conformance, oracle and robustness tests for `exposition`.
 
 use std::collections::BTreeMap;
 use std::io;
 
-use modeldeploy::metrics::parse::{
+use modeldeploy::exposition::{
     FamilyFilter, Limits, MetricType, Options, OwnedSample, ParseError, SyntaxError, TextFormat,
     parse, parse_owned, parse_with,
 };

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
+use crate::analysis::AnalysisRun;
 use crate::api::{
     Check, CheckStatus, CheckVerdict, DriftMethod, DriftStatus, FeatureDrift,
     MultipleTestingCorrection, QualityMetric,
 };
-use crate::rollout::AnalysisRun;
 
 use super::drift;
 use super::error_rate::{self, Counts, SequentialConfig};

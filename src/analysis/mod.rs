@@ -10,4 +10,7 @@ pub mod histogram;
 pub mod multiple_testing;
 pub mod pods;
 pub mod quality;
+mod run;
 pub mod window;
+
+pub use run::AnalysisRun;

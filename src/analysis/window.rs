@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::api::presets::{Names, Traffic};
-use crate::metrics::parse::{MetricType, OwnedSample, Sample as BorrowedSample};
+use crate::exposition::{MetricType, OwnedSample, Sample as BorrowedSample};
 
 /// Whether a sample only grows while its process lives: counters, histogram
 /// buckets and counts, summary counts (and untyped series, which cannot be
@@ -406,7 +406,7 @@ mod tests {
         OwnedSample {
             family: name.into(),
             name: name.into(),
-            kind: crate::metrics::parse::MetricType::Unknown,
+            kind: crate::exposition::MetricType::Unknown,
             labels: labels
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -471,7 +471,7 @@ mod tests {
 
     #[test]
     fn a_falling_sum_or_gauge_is_not_a_restart() {
-        use crate::metrics::parse::MetricType;
+        use crate::exposition::MetricType;
         let typed = |name: &str, kind: MetricType, value: f64| OwnedSample {
             kind,
             ..s(name, &[], value)

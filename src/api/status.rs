@@ -142,6 +142,18 @@ pub struct CanaryStatus {
     pub promoting: bool,
 }
 
+impl CanaryStatus {
+    /// The revision this canary rolls out.
+    pub fn revision_status(&self) -> RevisionStatus {
+        RevisionStatus {
+            revision: self.revision,
+            version: self.version.clone(),
+            image: self.image.clone(),
+            hash: self.hash.clone(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PauseReason {
     /// A `pause` step without a duration.

@@ -14,15 +14,15 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
+use crate::analysis::AnalysisRun;
 use crate::analysis::checks::{self, Judge, Reference};
 use crate::analysis::error_rate::SequentialConfig;
 use crate::analysis::window::{CounterWindow, SeriesKey, VariantData};
 use crate::api::{Check, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec, labels};
-use crate::metrics::parse::{self, FamilyFilter, Options, OwnedSample};
+use crate::exposition::{self, FamilyFilter, Options, OwnedSample};
 use crate::metrics::prometheus::{self as prom, PromClient, RevisionSelector};
 use crate::metrics::scrape::Target;
 use crate::resources::deployment_name;
-use crate::rollout::AnalysisRun;
 
 use super::Context;
 
@@ -158,7 +158,7 @@ async fn scrape_into(
             }
         };
         let mut samples = Vec::new();
-        match parse::parse_with(&text, filter, &Options::default(), |s| samples.push(s)) {
+        match exposition::parse_with(&text, filter, &Options::default(), |s| samples.push(s)) {
             Ok(_) => {
                 window.observe(&target.pod_uid, start, &samples);
                 latest.extend(

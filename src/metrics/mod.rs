@@ -1,6 +1,5 @@
 //! Reading the serving pods (I/O): scraping their `/metrics` endpoints, or
 //! querying the Prometheus the operator is configured with.
 
-pub mod parse;
 pub mod prometheus;
 pub mod scrape;

@@ -10,15 +10,6 @@ use crate::api::{
 
 use super::{Draft, NoteKind, ROLLED_BACK, available, record_run, weights};
 
-pub(super) fn revision_of(c: &CanaryStatus) -> RevisionStatus {
-    RevisionStatus {
-        revision: c.revision,
-        version: c.version.clone(),
-        image: c.image.clone(),
-        hash: c.hash.clone(),
-    }
-}
-
 /// Move the rollout of `target` on as far as the observations allow.
 pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &RevisionStatus) {
     let input = d.input;
@@ -158,9 +149,9 @@ fn start(
     replace: bool,
 ) -> CanaryStatus {
     if let Some(old) = superseded {
-        keep_capacity_while_draining(d, &revision_of(&old), stable);
+        keep_capacity_while_draining(d, &old.revision_status(), stable);
         d.history(
-            &revision_of(&old),
+            &old.revision_status(),
             Outcome::Superseded,
             format!("revision {} arrived before it finished", target.revision),
         );
@@ -386,7 +377,7 @@ fn ready_to_promote(d: &mut Draft<'_>, rollout: &RolloutSpec) -> bool {
 }
 
 fn promote(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionStatus, judged: bool) {
-    let new = revision_of(c);
+    let new = c.revision_status();
     let (outcome, reason) = if judged {
         (
             Outcome::Promoted,
@@ -427,7 +418,7 @@ fn promote(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionStatus, judged:
 
 /// Canary traffic to zero at once; the stable revision serves everything.
 pub(super) fn roll_back(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionStatus, why: String) {
-    let rev = revision_of(c);
+    let rev = c.revision_status();
     d.history(&rev, Outcome::RolledBack, why.clone());
     d.note(
         NoteKind::Warning,

@@ -27,8 +27,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+pub use crate::analysis::AnalysisRun;
 use crate::api::{
-    AnalysisStatus, CheckStatus, CheckVerdict, HistoryEntry, InvalidSpec, ModelDeploymentSpec,
+    AnalysisStatus, CheckVerdict, HistoryEntry, InvalidSpec, ModelDeploymentSpec,
     ModelDeploymentStatus, Outcome, Phase, RevisionStatus, ValidSpec,
 };
 use crate::resources::{RevisionWorkload, revision_hash};
@@ -50,61 +51,6 @@ pub struct ObservedRevision {
 
 /// Owned Deployments by revision hash.
 pub type Observed = BTreeMap<String, ObservedRevision>;
-
-/// One analysis run: every check's verdict at one moment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AnalysisRun {
-    pub at: Timestamp,
-    pub checks: Vec<CheckStatus>,
-    /// Evidence strong enough to roll back without waiting for `failureLimit`
-    /// runs in a row (see docs/statistics.md).
-    pub decisive: bool,
-    /// Per-feature input drift seen by this run, if an input drift check ran.
-    pub drift: Option<crate::api::DriftStatus>,
-    /// The A/B objective compared between the variants (strategy abTest).
-    pub ab: Option<crate::analysis::abtest::Comparison>,
-}
-
-impl AnalysisRun {
-    /// Fail if any check fails, Inconclusive if any lacks data, else Pass.
-    pub fn verdict(&self) -> CheckVerdict {
-        if self.checks.iter().any(|c| c.verdict == CheckVerdict::Fail) {
-            CheckVerdict::Fail
-        } else if self
-            .checks
-            .iter()
-            .any(|c| c.verdict == CheckVerdict::Inconclusive)
-        {
-            CheckVerdict::Inconclusive
-        } else {
-            CheckVerdict::Pass
-        }
-    }
-
-    /// The failing checks, for a person: `errors: 0.05 > 0.01 (3000 samples)`.
-    pub fn failures(&self) -> String {
-        self.checks
-            .iter()
-            .filter(|c| c.verdict == CheckVerdict::Fail)
-            .map(describe_check)
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
-fn describe_check(c: &CheckStatus) -> String {
-    let mut s = c.name.clone();
-    match (c.value, c.threshold) {
-        (Some(v), Some(t)) => s.push_str(&format!(": value {v:.4} vs threshold {t:.4}")),
-        (Some(v), None) => s.push_str(&format!(": value {v:.4}")),
-        _ => {}
-    }
-    s.push_str(&format!(" ({} samples)", c.samples));
-    if let Some(m) = c.message.as_deref().filter(|m| !m.is_empty()) {
-        s.push_str(&format!(", {m}"));
-    }
-    s
-}
 
 /// Everything the decision depends on.
 pub struct Input<'a> {
@@ -238,7 +184,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
         Some(stable) if stable.hash == hash => {
             if let Some(c) = d.status.canary.take() {
                 // The spec went back to the stable revision mid-rollout.
-                let abandoned = canary::revision_of(&c);
+                let abandoned = c.revision_status();
                 d.history(
                     &abandoned,
                     Outcome::Superseded,
@@ -442,7 +388,7 @@ fn summarize(d: &mut Draft<'_>, target: &RevisionStatus) {
     let old_phase = d.input.status.phase;
 
     let (phase, message) = if let Some(c) = d.status.canary.clone() {
-        let c_rev = canary::revision_of(&c);
+        let c_rev = c.revision_status();
         let progressing = format!(
             "revision {} (version {}) is rolling out",
             c.revision, c.version

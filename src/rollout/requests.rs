@@ -216,7 +216,7 @@ fn rollback_to(d: &mut Draft<'_>, revision: i64, target: &RevisionStatus) -> (No
     };
     if let Some(c) = d.status.canary.take() {
         d.history(
-            &canary::revision_of(&c),
+            &c.revision_status(),
             crate::api::Outcome::RolledBack,
             format!("rolled back to revision {revision} by request"),
         );

@@ -166,7 +166,7 @@ pub fn workloads(
         push(s, n);
     }
     if let Some(c) = &status.canary {
-        push(&super::canary::revision_of(c), canary_replicas(spec, c));
+        push(&c.revision_status(), canary_replicas(spec, c));
     }
     if let Some(dr) = &status.draining {
         push(dr, draining_replicas(spec, status, observed));
