@@ -45,6 +45,9 @@ pub struct Behaviour {
     pub bias: f64,
     /// Seed of the error-injection stream, so tests are repeatable.
     pub seed: u64,
+    /// Serve `POST /fault {"errorRate": x}`, which changes the error rate of
+    /// the running server: a version that turns bad after it was promoted.
+    pub allow_faults: bool,
 }
 
 impl Default for Behaviour {
@@ -59,6 +62,7 @@ impl Default for Behaviour {
             weights: vec![0.8, -0.5, 0.3, 0.1],
             bias: 0.0,
             seed: 1,
+            allow_faults: false,
         }
     }
 }
@@ -131,6 +135,8 @@ impl Metrics {
 
 struct Server {
     behaviour: Behaviour,
+    /// The error rate now (f64 bits): the behaviour's, until a fault changes it.
+    error_rate: AtomicU64,
     metrics: Metrics,
     started: Instant,
     served: AtomicU64,
@@ -172,19 +178,42 @@ pub struct Feedback {
 
 pub fn router(behaviour: Behaviour) -> Router {
     let seed = behaviour.seed;
+    let allow_faults = behaviour.allow_faults;
     let state = Arc::new(Server {
+        error_rate: AtomicU64::new(behaviour.error_rate.to_bits()),
         behaviour,
         metrics: Metrics::new(),
         started: Instant::now(),
         served: AtomicU64::new(0),
         rng: AtomicU64::new(seed),
     });
-    Router::new()
+    let router = Router::new()
         .route("/predict", post(predict))
         .route("/feedback", post(feedback))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+        .route("/metrics", get(metrics));
+    let router = if allow_faults {
+        router.route("/fault", post(fault))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// A fault injected into a running server.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    pub error_rate: f64,
+}
+
+async fn fault(State(s): State<Arc<Server>>, axum::Json(f): axum::Json<Fault>) -> StatusCode {
+    if !(0.0..=1.0).contains(&f.error_rate) {
+        return StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    tracing::warn!(error_rate = f.error_rate, "fault injected");
+    s.error_rate.store(f.error_rate.to_bits(), Ordering::SeqCst);
+    StatusCode::NO_CONTENT
 }
 
 async fn predict(
@@ -207,7 +236,8 @@ async fn predict(
             .with_label_values(&[&format!("f{i}")])
             .observe(*x);
     }
-    let failed = b.error_rate > 0.0 && s.next_unit() < b.error_rate;
+    let error_rate = f64::from_bits(s.error_rate.load(Ordering::SeqCst));
+    let failed = error_rate > 0.0 && s.next_unit() < error_rate;
     let response = if failed {
         s.metrics.requests.with_label_values(&["500"]).inc();
         (StatusCode::INTERNAL_SERVER_ERROR, "injected failure").into_response()

@@ -43,6 +43,9 @@ enum Command {
         /// Seconds before /healthz reports ready.
         #[arg(long, env = "SLOW_START_SECONDS", default_value_t = 0)]
         slow_start_seconds: u64,
+        /// Serve POST /fault {"errorRate": x} to make the running server bad.
+        #[arg(long, env = "ALLOW_FAULTS")]
+        allow_faults: bool,
     },
     /// Send steady traffic (and feedback labels) to a model service.
     Load {
@@ -75,6 +78,7 @@ async fn main() -> ExitCode {
             prediction_shift,
             crash_after,
             slow_start_seconds,
+            allow_faults,
         } => {
             if !(0.0..=1.0).contains(&error_rate) {
                 eprintln!("--error-rate must be within 0..1, got {error_rate}");
@@ -87,6 +91,7 @@ async fn main() -> ExitCode {
                 prediction_shift,
                 crash_after,
                 slow_start: Duration::from_secs(slow_start_seconds),
+                allow_faults,
                 ..Default::default()
             };
             let stop = async {

@@ -1,0 +1,635 @@
+//! Rollout stories on a real API server: the real CRD, the real Deployment
+//! and ReplicaSet controllers, the operator binary under the chart's RBAC,
+//! and the test kubelet running the demo model server as processes. Every
+//! story asserts what the pods run (image, env, the version each process
+//! answers with) and that available pods never fall below `spec.replicas`,
+//! not only what `status` says.
+//!
+//! What only this tier proves (the fake API server cannot): a revision's
+//! pods are made by the ReplicaSet controller from the Deployment's template,
+//! so a template rewritten by the operator shows up as pods running the wrong
+//! version; availability comes from kubelet readiness through ReplicaSet and
+//! Deployment status; the operator's RBAC is the chart's.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use modeldeploy::api::ModelDeployment;
+use serde_json::{Value, json};
+use support::envtest::{ControlPlane, control_plane, poll};
+use support::kubelet::{LoadHandle, LoadOptions, RunningPod};
+use support::real_operator::{OperatorOptions, RealOperator};
+
+/// Generous: CI machines are loaded. Nothing asserts on speed.
+const WAIT: Duration = Duration::from_secs(180);
+const NAME: &str = "scorer";
+/// Env switches of the demo server that make a version bad on purpose.
+const SWITCHES: [&str; 4] = ["ERROR_RATE", "PREDICTION_SHIFT", "CRASH_AFTER", "LATENCY_MS"];
+
+/// One story: a namespace, the operator watching it, and a load like a
+/// Service's on the model's Ready pods.
+struct Story {
+    cp: &'static ControlPlane,
+    ns: String,
+    op: RealOperator,
+    api: Api<ModelDeployment>,
+    replicas: i32,
+    /// What each version's pods must run: the switches in their env.
+    revisions: BTreeMap<String, Vec<(String, String)>>,
+    load: Option<LoadHandle>,
+    capacity: Capacity,
+}
+
+/// The fewest Ready model pods seen since `armed`, sampled from the kubelet.
+#[derive(Clone)]
+struct Capacity {
+    armed: Arc<AtomicBool>,
+    fewest: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Capacity {
+    fn watch(cp: &'static ControlPlane, ns: &str) -> Self {
+        let c = Capacity {
+            armed: Arc::new(AtomicBool::new(false)),
+            fewest: Arc::new(AtomicI64::new(i64::MAX)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (me, ns) = (c.clone(), ns.to_string());
+        std::thread::spawn(move || {
+            while !me.stop.load(Ordering::SeqCst) {
+                if me.armed.load(Ordering::SeqCst) {
+                    let ready = serving(cp, &ns).len() as i64;
+                    me.fewest.fetch_min(ready, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        c
+    }
+
+    fn fewest(&self) -> i64 {
+        self.fewest.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Story {
+    fn drop(&mut self) {
+        self.capacity.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The model's Ready pods with a process: what the Service sends traffic to.
+fn serving(cp: &ControlPlane, ns: &str) -> Vec<RunningPod> {
+    cp.kubelet()
+        .running(ns)
+        .into_iter()
+        .filter(|p| p.ready && !p.status_only)
+        .filter(|p| p.labels.get("modeldeploy.io/name").map(String::as_str) == Some(NAME))
+        .collect()
+}
+
+fn image(version: &str) -> String {
+    format!("modeldeploy-demo:{version}")
+}
+
+fn env_list(env: &[(&str, &str)]) -> Value {
+    Value::Array(
+        env.iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect(),
+    )
+}
+
+/// The model part of the spec for `version` with these switches.
+fn model(version: &str, env: &[(&str, &str)]) -> Value {
+    json!({
+        "version": version,
+        "image": image(version),
+        "command": ["/usr/local/bin/modeldeploy-demo"],
+        "args": ["serve"],
+        "port": 8080,
+        "env": env_list(env),
+    })
+}
+
+fn canary(checks: Value, steps: Value) -> Value {
+    json!({
+        "strategy": "canary",
+        "steps": steps,
+        "scaleDownDelay": "2s",
+        "progressDeadline": "2m",
+        "analysis": {
+            "interval": "2s",
+            "failureLimit": 2,
+            "inconclusiveLimit": 4,
+            "minSamples": 40,
+            "checks": checks,
+            "restarts": {"max": 1},
+        },
+    })
+}
+
+fn errors_check() -> Value {
+    json!([{"name": "errors", "errorRate": {"max": 0.01}}])
+}
+
+fn two_steps() -> Value {
+    json!([{"setWeight": 25}, {"analysis": {"passes": 2}}, {"setWeight": 50}, {"analysis": {}}])
+}
+
+impl Story {
+    /// v1 of the model, stable and serving under load, with `rollout` and
+    /// `extra` spec fields.
+    async fn stable(prefix: &str, replicas: i32, rollout: Value, extra: Value) -> Option<Story> {
+        let cp = control_plane()?;
+        cp.install_crds().await;
+        let ns = cp.namespace(prefix).await;
+        let op = RealOperator::start(cp, OperatorOptions::watching(&[&ns])).await?;
+        op.wait_ready(WAIT).await;
+        let api: Api<ModelDeployment> = Api::namespaced(cp.admin().await, &ns);
+        let mut manifest = json!({
+            "apiVersion": "modeldeploy.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": NAME, "namespace": ns},
+            "spec": {
+                "model": model("1.0.0", &[]),
+                "replicas": replicas,
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                              "limits": {"cpu": "1", "memory": "256Mi"}},
+                "rollout": rollout,
+            }
+        });
+        if let (Some(spec), Some(more)) = (manifest["spec"].as_object_mut(), extra.as_object()) {
+            spec.extend(more.clone());
+        }
+        let md: ModelDeployment = serde_json::from_value(manifest).unwrap();
+        api.create(&PostParams::default(), &md).await.unwrap();
+        let capacity = Capacity::watch(cp, &ns);
+        let mut story = Story {
+            cp,
+            ns,
+            op,
+            api,
+            replicas,
+            revisions: BTreeMap::from([("1.0.0".to_string(), vec![])]),
+            load: None,
+            capacity,
+        };
+        story.until("v1 stable", |s| s["phase"] == "Stable").await;
+        story.wait_for_pods(&["1.0.0"]).await;
+        story.capacity.armed.store(true, Ordering::SeqCst);
+        story.start_load(LoadOptions::rps(40.0)).await;
+        Some(story)
+    }
+
+    async fn start_load(&mut self, options: LoadOptions) {
+        self.load = None;
+        let selector = BTreeMap::from([("modeldeploy.io/name".to_string(), NAME.to_string())]);
+        self.load = Some(
+            self.cp
+                .kubelet()
+                .load_with(&self.ns, &selector, options)
+                .await,
+        );
+    }
+
+    /// Change the spec to `version` with these switches, as `kubectl apply` would.
+    async fn release(&mut self, version: &str, env: &[(&str, &str)]) {
+        self.revisions.insert(
+            version.to_string(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self.api
+            .patch(
+                NAME,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"model": model(version, env)}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn status(&self) -> Value {
+        let md = self.api.get(NAME).await.unwrap();
+        serde_json::to_value(md.status.unwrap_or_default()).unwrap()
+    }
+
+    async fn until(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = self.status().await;
+            if check(&s) {
+                return s;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.op.print_log_tail(60);
+                panic!("timed out waiting for {what}; status: {s:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every serving pod runs the revision its labels name: its image, its
+    /// `MODEL_VERSION`, exactly its revision's switches, and the version its
+    /// process answers with.
+    fn assert_pods_run_their_revisions(&self) {
+        let answered = self.load.as_ref().map(|l| l.stats().answers);
+        for pod in serving(self.cp, &self.ns) {
+            let version = pod.labels["modeldeploy.io/version"].clone();
+            let Some(switches) = self.revisions.get(&version) else {
+                panic!("pod {} runs version {version}, never released", pod.name);
+            };
+            assert_eq!(pod.image, image(&version), "pod {}", pod.name);
+            assert_eq!(
+                pod.env.get("MODEL_VERSION"),
+                Some(&version),
+                "pod {} is labelled {version}",
+                pod.name
+            );
+            for key in SWITCHES {
+                let want = switches.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+                assert_eq!(
+                    pod.env.get(key),
+                    want,
+                    "pod {} (version {version}) env {key}",
+                    pod.name
+                );
+            }
+            if let Some(by_pod) = answered.as_ref().and_then(|a| a.get(&pod.name)) {
+                assert!(
+                    by_pod.keys().all(|v| *v == version),
+                    "pod {} labelled {version} answered as {by_pod:?}",
+                    pod.name
+                );
+            }
+        }
+    }
+
+    /// Until the serving pods are exactly `replicas` pods of `versions`.
+    async fn wait_for_pods(&self, versions: &[&str]) -> Vec<RunningPod> {
+        let (cp, ns, replicas) = (self.cp, self.ns.clone(), self.replicas);
+        poll(&format!("{replicas} Ready pods of {versions:?}"), WAIT, || {
+            let pods = serving(cp, &ns);
+            let only = pods.iter().all(|p| {
+                versions.contains(&p.labels["modeldeploy.io/version"].as_str())
+            });
+            let ready = only && pods.len() == replicas as usize;
+            async move { ready.then_some(pods) }
+        })
+        .await
+    }
+
+    async fn deployment_of(&self, version: &str) -> Deployment {
+        let api: Api<Deployment> = Api::namespaced(self.cp.admin().await, &self.ns);
+        let list = api.list(&ListParams::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .find(|d| {
+                d.metadata.labels.as_ref().and_then(|l| l.get("modeldeploy.io/version"))
+                    == Some(&version.to_string())
+            })
+            .unwrap_or_else(|| panic!("no Deployment for {version}"))
+    }
+
+    /// The pod template of `version`'s Deployment, as stored JSON.
+    async fn template_of(&self, version: &str) -> String {
+        let d = self.deployment_of(version).await;
+        serde_json::to_string(&d.spec.unwrap().template).unwrap()
+    }
+
+    fn assert_capacity_kept(&self) {
+        let fewest = self.capacity.fewest();
+        assert!(
+            fewest >= i64::from(self.replicas),
+            "only {fewest} Ready pods at one point, with replicas {}",
+            self.replicas
+        );
+    }
+
+    async fn events(&self, reason: &str) -> Vec<String> {
+        let api: Api<Event> = Api::namespaced(self.cp.admin().await, &self.ns);
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.note.unwrap_or_default())
+            .collect()
+    }
+}
+
+fn history(s: &Value) -> Vec<String> {
+    s["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| h["outcome"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// After a rollback: v1 serves with all its pods, as before, and nothing of
+/// v2 serves; v1's Deployment template is the one it had before the bump.
+async fn assert_rolled_back_to_v1(story: &Story, v1_template: &str) {
+    let s = story.until("rolled back", |s| s["phase"] == "RolledBack").await;
+    assert_eq!(s["stable"]["version"], "1.0.0", "{s:#}");
+    assert_eq!(s["rolledBack"]["version"], "2.0.0", "{s:#}");
+    assert_eq!(history(&s), ["Deployed", "RolledBack"]);
+    let pods = story.wait_for_pods(&["1.0.0"]).await;
+    assert_eq!(pods.len(), story.replicas as usize);
+    story.assert_pods_run_their_revisions();
+    assert_eq!(
+        story.template_of("1.0.0").await,
+        v1_template,
+        "v1's Deployment template changed"
+    );
+    let v2 = story.deployment_of("2.0.0").await;
+    assert_eq!(v2.spec.unwrap().replicas, Some(0));
+    story.assert_capacity_kept();
+    // What clients get now: v1 answers only.
+    let before = story.load.as_ref().unwrap().stats().by_version();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = story.load.as_ref().unwrap().stats().by_version();
+    assert_eq!(
+        after.get("2.0.0"),
+        before.get("2.0.0"),
+        "v2 still answers after the rollback"
+    );
+    assert!(after.get("1.0.0") > before.get("1.0.0"), "v1 serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_canary_is_promoted_and_every_pod_runs_its_revision() {
+    let Some(mut story) =
+        Story::stable("promote", 4, canary(errors_check(), two_steps()), json!({})).await
+    else {
+        return;
+    };
+    let v1_template = story.template_of("1.0.0").await;
+    story.release("2.0.0", &[]).await;
+    // Mid-rollout both revisions serve, each from its own template.
+    story
+        .until("the canary takes traffic", |s| {
+            s["canary"]["weight"].as_i64().unwrap_or(0) > 0
+        })
+        .await;
+    story.assert_pods_run_their_revisions();
+    assert_eq!(
+        story.template_of("1.0.0").await,
+        v1_template,
+        "the stable revision's Deployment was rewritten by the version bump"
+    );
+    let s = story
+        .until("v2 promoted", |s| {
+            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
+        })
+        .await;
+    assert_eq!(history(&s), ["Deployed", "Promoted"]);
+    story.wait_for_pods(&["2.0.0"]).await;
+    story.assert_pods_run_their_revisions();
+    story.assert_capacity_kept();
+    assert_eq!(story.template_of("1.0.0").await, v1_template);
+    // Each revision is stored once, owned by the ModelDeployment.
+    let stored: Api<ControllerRevision> = Api::namespaced(story.cp.admin().await, &story.ns);
+    let mut revisions: Vec<i64> = stored
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| r.revision)
+        .collect();
+    revisions.sort();
+    assert_eq!(revisions, [1, 2]);
+    assert_eq!(story.events("Promoted").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_errors_is_rolled_back_and_stable_runs_the_old_version() {
+    let Some(mut story) = Story::stable(
+        "errors",
+        4,
+        canary(errors_check(), json!([{"setWeight": 25}, {"pause": {}}])),
+        json!({}),
+    )
+    .await
+    else {
+        return;
+    };
+    let v1_template = story.template_of("1.0.0").await;
+    story.release("2.0.0", &[("ERROR_RATE", "0.05")]).await;
+    story
+        .until("the canary takes traffic", |s| {
+            s["canary"]["weight"].as_i64().unwrap_or(0) > 0
+        })
+        .await;
+    story.assert_pods_run_their_revisions();
+    assert_rolled_back_to_v1(&story, &v1_template).await;
+    let s = story.status().await;
+    let reason = s["history"][1]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("errors"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_canary_is_rolled_back_without_touching_stable() {
+    let Some(mut story) = Story::stable(
+        "crash",
+        4,
+        canary(errors_check(), two_steps()),
+        json!({}),
+    )
+    .await
+    else {
+        return;
+    };
+    let v1_template = story.template_of("1.0.0").await;
+    story.release("2.0.0", &[("CRASH_AFTER", "0")]).await;
+    assert_rolled_back_to_v1(&story, &v1_template).await;
+    let s = story.status().await;
+    let reason = s["history"][1]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("restarts"), "{reason}");
+    // No v1 pod was ever started with v2's template.
+    for pod in story.cp.kubelet().pods(&story.ns) {
+        for launch in story.cp.kubelet().launches(&story.ns, &pod.name) {
+            if pod.labels["modeldeploy.io/version"] == "1.0.0" {
+                assert_eq!(launch.env.get("MODEL_VERSION").map(String::as_str), Some("1.0.0"));
+                assert!(!launch.env.contains_key("CRASH_AFTER"), "{launch:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_with_shifted_predictions_is_rolled_back() {
+    let checks = json!([
+        {"name": "errors", "errorRate": {"max": 0.01}},
+        {"name": "outputs", "predictionDrift": {"method": "js", "max": 0.1}}
+    ]);
+    let Some(mut story) = Story::stable("shift", 4, canary(checks, two_steps()), json!({})).await
+    else {
+        return;
+    };
+    let v1_template = story.template_of("1.0.0").await;
+    story.release("2.0.0", &[("PREDICTION_SHIFT", "3")]).await;
+    assert_rolled_back_to_v1(&story, &v1_template).await;
+    let s = story.status().await;
+    let reason = s["history"][1]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("outputs"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_without_metrics_pauses_and_both_revisions_keep_their_pods() {
+    let Some(mut story) =
+        Story::stable("nodata", 4, canary(errors_check(), two_steps()), json!({})).await
+    else {
+        return;
+    };
+    // No traffic: the pods have no requests to report.
+    story.load = None;
+    story.release("2.0.0", &[]).await;
+    let s = story
+        .until("paused for lack of data", |s| s["phase"] == "Paused")
+        .await;
+    assert_eq!(s["canary"]["paused"], "Inconclusive", "{s:#}");
+    assert_eq!(s["stable"]["version"], "1.0.0");
+    story.wait_for_pods(&["1.0.0", "2.0.0"]).await;
+    let pods = serving(story.cp, &story.ns);
+    let by_version = |v: &str| {
+        pods.iter()
+            .filter(|p| p.labels["modeldeploy.io/version"] == v)
+            .count()
+    };
+    assert_eq!((by_version("1.0.0"), by_version("2.0.0")), (3, 1));
+    story.assert_pods_run_their_revisions();
+    story.assert_capacity_kept();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_rolls_back_a_promoted_revision_that_turns_bad() {
+    let guard = json!({"guard": {"window": "10m", "interval": "2s", "failureLimit": 2,
+                                 "checks": [{"name": "errors", "errorRate": {"max": 0.01}}]}});
+    let Some(mut story) = Story::stable(
+        "guard",
+        2,
+        canary(errors_check(), json!([{"setWeight": 50}, {"analysis": {"passes": 2}}])),
+        guard,
+    )
+    .await
+    else {
+        return;
+    };
+    let v1_template = story.template_of("1.0.0").await;
+    story.release("2.0.0", &[("ALLOW_FAULTS", "true")]).await;
+    story
+        .until("v2 promoted and guarded", |s| {
+            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0" && s["guard"]["revision"] == 2
+        })
+        .await;
+    let pods = story.wait_for_pods(&["2.0.0"]).await;
+    // The promoted version turns bad in production.
+    let http = modeldeploy::http_client_builder().build().unwrap();
+    for pod in &pods {
+        let r = http
+            .post(format!("{}/fault", pod.url()))
+            .json(&json!({"errorRate": 0.3}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let s = story.until("rolled back by the guard", |s| s["phase"] == "RolledBack").await;
+    assert_eq!(s["stable"]["version"], "1.0.0");
+    assert_eq!(history(&s), ["Deployed", "Promoted", "RolledBack"]);
+    story.wait_for_pods(&["1.0.0"]).await;
+    story.assert_pods_run_their_revisions();
+    assert_eq!(story.template_of("1.0.0").await, v1_template);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_rollout_finishes_it_once() {
+    let steps = json!([{"setWeight": 25}, {"analysis": {"passes": 2}},
+                       {"setWeight": 50}, {"analysis": {"passes": 2}}]);
+    let Some(mut story) = Story::stable("kill", 4, canary(errors_check(), steps), json!({})).await
+    else {
+        return;
+    };
+    story.release("2.0.0", &[]).await;
+    let mut seen = Vec::new();
+    for step in 1..=3 {
+        story
+            .until(&format!("step {step}"), |s| {
+                s["canary"]["step"].as_i64().unwrap_or(0) >= step
+            })
+            .await;
+        story.op.kill();
+        seen.push(story.status().await["canary"]["step"].clone());
+        story.op.restart();
+        story.op.wait_ready(WAIT).await;
+    }
+    let s = story
+        .until("v2 promoted", |s| {
+            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
+        })
+        .await;
+    assert_eq!(history(&s), ["Deployed", "Promoted"], "seen steps {seen:?}");
+    assert_eq!(story.events("Promoted").await.len(), 1);
+    assert_eq!(story.events("RolloutStarted").await.len(), 1);
+    let steps = story.events("StepCompleted").await;
+    for i in 1..=4 {
+        let n = steps
+            .iter()
+            .filter(|m| m.contains(&format!("step {i}/4 done")))
+            .count();
+        assert_eq!(n, 1, "step {i} completed {n} times: {steps:#?}");
+    }
+    story.wait_for_pods(&["2.0.0"]).await;
+    story.assert_pods_run_their_revisions();
+    story.assert_capacity_kept();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_runs_one_pod_of_each_revision_and_never_none() {
+    let Some(mut story) = Story::stable(
+        "one",
+        1,
+        canary(errors_check(), json!([{"setWeight": 10}, {"pause": {}}])),
+        json!({}),
+    )
+    .await
+    else {
+        return;
+    };
+    story.release("2.0.0", &[]).await;
+    let s = story
+        .until("paused at the step with one pod each", |s| {
+            s["phase"] == "Paused" && s["canary"]["weight"] == 50
+        })
+        .await;
+    assert_eq!(s["canary"]["setWeight"], 10);
+    let pods = serving(story.cp, &story.ns);
+    let versions: Vec<&str> = pods
+        .iter()
+        .map(|p| p.labels["modeldeploy.io/version"].as_str())
+        .collect();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert!(versions.contains(&"1.0.0") && versions.contains(&"2.0.0"));
+    story.assert_pods_run_their_revisions();
+    story.assert_capacity_kept();
+
+    // A next version that never becomes ready leaves the one stable pod alone.
+    story.release("3.0.0", &[("CRASH_AFTER", "0")]).await;
+    story.until("v3 rolled back", |s| s["phase"] == "RolledBack").await;
+    story.wait_for_pods(&["1.0.0"]).await;
+    story.assert_pods_run_their_revisions();
+    story.assert_capacity_kept();
+}
