@@ -1,7 +1,10 @@
 //! Shared test support: the fake API server and story helpers.
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
+pub mod envtest;
 pub mod fake_apiserver;
+pub mod kubelet;
+pub mod real_operator;
 pub mod story;
 pub mod tools;
 
