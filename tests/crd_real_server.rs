@@ -15,7 +15,9 @@
 //!   (server-side dry-run creates);
 //! - the HTTPRoutes the operator renders (weighted canary, header-matched
 //!   A/B) are applied to the Gateway API v1.6.1 CRDs and read back into the
-//!   operator's own types.
+//!   operator's own types; and the operator itself (in process, under the
+//!   chart's RBAC) reconciles a `gatewayAPI` ModelDeployment to Stable without
+//!   a failure, and rewrites nothing at rest.
 //!
 //! Skipped with one `SKIPPED:` line without `KUBEBUILDER_ASSETS`.
 
@@ -24,18 +26,20 @@ mod schema;
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
-use modeldeploy::api::{HttpMatch, ModelDeployment};
+use modeldeploy::api::{HttpMatch, ModelDeployment, Phase};
 use modeldeploy::resources::APPLIED_HASH;
 use modeldeploy::resources::gateway::{HTTPRoute, http_route};
 use serde_json::{Value, json};
 
-use schema::{example_model_deployments, invalid_cases};
-use support::envtest::control_plane;
+use schema::{example, example_model_deployments, invalid_cases};
+use support::envtest::{control_plane, poll};
+use support::real_operator::{OperatorOptions, in_process};
 
 /// `kube-apiserver`'s `StaticEstimatedCostLimit`: the most one rule may be
 /// estimated to cost, times the number of times it can run.
@@ -397,4 +401,109 @@ async fn rendered_http_routes_round_trip_through_the_gateway_api_crds() {
             "{what}: re-applying the same route wrote a new version"
         );
     }
+}
+
+/// Reconcile failures the operator counted so far, all categories.
+fn reconcile_failures(metrics: &modeldeploy::telemetry::Metrics) -> u64 {
+    metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name().ends_with("reconcile_failures_total"))
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// What failed on a real cluster before the route types were tolerant: each
+/// reconcile of a `gatewayAPI` ModelDeployment read its HTTPRoute back and
+/// could not decode it (`missing field 'headers'`). Now the operator routes,
+/// the ModelDeployment becomes Stable, and a reconcile at rest writes nothing
+/// to the route although the server added its defaults to it.
+#[tokio::test]
+async fn the_operator_reconciles_a_gateway_api_model_deployment_without_failures() {
+    const WAIT: Duration = Duration::from_secs(90);
+    let Some(cp) = control_plane() else { return };
+    cp.install_crds().await;
+    if !cp.install_gateway_api().await {
+        return;
+    }
+    let ns = cp.namespace("gateway-operator").await;
+    let Some(operator) = in_process(cp, OperatorOptions::watching(&[&ns])).await else {
+        return;
+    };
+    let client = cp.admin().await;
+    let mut object = example();
+    object["metadata"]["namespace"] = json!(ns);
+    object["spec"]["replicas"] = json!(1);
+    object["spec"]["rollout"]["traffic"] = json!({"router": "gatewayAPI", "gatewayAPI": {
+        "parentRefs": [{"name": "public", "namespace": "gateways"}],
+        "hostnames": ["scorer.example.com"]}});
+    let md: ModelDeployment = serde_json::from_value(object).unwrap();
+    let name = md.name_any();
+    let mds = Api::<ModelDeployment>::namespaced(client.clone(), &ns);
+    mds.create(&PostParams::default(), &md).await.unwrap();
+    let routes: Api<HTTPRoute> = Api::namespaced(client, &ns);
+    let route = poll(
+        "a Stable ModelDeployment and its HTTPRoute",
+        WAIT,
+        || async {
+            let md = mds.get(&name).await.ok()?;
+            (md.status?.phase? == Phase::Stable).then_some(())?;
+            routes.get_opt(&name).await.ok().flatten()
+        },
+    )
+    .await;
+    let weights: Vec<_> = route.spec.rules[0]
+        .backend_refs
+        .iter()
+        .map(|b| (b.name.clone(), b.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        vec![
+            (format!("{name}-stable"), 100),
+            (format!("{name}-canary"), 0)
+        ]
+    );
+    assert_eq!(
+        route.spec.rules[0].matches[0]
+            .path
+            .as_ref()
+            .map(|p| p.value.as_str()),
+        Some("/"),
+        "the server's default is there"
+    );
+    assert_eq!(
+        reconcile_failures(&operator.metrics),
+        0,
+        "a reconcile failed"
+    );
+    // Poke the ModelDeployment: the reconciles that follow find the route as
+    // applied (same hash) and leave it alone.
+    let before = operator.metrics.reconciles.get();
+    mds.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"test.modeldeploy.io/poke": "1"}}})),
+    )
+    .await
+    .unwrap();
+    poll("a reconcile after the poke", WAIT, || async {
+        (operator.metrics.reconciles.get() > before).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = routes.get(&name).await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        route.resource_version(),
+        "the route was written again at rest"
+    );
+    assert_eq!(
+        reconcile_failures(&operator.metrics),
+        0,
+        "a reconcile failed"
+    );
+    operator.stop().await.expect("the operator stops cleanly");
 }
