@@ -307,6 +307,7 @@ fn bounded_inside(schema: &mut schemars::Schema) {
                 walk(v, false);
             }
         }
+        // `Option<T>` may wrap the field's own schema in `anyOf`: still the root.
         for key in ["anyOf", "oneOf", "allOf"] {
             if let Some(list) = obj.get_mut(key).and_then(|l| l.as_array_mut()) {
                 for v in list {
@@ -315,10 +316,12 @@ fn bounded_inside(schema: &mut schemars::Schema) {
             }
         }
     }
-    let mut value = schema.as_value().clone();
-    walk(&mut value, true);
-    if let Ok(bounded) = schemars::Schema::try_from(value) {
-        *schema = bounded;
+    if let Some(obj) = schema.as_object_mut() {
+        let mut node = serde_json::Value::Object(std::mem::take(obj));
+        walk(&mut node, true);
+        if let serde_json::Value::Object(bounded) = node {
+            *obj = bounded;
+        }
     }
 }
 
