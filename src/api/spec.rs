@@ -3,6 +3,46 @@
 //! What the API server can enforce lives here as schema bounds and CEL rules
 //! (`x-kubernetes-validations`); what it cannot (quantities compared, durations
 //! turned into numbers, raw pod fields) is checked by [`super::validate`].
+//!
+//! # Bounds
+//!
+//! The API server estimates the worst-case cost of every CEL rule when the CRD
+//! is created, from the largest value the schema allows, multiplied by how
+//! often the rule can run (the `maxItems` of the lists around it). A list,
+//! map or string without a bound is sized from the 3 MiB request limit, and a
+//! rule walking it (`isSorted()`, `exists_one()`, `matches()`) is then
+//! estimated far beyond the budget: Kubernetes 1.24 refused the CRD for that.
+//! So every list, map and string a user writes has a bound, chosen far above
+//! real use:
+//!
+//! | what | bound |
+//! | --- | --- |
+//! | `rollout.steps` | 64 items |
+//! | `analysis.checks`, `guard.checks` | 32 items |
+//! | `abTest.match` | 8 items, 16 headers and 16 cookies each, values 4096 |
+//! | `gatewayAPI.parentRefs`, `hostnames` | 16 items; names 253, kinds and namespaces 63 |
+//! | drift `features` | 1000 items of 256 |
+//! | check and version names, label values | 63 |
+//! | Kubernetes object names, ConfigMap keys | 253 |
+//! | `model.image` | 512 |
+//! | `storageUri` | 2048 |
+//! | `model.command` / `args` | 64 / 256 items of 4096 |
+//! | `model.env` | 256 items |
+//! | `resources.requests` / `limits` | 16 resources each |
+//! | `template` labels, annotations, node selector | 64 entries; label values 63, annotation values 262144 (the API server's own limit for all annotations) |
+//! | `template` tolerations, image pull secrets | 64 / 16 items |
+//! | raw `volumes`, `volumeMounts`, `topologySpreadConstraints` | 128 / 128 / 16 items |
+//! | durations | 32 |
+//! | metric names, error label | 256 / 128; error pattern 256; custom query 4096 |
+//! | inside core/v1 types (env vars, probes, tolerations) | lists 64 items, strings 32768 |
+//!
+//! Measured on a Kubernetes 1.36 API server (`tests/crd_real_server.rs` prints
+//! the table): the costliest rule, unique check names (quadratic in `checks`),
+//! is estimated at about 33,000 of the 10,000,000 a rule may cost; the check
+//! name and pause duration patterns at about 8,400 each (a rule's cost counts
+//! every list item it runs on); all rules together at about 73,000 of the
+//! CRD's 100,000,000. The test fails when any of them comes within 100x of
+//! its limit.
 
 use std::collections::BTreeMap;
 
@@ -107,14 +147,17 @@ pub struct ModelSpec {
 
     /// Entrypoint override.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
     pub command: Vec<String>,
 
     /// Arguments to the model server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
     pub args: Vec<String>,
 
     /// Environment variables of the model server container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), transform = bounded_inside)]
     pub env: Vec<EnvVar>,
 
     /// Where the model artefact lives; handed to the container as `MODEL_URI`.
@@ -133,10 +176,12 @@ fn default_model_port() -> i32 {
 pub struct ResourceSpec {
     /// Resources the scheduler reserves for each serving container.
     #[x_kube(validation = Rule::new("self.size() > 0").message("spec.resources.requests must name at least one resource"))]
+    #[schemars(transform = bounded_entries::<16>)]
     pub requests: BTreeMap<String, Quantity>,
     /// Upper bounds for each serving container; at least one is required so that a
     /// runaway model cannot starve its node.
     #[x_kube(validation = Rule::new("self.size() > 0").message("spec.resources.limits must name at least one resource"))]
+    #[schemars(transform = bounded_entries::<16>)]
     pub limits: BTreeMap<String, Quantity>,
 }
 
@@ -149,34 +194,45 @@ pub struct ResourceSpec {
 pub struct PodOverrides {
     /// Extra labels on the pods (the operator's own labels win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = bounded_map::<64, 63>)]
     pub labels: BTreeMap<String, String>,
     /// Extra annotations on the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = bounded_map::<64, 262144>)]
     pub annotations: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub service_account_name: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = bounded_map::<64, 63>)]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), transform = bounded_inside)]
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub priority_class_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub runtime_class_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub termination_grace_period_seconds: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), transform = bounded_inside)]
     pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Replaces the default readiness probe (a TCP connect to the model port,
     /// which every server answers; set an HTTP GET on the server's health path
     /// here to wait until the model is loaded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_inside)]
     pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_inside)]
     pub liveness_probe: Option<Probe>,
     /// Model loading is slow: a startup probe keeps liveness from killing a loading pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bounded_inside)]
     pub startup_probe: Option<Probe>,
     /// A core/v1 Affinity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,15 +240,15 @@ pub struct PodOverrides {
     pub affinity: Option<serde_json::Value>,
     /// core/v1 TopologySpreadConstraints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "raw_list")]
+    #[schemars(schema_with = "raw_list::<16>")]
     pub topology_spread_constraints: Option<serde_json::Value>,
     /// core/v1 Volumes added to the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "raw_list")]
+    #[schemars(schema_with = "raw_list::<128>")]
     pub volumes: Option<serde_json::Value>,
     /// core/v1 VolumeMounts added to the model container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "raw_list")]
+    #[schemars(schema_with = "raw_list::<128>")]
     pub volume_mounts: Option<serde_json::Value>,
     /// A core/v1 PodSecurityContext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,6 +260,71 @@ pub struct PodOverrides {
     pub security_context: Option<serde_json::Value>,
 }
 
+/// `maxProperties` on a string map, `maxLength` on its values.
+fn bounded_map<const ENTRIES: u64, const VALUE: u64>(schema: &mut schemars::Schema) {
+    schema.insert("maxProperties".into(), ENTRIES.into());
+    if let Some(values) = schema
+        .get_mut("additionalProperties")
+        .and_then(|v| v.as_object_mut())
+        .filter(|v| v.get("type").and_then(|t| t.as_str()) == Some("string"))
+    {
+        values.insert("maxLength".into(), VALUE.into());
+    }
+}
+
+/// `maxProperties` on a map whose values are not plain strings (quantities).
+fn bounded_entries<const ENTRIES: u64>(schema: &mut schemars::Schema) {
+    schema.insert("maxProperties".into(), ENTRIES.into());
+}
+
+/// Bounds inside a core/v1 type the operator does not define (env vars,
+/// probes, tolerations): lists below the field get `maxItems` 64 and strings
+/// `maxLength` 32768, unless already bounded. The field itself is bounded by
+/// its own attribute.
+fn bounded_inside(schema: &mut schemars::Schema) {
+    fn walk(node: &mut serde_json::Value, root: bool) {
+        let Some(obj) = node.as_object_mut() else {
+            return;
+        };
+        if !root {
+            match obj.get("type").and_then(|t| t.as_str()) {
+                Some("array") => {
+                    obj.entry("maxItems").or_insert(64.into());
+                }
+                Some("string") if !obj.contains_key("enum") => {
+                    obj.entry("maxLength").or_insert(32768.into());
+                }
+                _ => {}
+            }
+        }
+        if let Some(props) = obj.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            for v in props.values_mut() {
+                walk(v, false);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(v) = obj.get_mut(key) {
+                walk(v, false);
+            }
+        }
+        // `Option<T>` may wrap the field's own schema in `anyOf`: still the root.
+        for key in ["anyOf", "oneOf", "allOf"] {
+            if let Some(list) = obj.get_mut(key).and_then(|l| l.as_array_mut()) {
+                for v in list {
+                    walk(v, root);
+                }
+            }
+        }
+    }
+    if let Some(obj) = schema.as_object_mut() {
+        let mut node = serde_json::Value::Object(std::mem::take(obj));
+        walk(&mut node, true);
+        if let serde_json::Value::Object(bounded) = node {
+            *obj = bounded;
+        }
+    }
+}
+
 fn raw_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
@@ -211,9 +332,10 @@ fn raw_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-fn raw_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+fn raw_list<const MAX_ITEMS: u64>(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
+        "maxItems": MAX_ITEMS,
         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
     })
 }
@@ -297,24 +419,30 @@ fn default_metrics_interval() -> String {
 pub struct MetricNames {
     /// Request counter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub requests: Option<String>,
     /// Which requests are errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub errors: Option<ErrorSelector>,
     /// Request latency histogram (seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub latency: Option<String>,
     /// Numeric input feature histogram, labelled by `feature`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub features: Option<String>,
     /// Categorical input counter, labelled by `feature` and `value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub categories: Option<String>,
     /// Prediction histogram.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub predictions: Option<String>,
     /// Outcome counter labelled by `actual` and `predicted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub outcomes: Option<String>,
 }
 
@@ -473,7 +601,7 @@ pub struct GatewayApiSpec {
     #[schemars(length(max = 16))]
     pub parent_refs: Vec<ParentRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(max = 253)))]
     pub hostnames: Vec<String>,
 }
 
@@ -482,14 +610,18 @@ pub struct GatewayApiSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ParentRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub kind: Option<String>,
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub section_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
@@ -569,9 +701,11 @@ fn default_ab_max_duration() -> String {
 pub struct HttpMatch {
     /// Exact header values.
     #[serde(default)]
+    #[schemars(transform = bounded_map::<16, 4096>)]
     pub headers: BTreeMap<String, String>,
     /// Exact cookie values.
     #[serde(default)]
+    #[schemars(transform = bounded_map::<16, 4096>)]
     pub cookies: BTreeMap<String, String>,
 }
 
@@ -770,7 +904,7 @@ pub struct DriftCheck {
     pub max: f64,
     /// Only these features (input drift); all features when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = 1000), inner(length(max = 256)))]
     pub features: Vec<String>,
 }
 
@@ -793,6 +927,7 @@ pub struct QualityCheck {
     /// Positive class for binary precision/recall/F1; macro-averaged over all
     /// classes when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub positive_class: Option<String>,
 }
 

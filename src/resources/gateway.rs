@@ -1,10 +1,32 @@
 //! The `gatewayAPI` router: a Service per variant and an HTTPRoute that splits
 //! traffic between them by weight, or sends matching requests to the new one.
 //!
-//! The `gateway-api` crate (0.22) is built on kube 4 / k8s-openapi 0.28, which
-//! cannot share types with this operator's kube 5, so the few HTTPRoute fields
-//! the operator writes are declared here. Server-side apply sends only these
-//! fields; whatever other controllers set on the route is left alone.
+//! # Why our own HTTPRoute types
+//!
+//! The maintained `gateway-api` crate (0.22, the latest release) is built on
+//! kube 4 / k8s-openapi 0.28; this operator uses kube 5 / k8s-openapi 0.29, and
+//! the two cannot share types. So the HTTPRoute fields the operator writes are
+//! declared here. Server-side apply sends only these fields; whatever other
+//! controllers or people set on the route is left alone.
+//!
+//! # Reading what a real API server returns
+//!
+//! The Gateway API CRDs default and prune: a rule without `matches` comes back
+//! with `matches: [{path: {type: PathPrefix, value: /}}]`, a backendRef gains
+//! `group: ""` and `kind: Service`, a parentRef `group` and `kind: Gateway`,
+//! and other writers add fields (filters, timeouts, status) this operator does
+//! not know. So every field here is optional or defaulted, unknown fields are
+//! ignored, and empty collections are skipped when serializing (the rendered
+//! JSON, and thus the applied hash, is what it was before these types became
+//! tolerant). The fixtures under `tests/fixtures/gateway/` are real server
+//! output and are decoded by the tests below.
+//!
+//! Server defaults never make a route look changed: the controller decides
+//! whether to apply by comparing the `modeldeploy.io/applied-hash` annotation
+//! stamped on the rendered object (see `super::stamp`) with the one on the
+//! live object, never the specs themselves, and the server leaves annotations
+//! as applied. [`HttpRouteSpec::with_server_defaults`] fills in the defaults
+//! the way the server does, for comparing a read-back route with a rendered one.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +40,7 @@ use crate::api::{GatewayApiSpec, HttpMatch, ModelDeployment, ParentRef, labels};
 use super::{base_labels, model_service, owned_meta, stamp};
 
 /// The fields of `gateway.networking.k8s.io/v1` HTTPRoute this operator owns.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[kube(
     group = "gateway.networking.k8s.io",
     version = "v1",
@@ -27,42 +49,157 @@ use super::{base_labels, model_service, owned_meta, stamp};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
-    /// The ModelDeployment's own `parentRefs`: the same shape as the Gateway API's.
-    pub parent_refs: Vec<ParentRef>,
+    /// The ModelDeployment's own `parentRefs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parent_refs: Vec<RouteParentRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RouteRule>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// A Gateway API `parentRef`: the shape of [`ParentRef`], every field optional.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
+impl From<&ParentRef> for RouteParentRef {
+    fn from(p: &ParentRef) -> Self {
+        Self {
+            group: p.group.clone(),
+            kind: p.kind.clone(),
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            section_name: p.section_name.clone(),
+            port: p.port,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RouteMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_refs: Vec<RouteBackend>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteMatch {
+    /// Never rendered by the operator; the server defaults it to `PathPrefix /`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathMatch {
+    #[serde(rename = "type", default = "path_prefix")]
+    pub type_: String,
+    #[serde(default = "root_path")]
+    pub value: String,
+}
+
+impl Default for PathMatch {
+    /// What the Gateway API defaults a match without a path to.
+    fn default() -> Self {
+        Self {
+            type_: path_prefix(),
+            value: root_path(),
+        }
+    }
+}
+
+fn path_prefix() -> String {
+    "PathPrefix".into()
+}
+fn root_path() -> String {
+    "/".into()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default = "exact")]
     pub type_: String,
+    #[serde(default)]
     pub name: String,
+    #[serde(default)]
     pub value: String,
+}
+
+fn exact() -> String {
+    "Exact".into()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteBackend {
+    /// Never rendered (a core Service); the server defaults it to `""`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Never rendered; the server defaults it to `Service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
     pub name: String,
-    pub port: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// Always rendered, 0 included (0 means no traffic); absent means 1.
+    #[serde(default = "default_weight")]
     pub weight: i32,
+}
+
+fn default_weight() -> i32 {
+    1
+}
+
+impl HttpRouteSpec {
+    /// This spec as the API server stores it with the Gateway API's defaults
+    /// filled in: parentRefs to a `gateway.networking.k8s.io` `Gateway`,
+    /// backendRefs to a core (`""`) `Service`, and a rule without matches
+    /// matching `PathPrefix /`. Comparing a read-back route with a rendered one
+    /// takes this of both.
+    pub fn with_server_defaults(&self) -> HttpRouteSpec {
+        let mut spec = self.clone();
+        for p in &mut spec.parent_refs {
+            p.group
+                .get_or_insert_with(|| "gateway.networking.k8s.io".into());
+            p.kind.get_or_insert_with(|| "Gateway".into());
+        }
+        for rule in &mut spec.rules {
+            if rule.matches.is_empty() {
+                rule.matches.push(RouteMatch::default());
+            }
+            for m in &mut rule.matches {
+                m.path.get_or_insert_with(PathMatch::default);
+            }
+            for b in &mut rule.backend_refs {
+                b.group.get_or_insert_with(String::new);
+                b.kind.get_or_insert_with(|| "Service".into());
+            }
+        }
+        spec
+    }
 }
 
 /// The two variants behind the route.
@@ -110,8 +247,11 @@ pub fn http_route(
     let name = md.name_any();
     let port = md.spec.model.port;
     let backend = |variant: &str, weight: i32| RouteBackend {
+        group: None,
+        kind: None,
         name: variant_service_name(&name, variant),
-        port,
+        namespace: None,
+        port: Some(port),
         weight,
     };
     let weight = canary_weight.clamp(0, 100);
@@ -134,7 +274,10 @@ pub fn http_route(
                     name: "Cookie".into(),
                     value: cookie_pattern(k, v),
                 }));
-                RouteMatch { headers }
+                RouteMatch {
+                    path: None,
+                    headers,
+                }
             })
             .collect();
         rules.push(RouteRule {
@@ -154,7 +297,11 @@ pub fn http_route(
     let mut route = HTTPRoute::new(
         &name,
         HttpRouteSpec {
-            parent_refs: gateway.parent_refs.clone(),
+            parent_refs: gateway
+                .parent_refs
+                .iter()
+                .map(RouteParentRef::from)
+                .collect(),
             hostnames: gateway.hostnames.clone(),
             rules,
         },
@@ -169,6 +316,10 @@ mod tests {
     use serde_json::json;
 
     fn md() -> ModelDeployment {
+        md_in("ns")
+    }
+
+    fn md_in(namespace: &str) -> ModelDeployment {
         let mut md = ModelDeployment::new(
             "scorer",
             serde_json::from_value(json!({
@@ -177,7 +328,7 @@ mod tests {
             }))
             .unwrap(),
         );
-        md.metadata.namespace = Some("ns".into());
+        md.metadata.namespace = Some(namespace.into());
         md.metadata.uid = Some("u".into());
         md
     }
@@ -255,5 +406,146 @@ mod tests {
         let sel = s.spec.unwrap().selector.unwrap();
         assert_eq!(sel[labels::HASH], "abc123");
         assert_eq!(s.metadata.name.as_deref(), Some("scorer-canary"));
+    }
+
+    /// Real API server output (kube-apiserver 1.36 with the Gateway API
+    /// v1.6.1 standard CRDs, `kubectl get -o json --show-managed-fields`) for
+    /// routes this module rendered for [`md_in`] and [`gateway`], applied with
+    /// server-side apply (owner references removed: no owner existed there):
+    /// the 30% canary (namespace `canary`, with a status from a gateway
+    /// controller), the A/B test on a header and a cookie (`abtest`), and the
+    /// canary route after another field manager added filters, timeouts, a
+    /// path and a parent port (`edited`).
+    const WEIGHTED: &str = include_str!("../../tests/fixtures/gateway/weighted.json");
+    const HEADER_MATCH: &str = include_str!("../../tests/fixtures/gateway/header-match.json");
+    const EDITED: &str = include_str!("../../tests/fixtures/gateway/edited-by-others.json");
+
+    fn ab_match() -> HttpMatch {
+        HttpMatch {
+            headers: BTreeMap::from([("x-model-variant".into(), "b".into())]),
+            cookies: BTreeMap::from([("variant".into(), "b".into())]),
+        }
+    }
+
+    fn decode(text: &str) -> HTTPRoute {
+        serde_json::from_str(text).expect("real server output decodes")
+    }
+
+    #[test]
+    fn a_weighted_route_read_back_from_a_real_server_decodes_to_what_was_rendered() {
+        let live = decode(WEIGHTED);
+        let rendered = http_route(&md_in("canary"), &gateway(), 30, &[]);
+        assert_eq!(
+            live.spec.with_server_defaults(),
+            rendered.spec.with_server_defaults()
+        );
+        // The server added its defaults; the operator's comparison is by the
+        // applied hash, which comes back as stamped.
+        assert_eq!(
+            live.spec.rules[0].matches[0].path,
+            Some(PathMatch::default())
+        );
+        assert_eq!(
+            live.spec.rules[0].backend_refs[0].kind.as_deref(),
+            Some("Service")
+        );
+        assert_eq!(
+            live.annotations().get(super::super::APPLIED_HASH),
+            rendered.annotations().get(super::super::APPLIED_HASH)
+        );
+        let weights: Vec<_> = live.spec.rules[0]
+            .backend_refs
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight))
+            .collect();
+        assert_eq!(weights, vec![("scorer-stable", 70), ("scorer-canary", 30)]);
+    }
+
+    #[test]
+    fn a_header_matched_route_read_back_from_a_real_server_decodes_to_what_was_rendered() {
+        let live = decode(HEADER_MATCH);
+        let rendered = http_route(&md_in("abtest"), &gateway(), 50, &[ab_match()]);
+        assert_eq!(
+            live.spec.with_server_defaults(),
+            rendered.spec.with_server_defaults()
+        );
+        assert_eq!(
+            live.annotations().get(super::super::APPLIED_HASH),
+            rendered.annotations().get(super::super::APPLIED_HASH)
+        );
+        let first = &live.spec.rules[0];
+        assert_eq!(first.backend_refs[0].name, "scorer-canary");
+        assert!(
+            first.matches[0]
+                .headers
+                .iter()
+                .any(|h| h.name == "x-model-variant" && h.type_ == "Exact" && h.value == "b")
+        );
+        // The stable rule has no headers of its own: the server gave it the
+        // path match only (the field that used to be required).
+        assert!(live.spec.rules[1].matches[0].headers.is_empty());
+    }
+
+    #[test]
+    fn fields_other_writers_add_are_ignored() {
+        let live = decode(EDITED);
+        let rule = &live.spec.rules[0];
+        assert_eq!(rule.backend_refs.len(), 2);
+        assert_eq!(rule.backend_refs[1].weight, 30);
+        assert_eq!(
+            rule.matches[0].path.as_ref().map(|p| p.value.as_str()),
+            Some("/v1/predict")
+        );
+        assert_eq!(live.spec.parent_refs[0].port, Some(443));
+    }
+
+    #[test]
+    fn a_sparse_route_decodes_with_the_gateway_api_defaults() {
+        let live: HTTPRoute = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r"},
+            "spec": {"rules": [{"matches": [{"headers": [{"name": "x", "value": "y"}]}],
+                                "backendRefs": [{"name": "s"}]}, {}]}
+        }))
+        .unwrap();
+        let rule = &live.spec.rules[0];
+        assert_eq!(rule.matches[0].headers[0].type_, "Exact");
+        assert_eq!(rule.backend_refs[0].weight, 1);
+        assert_eq!(rule.backend_refs[0].port, None);
+        assert!(live.spec.rules[1].backend_refs.is_empty());
+        assert!(live.spec.parent_refs.is_empty());
+        let bare: HTTPRoute = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r"}, "spec": {}
+        }))
+        .unwrap();
+        assert_eq!(bare.spec, HttpRouteSpec::default());
+    }
+
+    /// Tolerant types must not change what is rendered: the applied hash of
+    /// every existing route stays the same, so an upgrade writes nothing.
+    #[test]
+    fn the_rendered_spec_is_unchanged_by_the_tolerant_types() {
+        let weighted = serde_json::to_value(http_route(&md(), &gateway(), 30, &[]).spec).unwrap();
+        assert_eq!(
+            weighted,
+            json!({"parentRefs": [{"name": "public", "namespace": "gateways"}],
+                   "hostnames": ["scorer.example.com"],
+                   "rules": [{"backendRefs": [
+                       {"name": "scorer-stable", "port": 9000, "weight": 70},
+                       {"name": "scorer-canary", "port": 9000, "weight": 30}]}]})
+        );
+        let ab =
+            serde_json::to_value(http_route(&md(), &gateway(), 50, &[ab_match()]).spec).unwrap();
+        assert_eq!(
+            ab["rules"],
+            json!([{"matches": [{"headers": [
+                        {"type": "Exact", "name": "x-model-variant", "value": "b"},
+                        {"type": "RegularExpression", "name": "Cookie", "value": "(^|;\\s*)variant=b(;|$)"}]}],
+                    "backendRefs": [{"name": "scorer-canary", "port": 9000, "weight": 1}]},
+                   {"backendRefs": [{"name": "scorer-stable", "port": 9000, "weight": 1}]}])
+        );
+        let zero = serde_json::to_value(http_route(&md(), &gateway(), 0, &[]).spec).unwrap();
+        assert_eq!(zero["rules"][0]["backendRefs"][1]["weight"], 0);
     }
 }
