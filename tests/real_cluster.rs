@@ -96,6 +96,27 @@ async fn the_crd_installs_and_the_operator_runs_under_the_charts_rbac() {
     assert!(!op.is_running());
     op.restart();
     op.wait_ready(WAIT).await;
+
+    // The official kubectl reaches the API server with the admin kubeconfig.
+    let Some(mut kubectl) = cp.kubectl() else {
+        return;
+    };
+    let out = kubectl
+        .args([
+            "get",
+            "crd",
+            "modeldeployments.modeldeploy.io",
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "customresourcedefinition.apiextensions.k8s.io/modeldeployments.modeldeploy.io",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("test took {:?}", started.elapsed());
 }
 

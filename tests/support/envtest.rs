@@ -299,9 +299,74 @@ impl ControlPlane {
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
+    /// The official kubectl `.ci/install-deps` installs (or one on PATH),
+    /// set up for the admin kubeconfig. `None` after the skip line when
+    /// there is none.
+    pub fn kubectl(&self) -> Option<Command> {
+        self.tool_command("kubectl")
+    }
+
+    /// The official helm `.ci/install-deps` installs (or one on PATH), set
+    /// up for the admin kubeconfig (`helm install` works against this
+    /// control plane). `None` after the skip line when there is none.
+    pub fn helm(&self) -> Option<Command> {
+        self.tool_command("helm")
+    }
+
+    fn tool_command(&self, name: &str) -> Option<Command> {
+        let Some(path) = official_tool(name) else {
+            skip(&format!(
+                "{name} is not installed (`bash .ci/install-deps` installs it, and .ci/run puts it on PATH)"
+            ));
+            return None;
+        };
+        let home = self.dir.join("tool-home");
+        let mut cmd = Command::new(path);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        Some(cmd)
+    }
+
     fn ca_file(&self) -> PathBuf {
         self.dir.join("certs").join("apiserver.crt")
     }
+}
+
+/// Where the official `name` (helm, kubectl) is: the cache dir
+/// `.ci/install-deps` installs into (`$MODELDEPLOY_CACHE`, else
+/// `${XDG_CACHE_HOME:-~/.cache}/modeldeploy`, then `tools/bin`), else PATH.
+pub fn official_tool(name: &str) -> Option<PathBuf> {
+    let probe: &[&str] = if name == "kubectl" {
+        &["version", "--client"]
+    } else {
+        &["version"]
+    };
+    let runs = |p: &Path| {
+        Command::new(p)
+            .args(probe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cache = env("MODELDEPLOY_CACHE").or_else(|| {
+        env("XDG_CACHE_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".cache")))
+            .map(|c| c.join("modeldeploy"))
+    });
+    if let Some(p) = cache.map(|c| c.join("tools/bin").join(name))
+        && runs(&p)
+    {
+        return Some(p);
+    }
+    runs(Path::new(name)).then(|| PathBuf::from(name))
 }
 
 /// Server-side applies every document of `yaml` (any kind the API server

@@ -16,7 +16,7 @@ use modeldeploy::operator::{self, LeaderElection, OperatorConfig};
 use modeldeploy::telemetry::{Metrics, Readiness};
 
 use super::RunningOperator;
-use super::envtest::{ControlPlane, apply_yaml, die_with_parent, skip, tail};
+use super::envtest::{ControlPlane, apply_yaml, die_with_parent, official_tool, skip, tail};
 
 /// How a [`RealOperator`] is installed and started.
 #[derive(Debug, Clone)]
@@ -73,38 +73,11 @@ pub struct ChartRbac {
     pub service_account: String,
 }
 
-/// Where helm is: PATH (as `.ci/run` sets it), else the cache dir
-/// `.ci/install-deps` installs into.
-pub fn helm() -> Option<PathBuf> {
-    let ok = |p: &Path| {
-        Command::new(p)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok(Path::new("helm")) {
-        return Some("helm".into());
-    }
-    let cache = std::env::var_os("MODELDEPLOY_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(|c| PathBuf::from(c).join("modeldeploy"))
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/modeldeploy"))
-                })
-        })?;
-    let p = cache.join("tools/bin/helm");
-    ok(&p).then_some(p)
-}
-
 /// Renders the chart's ServiceAccount and RBAC with the real helm into a new
 /// namespace and applies them as admin. `None` after the skip line when helm
 /// is missing.
 pub async fn install_chart_rbac(cp: &ControlPlane, options: &OperatorOptions) -> Option<ChartRbac> {
-    let Some(helm) = helm() else {
+    let Some(helm) = official_tool("helm") else {
         skip(
             "helm is not installed (`bash .ci/install-deps` installs it, and .ci/run puts it on PATH)",
         );
