@@ -80,12 +80,24 @@ async fn the_crd_installs_and_the_operator_runs_under_the_charts_rbac() {
         matches!(&err, kube::Error::Api(s) if s.code == 403),
         "{err}"
     );
-    // The admin may.
+    // The admin may, and the namespace controller finalizes the deletion.
     let spare = cp.namespace("spare").await;
-    Api::<Namespace>::all(admin)
+    let namespaces = Api::<Namespace>::all(admin);
+    let deleting = Instant::now();
+    namespaces
         .delete(&spare, &DeleteParams::default())
         .await
         .expect("admin deletes namespaces");
+    poll("the namespace gone", WAIT, || async {
+        namespaces
+            .get_opt(&spare)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    println!("namespace deleted in {:?}", deleting.elapsed());
 
     // The operator binary starts with that identity, is killed, restarts.
     let Some(op) = RealOperator::start(cp, OperatorOptions::watching(&[&ns])).await else {
