@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
+#[cfg(target_os = "linux")]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -442,7 +443,9 @@ where
 }
 
 /// Makes a child get SIGKILL when the thread that spawned it exits (the
-/// harness thread never does; a test process's exit ends it too).
+/// harness thread never does; a test process's exit ends it too). Linux
+/// only; elsewhere children are killed on drop or outlive a killed test.
+#[cfg(target_os = "linux")]
 pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
     let parent = std::process::id();
     // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
@@ -458,6 +461,11 @@ pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
             Ok(())
         })
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    cmd
 }
 
 /// The last `lines` lines of a log file (for failure messages).
