@@ -18,6 +18,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use modeldeploy::api::ModelDeployment;
 use serde_json::json;
 use support::envtest::{control_plane, poll};
+use support::kubelet::LoadOptions;
 use support::real_operator::{OperatorOptions, RealOperator, install_chart_rbac};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -39,7 +40,7 @@ fn alive(pid: u32) -> bool {
 async fn the_crd_installs_and_the_operator_runs_under_the_charts_rbac() {
     let started = Instant::now();
     let Some(cp) = control_plane() else { return };
-    println!("control plane started in {:?}", cp.started_in());
+    println!("control plane started in {}", cp.startup_report());
     cp.install_crds().await;
     let admin = cp.admin().await;
     let crd = Api::<CustomResourceDefinition>::all(admin.clone())
@@ -79,12 +80,24 @@ async fn the_crd_installs_and_the_operator_runs_under_the_charts_rbac() {
         matches!(&err, kube::Error::Api(s) if s.code == 403),
         "{err}"
     );
-    // The admin may.
+    // The admin may, and the namespace controller finalizes the deletion.
     let spare = cp.namespace("spare").await;
-    Api::<Namespace>::all(admin)
+    let namespaces = Api::<Namespace>::all(admin);
+    let deleting = Instant::now();
+    namespaces
         .delete(&spare, &DeleteParams::default())
         .await
         .expect("admin deletes namespaces");
+    poll("the namespace gone", WAIT, || async {
+        namespaces
+            .get_opt(&spare)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    println!("namespace deleted in {:?}", deleting.elapsed());
 
     // The operator binary starts with that identity, is killed, restarts.
     let Some(op) = RealOperator::start(cp, OperatorOptions::watching(&[&ns])).await else {
@@ -95,6 +108,27 @@ async fn the_crd_installs_and_the_operator_runs_under_the_charts_rbac() {
     assert!(!op.is_running());
     op.restart();
     op.wait_ready(WAIT).await;
+
+    // The official kubectl reaches the API server with the admin kubeconfig.
+    let Some(mut kubectl) = cp.kubectl() else {
+        return;
+    };
+    let out = kubectl
+        .args([
+            "get",
+            "crd",
+            "modeldeployments.modeldeploy.io",
+            "-o",
+            "name",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "customresourcedefinition.apiextensions.k8s.io/modeldeployments.modeldeploy.io",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("test took {:?}", started.elapsed());
 }
 
@@ -261,4 +295,72 @@ async fn a_job_pod_that_exits_zero_completes_the_job() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn weighted_load_follows_the_httproute() {
+    let Some(cp) = control_plane() else { return };
+    if !cp.install_gateway_api().await {
+        return;
+    }
+    let ns = cp.namespace("route").await;
+    let mut yaml = String::new();
+    for v in ["stable", "canary"] {
+        yaml.push_str(&format!(
+            "---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {v}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{variant: {v}}}}}
+  template:
+    metadata: {{labels: {{variant: {v}}}}}
+    spec:
+      containers:
+      - {{name: model, image: ghcr.io/modeldeploy/modeldeploy-demo:0.1.0, args: [serve],
+          env: [{{name: MODEL_VERSION, value: {v}}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {v}}}
+spec: {{selector: {{variant: {v}}}, ports: [{{port: 8080}}]}}
+"
+        ));
+    }
+    yaml.push_str(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: scorer}
+spec:
+  rules:
+  - matches: [{headers: [{name: x-model-variant, value: b}]}]
+    backendRefs: [{name: canary, port: 8080}]
+  - backendRefs: [{name: stable, port: 8080, weight: 80}, {name: canary, port: 8080, weight: 20}]
+",
+    );
+    support::envtest::apply_yaml(&cp.admin().await, &yaml, Some(&ns)).await;
+    poll("both variants ready", WAIT, || {
+        let n = cp.kubelet().running(&ns).iter().filter(|p| p.ready).count();
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    let split = cp
+        .kubelet()
+        .load_weighted(&ns, "scorer", LoadOptions::rps(200.0))
+        .await;
+    let mut b = LoadOptions::rps(50.0);
+    b.headers.insert("x-model-variant".into(), "b".into());
+    let matched = cp.kubelet().load_weighted(&ns, "scorer", b).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (split, matched) = (split.stop(), matched.stop());
+    let by = split.by_version();
+    let canary = *by.get("canary").unwrap_or(&0) as f64 / split.ok().max(1) as f64;
+    assert!(split.ok() > 100 && split.failed == 0, "{split:#?}");
+    assert!(
+        (0.1..0.32).contains(&canary),
+        "canary share {canary}: {by:?}"
+    );
+    assert_eq!(matched.by_version().keys().collect::<Vec<_>>(), ["canary"]);
 }

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
+#[cfg(target_os = "linux")]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,6 +54,7 @@ pub struct ControlPlane {
     runtime: tokio::runtime::Handle,
     kubelet: Kubelet,
     started_in: Duration,
+    phases: Vec<(&'static str, Duration)>,
     namespaces: AtomicU64,
     crds: tokio::sync::OnceCell<()>,
     gateway_api: tokio::sync::OnceCell<()>,
@@ -126,6 +128,20 @@ impl ControlPlane {
     /// How long the control plane took to start (etcd to controllers ready).
     pub fn started_in(&self) -> Duration {
         self.started_in
+    }
+
+    /// How long each part of the start took, e.g. `etcd 0.4s, ...`.
+    pub fn startup_report(&self) -> String {
+        let parts: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(what, d)| format!("{what} {:.1}s", d.as_secs_f64()))
+            .collect();
+        format!(
+            "{:.1}s: {}",
+            self.started_in.as_secs_f64(),
+            parts.join(", ")
+        )
     }
 
     /// The harness runtime, which runs the kubelet and background load.
@@ -284,9 +300,74 @@ impl ControlPlane {
         .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
+    /// The official kubectl `.ci/install-deps` installs (or one on PATH),
+    /// set up for the admin kubeconfig. `None` after the skip line when
+    /// there is none.
+    pub fn kubectl(&self) -> Option<Command> {
+        self.tool_command("kubectl")
+    }
+
+    /// The official helm `.ci/install-deps` installs (or one on PATH), set
+    /// up for the admin kubeconfig (`helm install` works against this
+    /// control plane). `None` after the skip line when there is none.
+    pub fn helm(&self) -> Option<Command> {
+        self.tool_command("helm")
+    }
+
+    fn tool_command(&self, name: &str) -> Option<Command> {
+        let Some(path) = official_tool(name) else {
+            skip(&format!(
+                "{name} is not installed (`bash .ci/install-deps` installs it, and .ci/run puts it on PATH)"
+            ));
+            return None;
+        };
+        let home = self.dir.join("tool-home");
+        let mut cmd = Command::new(path);
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        Some(cmd)
+    }
+
     fn ca_file(&self) -> PathBuf {
         self.dir.join("certs").join("apiserver.crt")
     }
+}
+
+/// Where the official `name` (helm, kubectl) is: the cache dir
+/// `.ci/install-deps` installs into (`$MODELDEPLOY_CACHE`, else
+/// `${XDG_CACHE_HOME:-~/.cache}/modeldeploy`, then `tools/bin`), else PATH.
+pub fn official_tool(name: &str) -> Option<PathBuf> {
+    let probe: &[&str] = if name == "kubectl" {
+        &["version", "--client"]
+    } else {
+        &["version"]
+    };
+    let runs = |p: &Path| {
+        Command::new(p)
+            .args(probe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cache = env("MODELDEPLOY_CACHE").or_else(|| {
+        env("XDG_CACHE_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".cache")))
+            .map(|c| c.join("modeldeploy"))
+    });
+    if let Some(p) = cache.map(|c| c.join("tools/bin").join(name))
+        && runs(&p)
+    {
+        return Some(p);
+    }
+    runs(Path::new(name)).then(|| PathBuf::from(name))
 }
 
 /// Server-side applies every document of `yaml` (any kind the API server
@@ -362,21 +443,29 @@ where
 }
 
 /// Makes a child get SIGKILL when the thread that spawned it exits (the
-/// harness thread never does; a test process's exit ends it too).
+/// harness thread never does; a test process's exit ends it too). Linux
+/// only; elsewhere children are killed on drop or outlive a killed test.
+#[cfg(target_os = "linux")]
 pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    let parent = std::process::id();
     // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // The parent may have died before prctl: then we are orphaned.
-            if libc::getppid() == 1 {
-                return Err(std::io::Error::other("parent already gone"));
+            // The parent may have died before prctl: then we were adopted.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         })
     }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    cmd
 }
 
 /// The last `lines` lines of a log file (for failure messages).
@@ -548,11 +637,13 @@ async fn boot(
     for attempt in 1..=3 {
         let attempt_dir = dir.join(format!("attempt-{attempt}"));
         match boot_once(assets, etcd, &attempt_dir).await {
-            Ok((children, config, server_url, kubeconfig)) => {
+            Ok((children, config, server_url, kubeconfig, mut phases)) => {
+                let mark = Instant::now();
                 let kubelet = match Kubelet::start(&config, &runtime, &attempt_dir).await {
                     Ok(k) => k,
                     Err(e) => return Outcome::Failed(format!("the kubelet did not start: {e}")),
                 };
+                phases.push(("kubelet", mark.elapsed()));
                 return Outcome::Ready(Box::new(ControlPlane {
                     dir: attempt_dir,
                     kubeconfig,
@@ -561,6 +652,7 @@ async fn boot(
                     runtime,
                     kubelet,
                     started_in: started.elapsed(),
+                    phases,
                     namespaces: AtomicU64::new(0),
                     crds: tokio::sync::OnceCell::new(),
                     gateway_api: tokio::sync::OnceCell::new(),
@@ -664,13 +756,25 @@ where
     }
 }
 
-type Booted = (Vec<Child>, kube::Config, String, PathBuf);
+type Booted = (
+    Vec<Child>,
+    kube::Config,
+    String,
+    PathBuf,
+    Vec<(&'static str, Duration)>,
+);
 
 async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, BootError> {
     let failed = |what: String| BootError::Failed(what);
     std::fs::create_dir_all(dir).map_err(|e| failed(format!("create {}: {e}", dir.display())))?;
     let port = super::free_port;
     let (etcd_port, peer_port, api_port, kcm_port) = (port(), port(), port(), port());
+    let mut phases = Vec::new();
+    let mut mark = Instant::now();
+    let mut phase = |what: &'static str| {
+        phases.push((what, mark.elapsed()));
+        mark = Instant::now();
+    };
 
     // Service-account signing keys, so that TokenRequest works.
     let key = dir.join("sa.key");
@@ -703,6 +807,7 @@ async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, Boo
             )));
         }
     }
+    phase("keys");
     let tokens = dir.join("tokens.csv");
     std::fs::write(
         &tokens,
@@ -723,8 +828,10 @@ async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, Boo
             format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
             format!("--initial-cluster=envtest=http://127.0.0.1:{peer_port}"),
-            // Tests never need etcd's compaction history or big WAL batches.
-            s("--snapshot-count=10000"),
+            // A single member elects itself after one election timeout: keep
+            // it short (0.8 s to healthy with the defaults, under 0.1 s so).
+            s("--heartbeat-interval=10"),
+            s("--election-timeout=50"),
         ],
         dir,
     )?;
@@ -745,6 +852,7 @@ async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, Boo
         return Err(e);
     }
 
+    phase("etcd");
     let certs = dir.join("certs");
     let mut apiserver = match Component::start(
         "kube-apiserver",
@@ -832,6 +940,7 @@ async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, Boo
         return Err(e);
     }
 
+    phase("kube-apiserver");
     let mut kcm = match Component::start(
         "kube-controller-manager",
         &assets.join("kube-controller-manager"),
@@ -882,9 +991,10 @@ async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, Boo
         kill_all(vec![kcm, apiserver, etcd]);
         return Err(e);
     }
+    phase("kube-controller-manager");
     let children = [etcd, apiserver, kcm]
         .into_iter()
         .map(|c| c.child)
         .collect();
-    Ok((children, config, server_url, kubeconfig))
+    Ok((children, config, server_url, kubeconfig, phases))
 }

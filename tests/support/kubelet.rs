@@ -261,7 +261,7 @@ impl Kubelet {
     /// Steady load on the Ready pods of `namespace` matching `selector`, as
     /// through a Service: round robin over the ready set, re-read on every
     /// request. `/predict`, then `/feedback` with the true label. Runs until
-    /// the handle is dropped.
+    /// the handle is dropped. Status-only pods (no process) are left out.
     pub async fn load(
         &self,
         namespace: &str,
@@ -289,7 +289,7 @@ impl Kubelet {
                 }],
             }],
         }));
-        self.start_load(namespace, route, None, options)
+        self.start_load(namespace, route, None, options).await
     }
 
     /// Load through the Gateway API router: each request picks the rule of
@@ -306,9 +306,10 @@ impl Kubelet {
     ) -> LoadHandle {
         let table = Arc::new(Mutex::new(RouteTable { rules: vec![] }));
         self.start_load(namespace, table, Some(route.to_string()), options)
+            .await
     }
 
-    fn start_load(
+    async fn start_load(
         &self,
         namespace: &str,
         table: Arc<Mutex<RouteTable>>,
@@ -318,13 +319,17 @@ impl Kubelet {
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(Mutex::new(LoadStats::default()));
         if let Some(route) = route {
+            let (read, first_read) = tokio::sync::oneshot::channel();
             self.inner.runtime.spawn(refresh_route(
                 self.inner.client.clone(),
                 namespace.to_string(),
                 route,
                 table.clone(),
                 stop_rx.clone(),
+                read,
             ));
+            // Requests start once the route has been read (or after 10 s).
+            let _ = tokio::time::timeout(Duration::from_secs(10), first_read).await;
         }
         self.inner.runtime.spawn(run_load(
             self.clone(),
@@ -538,12 +543,11 @@ impl StatusWriter {
     /// Writes the status; false when the pod is gone (or is another pod now).
     async fn write(&self) -> bool {
         let cond = |type_: &str, ok: bool, since: &str, reason: Option<&str>| {
-            let mut c = json!({"type": type_, "status": if ok { "True" } else { "False" },
-                               "lastProbeTime": null, "lastTransitionTime": since});
-            if let Some(r) = reason {
-                c["reason"] = json!(r);
-            }
-            c
+            // `null` removes a reason left from before (strategic merge
+            // patches merge conditions by type, field by field).
+            json!({"type": type_, "status": if ok { "True" } else { "False" },
+                   "lastProbeTime": null, "lastTransitionTime": since,
+                   "reason": reason, "message": null})
         };
         let not_ready_reason = match self.phase.as_str() {
             "Running" => Some("ContainersNotReady"),
@@ -586,7 +590,6 @@ impl StatusWriter {
                 "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
                 "podIP": self.ip, "podIPs": [{"ip": self.ip}],
                 "startTime": self.start_time,
-                "qosClass": null,
                 "conditions": [
                     cond("PodScheduled", true, &self.start_time, None),
                     cond("Initialized", true, &self.start_time, None),
@@ -1325,7 +1328,9 @@ async fn refresh_route(
     route: String,
     table: Arc<Mutex<RouteTable>>,
     mut stop: watch::Receiver<bool>,
+    read: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut read = Some(read);
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
         "gateway.networking.k8s.io",
         "v1",
@@ -1379,6 +1384,9 @@ async fn refresh_route(
                 rules.push(Rule { matches, backends });
             }
             *table.lock().unwrap() = RouteTable { rules };
+            if let Some(tx) = read.take() {
+                let _ = tx.send(());
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -1462,7 +1470,11 @@ async fn run_load(
             let ready: Vec<RunningPod> = kubelet
                 .running(&namespace)
                 .into_iter()
-                .filter(|p| p.ready && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                .filter(|p| {
+                    p.ready
+                        && !p.status_only
+                        && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                })
                 .collect();
             if ready.is_empty() {
                 return None;

@@ -16,7 +16,7 @@ use modeldeploy::operator::{self, LeaderElection, OperatorConfig};
 use modeldeploy::telemetry::{Metrics, Readiness};
 
 use super::RunningOperator;
-use super::envtest::{ControlPlane, apply_yaml, die_with_parent, skip, tail};
+use super::envtest::{ControlPlane, apply_yaml, die_with_parent, official_tool, skip, tail};
 
 /// How a [`RealOperator`] is installed and started.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct OperatorOptions {
     /// Leader election through a Lease in the operator's namespace (the
     /// chart's `leaderElection.enabled`).
     pub leader_election: bool,
-    /// `--identity` (the pod name in a cluster).
+    /// `--identity` (the pod name in a cluster); also names its log file.
     pub identity: String,
     /// `--log-level` (RUST_LOG syntax).
     pub log_level: String,
@@ -73,38 +73,11 @@ pub struct ChartRbac {
     pub service_account: String,
 }
 
-/// Where helm is: PATH (as `.ci/run` sets it), else the cache dir
-/// `.ci/install-deps` installs into.
-pub fn helm() -> Option<PathBuf> {
-    let ok = |p: &Path| {
-        Command::new(p)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ok(Path::new("helm")) {
-        return Some("helm".into());
-    }
-    let cache = std::env::var_os("MODELDEPLOY_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(|c| PathBuf::from(c).join("modeldeploy"))
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/modeldeploy"))
-                })
-        })?;
-    let p = cache.join("tools/bin/helm");
-    ok(&p).then_some(p)
-}
-
 /// Renders the chart's ServiceAccount and RBAC with the real helm into a new
 /// namespace and applies them as admin. `None` after the skip line when helm
 /// is missing.
 pub async fn install_chart_rbac(cp: &ControlPlane, options: &OperatorOptions) -> Option<ChartRbac> {
-    let Some(helm) = helm() else {
+    let Some(helm) = official_tool("helm") else {
         skip(
             "helm is not installed (`bash .ci/install-deps` installs it, and .ci/run puts it on PATH)",
         );
@@ -162,11 +135,12 @@ pub async fn install_chart_rbac(cp: &ControlPlane, options: &OperatorOptions) ->
 /// The operator binary, running as the chart's ServiceAccount.
 pub struct RealOperator {
     rbac: ChartRbac,
+    options: OperatorOptions,
+    dir: PathBuf,
     kubeconfig: PathBuf,
     log: PathBuf,
     metrics_addr: SocketAddr,
     argv: Vec<String>,
-    env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
     starts: Mutex<u32>,
 }
@@ -183,6 +157,17 @@ impl RealOperator {
         let token = cp.token_for(&rbac.namespace, &rbac.service_account).await;
         let kubeconfig = dir.join("kubeconfig");
         cp.write_kubeconfig(&kubeconfig, &token);
+        let op = Self::process(rbac, options, dir, kubeconfig);
+        op.spawn();
+        Some(op)
+    }
+
+    fn process(
+        rbac: ChartRbac,
+        options: OperatorOptions,
+        dir: PathBuf,
+        kubeconfig: PathBuf,
+    ) -> RealOperator {
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
         let mut argv = vec![
             "operator".to_string(),
@@ -194,18 +179,35 @@ impl RealOperator {
             format!("--log-level={}", options.log_level),
         ];
         argv.extend(options.args.iter().cloned());
-        let op = RealOperator {
+        RealOperator {
+            log: dir.join(format!("{}.log", options.identity)),
             rbac,
+            options,
+            dir,
             kubeconfig,
-            log: dir.join("operator.log"),
             metrics_addr,
             argv,
-            env: options.env,
             child: Mutex::new(None),
             starts: Mutex::new(0),
+        }
+    }
+
+    /// Another replica of the same installation (ServiceAccount, flags,
+    /// Lease) with its own `identity`, metrics port and log, started now:
+    /// for leader election.
+    pub fn replica(&self, identity: &str) -> RealOperator {
+        let options = OperatorOptions {
+            identity: identity.to_string(),
+            ..self.options.clone()
         };
+        let op = Self::process(
+            self.rbac.clone(),
+            options,
+            self.dir.clone(),
+            self.kubeconfig.clone(),
+        );
         op.spawn();
-        Some(op)
+        op
     }
 
     fn spawn(&self) {
@@ -224,7 +226,7 @@ impl RealOperator {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("KUBECONFIG", &self.kubeconfig)
             .env("NO_COLOR", "1")
-            .envs(self.env.iter().cloned())
+            .envs(self.options.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("operator log"))
             .stderr(log);
@@ -317,8 +319,23 @@ impl RealOperator {
         );
     }
 
-    /// Waits until /readyz answers 200 (leader and watches synced), or
-    /// panics with the log's tail.
+    /// What /readyz says now: `ready` (leading, watches synced), `standby`
+    /// (waiting for the Lease) or `starting`; `None` when nothing answers.
+    pub async fn readyz(&self) -> Option<String> {
+        let http = modeldeploy::http_client_builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        let r = http
+            .get(format!("{}/readyz", self.metrics_url()))
+            .send()
+            .await
+            .ok()?;
+        r.text().await.ok().map(|t| t.trim().to_string())
+    }
+
+    /// Waits until /readyz answers 200 (`ready`, or `standby` with leader
+    /// election), or panics with the log's tail.
     pub async fn wait_ready(&self, timeout: Duration) {
         let http = modeldeploy::http_client_builder()
             .timeout(Duration::from_secs(2))
