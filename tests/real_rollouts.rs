@@ -31,7 +31,12 @@ use support::real_operator::{OperatorOptions, RealOperator};
 const WAIT: Duration = Duration::from_secs(180);
 const NAME: &str = "scorer";
 /// Env switches of the demo server that make a version bad on purpose.
-const SWITCHES: [&str; 4] = ["ERROR_RATE", "PREDICTION_SHIFT", "CRASH_AFTER", "LATENCY_MS"];
+const SWITCHES: [&str; 4] = [
+    "ERROR_RATE",
+    "PREDICTION_SHIFT",
+    "CRASH_AFTER",
+    "LATENCY_MS",
+];
 
 /// One story: a namespace, the operator watching it, and a load like a
 /// Service's on the model's Ready pods.
@@ -278,14 +283,18 @@ impl Story {
     /// Until the serving pods are exactly `replicas` pods of `versions`.
     async fn wait_for_pods(&self, versions: &[&str]) -> Vec<RunningPod> {
         let (cp, ns, replicas) = (self.cp, self.ns.clone(), self.replicas);
-        poll(&format!("{replicas} Ready pods of {versions:?}"), WAIT, || {
-            let pods = serving(cp, &ns);
-            let only = pods.iter().all(|p| {
-                versions.contains(&p.labels["modeldeploy.io/version"].as_str())
-            });
-            let ready = only && pods.len() == replicas as usize;
-            async move { ready.then_some(pods) }
-        })
+        poll(
+            &format!("{replicas} Ready pods of {versions:?}"),
+            WAIT,
+            || {
+                let pods = serving(cp, &ns);
+                let only = pods
+                    .iter()
+                    .all(|p| versions.contains(&p.labels["modeldeploy.io/version"].as_str()));
+                let ready = only && pods.len() == replicas as usize;
+                async move { ready.then_some(pods) }
+            },
+        )
         .await
     }
 
@@ -295,7 +304,10 @@ impl Story {
         list.items
             .into_iter()
             .find(|d| {
-                d.metadata.labels.as_ref().and_then(|l| l.get("modeldeploy.io/version"))
+                d.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("modeldeploy.io/version"))
                     == Some(&version.to_string())
             })
             .unwrap_or_else(|| panic!("no Deployment for {version}"))
@@ -341,7 +353,9 @@ fn history(s: &Value) -> Vec<String> {
 /// After a rollback: v1 serves with all its pods, as before, and nothing of
 /// v2 serves; v1's Deployment template is the one it had before the bump.
 async fn assert_rolled_back_to_v1(story: &Story, v1_template: &str) {
-    let s = story.until("rolled back", |s| s["phase"] == "RolledBack").await;
+    let s = story
+        .until("rolled back", |s| s["phase"] == "RolledBack")
+        .await;
     assert_eq!(s["stable"]["version"], "1.0.0", "{s:#}");
     assert_eq!(s["rolledBack"]["version"], "2.0.0", "{s:#}");
     assert_eq!(history(&s), ["Deployed", "RolledBack"]);
@@ -436,19 +450,17 @@ async fn a_canary_with_errors_is_rolled_back_and_stable_runs_the_old_version() {
     story.assert_pods_run_their_revisions();
     assert_rolled_back_to_v1(&story, &v1_template).await;
     let s = story.status().await;
-    let reason = s["history"][1]["reason"].as_str().unwrap_or_default().to_string();
+    let reason = s["history"][1]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(reason.contains("errors"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_looping_canary_is_rolled_back_without_touching_stable() {
-    let Some(mut story) = Story::stable(
-        "crash",
-        4,
-        canary(errors_check(), two_steps()),
-        json!({}),
-    )
-    .await
+    let Some(mut story) =
+        Story::stable("crash", 4, canary(errors_check(), two_steps()), json!({})).await
     else {
         return;
     };
@@ -456,13 +468,19 @@ async fn a_crash_looping_canary_is_rolled_back_without_touching_stable() {
     story.release("2.0.0", &[("CRASH_AFTER", "0")]).await;
     assert_rolled_back_to_v1(&story, &v1_template).await;
     let s = story.status().await;
-    let reason = s["history"][1]["reason"].as_str().unwrap_or_default().to_string();
+    let reason = s["history"][1]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(reason.contains("restarts"), "{reason}");
     // No v1 pod was ever started with v2's template.
     for pod in story.cp.kubelet().pods(&story.ns) {
         for launch in story.cp.kubelet().launches(&story.ns, &pod.name) {
             if pod.labels["modeldeploy.io/version"] == "1.0.0" {
-                assert_eq!(launch.env.get("MODEL_VERSION").map(String::as_str), Some("1.0.0"));
+                assert_eq!(
+                    launch.env.get("MODEL_VERSION").map(String::as_str),
+                    Some("1.0.0")
+                );
                 assert!(!launch.env.contains_key("CRASH_AFTER"), "{launch:?}");
             }
         }
@@ -483,7 +501,10 @@ async fn a_canary_with_shifted_predictions_is_rolled_back() {
     story.release("2.0.0", &[("PREDICTION_SHIFT", "3")]).await;
     assert_rolled_back_to_v1(&story, &v1_template).await;
     let s = story.status().await;
-    let reason = s["history"][1]["reason"].as_str().unwrap_or_default().to_string();
+    let reason = s["history"][1]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(reason.contains("outputs"), "{reason}");
 }
 
@@ -521,7 +542,10 @@ async fn the_guard_rolls_back_a_promoted_revision_that_turns_bad() {
     let Some(mut story) = Story::stable(
         "guard",
         2,
-        canary(errors_check(), json!([{"setWeight": 50}, {"analysis": {"passes": 2}}])),
+        canary(
+            errors_check(),
+            json!([{"setWeight": 50}, {"analysis": {"passes": 2}}]),
+        ),
         guard,
     )
     .await
@@ -532,7 +556,9 @@ async fn the_guard_rolls_back_a_promoted_revision_that_turns_bad() {
     story.release("2.0.0", &[("ALLOW_FAULTS", "true")]).await;
     story
         .until("v2 promoted and guarded", |s| {
-            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0" && s["guard"]["revision"] == 2
+            s["phase"] == "Stable"
+                && s["stable"]["version"] == "2.0.0"
+                && s["guard"]["revision"] == 2
         })
         .await;
     let pods = story.wait_for_pods(&["2.0.0"]).await;
@@ -547,7 +573,9 @@ async fn the_guard_rolls_back_a_promoted_revision_that_turns_bad() {
             .unwrap();
         assert!(r.status().is_success(), "{}", r.status());
     }
-    let s = story.until("rolled back by the guard", |s| s["phase"] == "RolledBack").await;
+    let s = story
+        .until("rolled back by the guard", |s| s["phase"] == "RolledBack")
+        .await;
     assert_eq!(s["stable"]["version"], "1.0.0");
     assert_eq!(history(&s), ["Deployed", "Promoted", "RolledBack"]);
     story.wait_for_pods(&["1.0.0"]).await;
@@ -628,7 +656,9 @@ async fn one_replica_runs_one_pod_of_each_revision_and_never_none() {
 
     // A next version that never becomes ready leaves the one stable pod alone.
     story.release("3.0.0", &[("CRASH_AFTER", "0")]).await;
-    story.until("v3 rolled back", |s| s["phase"] == "RolledBack").await;
+    story
+        .until("v3 rolled back", |s| s["phase"] == "RolledBack")
+        .await;
     story.wait_for_pods(&["1.0.0"]).await;
     story.assert_pods_run_their_revisions();
     story.assert_capacity_kept();

@@ -56,6 +56,8 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => "rejected",
             Error::Kube(kube::Error::Api(s)) if s.code >= 500 => "server_error",
             Error::Kube(kube::Error::Api(_)) => "api_other",
+            // An answer our types cannot read: a bug to fix, not a network blip.
+            Error::Kube(kube::Error::SerdeError(_)) => "decode",
             Error::Kube(_) => "transport",
             Error::MissingField(_) => "malformed_object",
             Error::GatewayApiMissing => "gateway_api_missing",
