@@ -49,6 +49,8 @@ struct Story {
     /// What each version's pods must run: the switches in their env.
     revisions: BTreeMap<String, Vec<(String, String)>>,
     load: Option<LoadHandle>,
+    /// Through the HTTPRoute instead of a Service (the gatewayAPI router).
+    routed: bool,
     capacity: Capacity,
 }
 
@@ -154,8 +156,24 @@ impl Story {
     /// v1 of the model, stable and serving under load, with `rollout` and
     /// `extra` spec fields.
     async fn stable(prefix: &str, replicas: i32, rollout: Value, extra: Value) -> Option<Story> {
+        Self::stable_with(prefix, replicas, rollout, extra, &[]).await
+    }
+
+    /// [`Story::stable`] with v1 running these switches; with the
+    /// `gatewayAPI` router the load goes through the stored HTTPRoute.
+    async fn stable_with(
+        prefix: &str,
+        replicas: i32,
+        rollout: Value,
+        extra: Value,
+        v1_env: &[(&str, &str)],
+    ) -> Option<Story> {
         let cp = control_plane()?;
         cp.install_crds().await;
+        let routed = rollout["traffic"]["router"] == "gatewayAPI";
+        if routed && !cp.install_gateway_api().await {
+            return None;
+        }
         let ns = cp.namespace(prefix).await;
         let op = RealOperator::start(cp, OperatorOptions::watching(&[&ns])).await?;
         op.wait_ready(WAIT).await;
@@ -165,7 +183,7 @@ impl Story {
             "kind": "ModelDeployment",
             "metadata": {"name": NAME, "namespace": ns},
             "spec": {
-                "model": model("1.0.0", &[]),
+                "model": model("1.0.0", v1_env),
                 "replicas": replicas,
                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
                               "limits": {"cpu": "1", "memory": "256Mi"}},
@@ -184,8 +202,15 @@ impl Story {
             op,
             api,
             replicas,
-            revisions: BTreeMap::from([("1.0.0".to_string(), vec![])]),
+            revisions: BTreeMap::from([(
+                "1.0.0".to_string(),
+                v1_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )]),
             load: None,
+            routed,
             capacity,
         };
         story.until("v1 stable", |s| s["phase"] == "Stable").await;
@@ -197,13 +222,57 @@ impl Story {
 
     async fn start_load(&mut self, options: LoadOptions) {
         self.load = None;
+        self.load = Some(self.new_load(options).await);
+    }
+
+    /// Load as clients would send it: through the Service, or the HTTPRoute.
+    async fn new_load(&self, options: LoadOptions) -> LoadHandle {
+        let kubelet = self.cp.kubelet();
+        if self.routed {
+            return kubelet.load_weighted(&self.ns, NAME, options).await;
+        }
         let selector = BTreeMap::from([("modeldeploy.io/name".to_string(), NAME.to_string())]);
-        self.load = Some(
-            self.cp
-                .kubelet()
-                .load_with(&self.ns, &selector, options)
-                .await,
+        kubelet.load_with(&self.ns, &selector, options).await
+    }
+
+    /// The stored HTTPRoute's rules as (header matches, [(service, weight)]).
+    async fn route_rules(&self) -> Vec<(Value, Vec<(String, i64)>)> {
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            self.cp.admin().await,
+            &self.ns,
+            &kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                "gateway.networking.k8s.io",
+                "v1",
+                "HTTPRoute",
+            )),
         );
+        let route = api.get(NAME).await.unwrap();
+        route.data["spec"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let headers: Vec<Value> = r["matches"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| m["headers"].clone())
+                    .filter(|h| !h.is_null())
+                    .collect();
+                let backends = r["backendRefs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| {
+                        (
+                            b["name"].as_str().unwrap().to_string(),
+                            b["weight"].as_i64().unwrap_or(1),
+                        )
+                    })
+                    .collect();
+                (Value::Array(headers), backends)
+            })
+            .collect()
     }
 
     /// Change the spec to `version` with these switches, as `kubectl apply` would.
@@ -238,6 +307,19 @@ impl Story {
             }
             if tokio::time::Instant::now() >= deadline {
                 self.op.print_log_tail(60);
+                let api: Api<Event> = Api::namespaced(self.cp.admin().await, &self.ns);
+                let events = api.list(&ListParams::default()).await.unwrap().items;
+                // The model's own events; the endpoints controller's complaints
+                // about loopback pod IPs are harness noise.
+                for e in events.into_iter().filter(|e| {
+                    e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("ModelDeployment")
+                }) {
+                    eprintln!(
+                        "event {}: {}",
+                        e.reason.unwrap_or_default(),
+                        e.note.unwrap_or_default()
+                    );
+                }
                 panic!("timed out waiting for {what}; status: {s:#}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -295,6 +377,16 @@ impl Story {
                 async move { ready.then_some(pods) }
             },
         )
+        .await
+    }
+
+    /// Until exactly `n` model pods serve, whatever their versions.
+    async fn wait_for_pods_count(&self, n: usize) -> Vec<RunningPod> {
+        let (cp, ns) = (self.cp, self.ns.clone());
+        poll(&format!("{n} Ready pods"), WAIT, || {
+            let pods = serving(cp, &ns);
+            async move { (pods.len() == n).then_some(pods) }
+        })
         .await
     }
 
@@ -640,7 +732,7 @@ async fn one_replica_runs_one_pod_of_each_revision_and_never_none() {
     story.release("2.0.0", &[]).await;
     let s = story
         .until("paused at the step with one pod each", |s| {
-            s["phase"] == "Paused" && s["canary"]["weight"] == 50
+            s["canary"]["paused"] == "Step" && s["canary"]["weight"] == 50
         })
         .await;
     assert_eq!(s["canary"]["setWeight"], 10);
@@ -662,4 +754,149 @@ async fn one_replica_runs_one_pod_of_each_revision_and_never_none() {
     story.wait_for_pods(&["1.0.0"]).await;
     story.assert_pods_run_their_revisions();
     story.assert_capacity_kept();
+}
+
+fn gateway(rollout: Value) -> Value {
+    let mut rollout = rollout;
+    rollout["traffic"] = json!({"router": "gatewayAPI", "gatewayAPI": {
+        "parentRefs": [{"name": "public", "namespace": "gateways"}],
+        "hostnames": ["scorer.example"]}});
+    rollout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_canary_behind_the_gateway_api_is_promoted() {
+    let steps = json!([{"setWeight": 20}, {"analysis": {"passes": 2}}, {"pause": {}}]);
+    let Some(mut story) = Story::stable(
+        "gw-canary",
+        2,
+        gateway(canary(errors_check(), steps)),
+        json!({}),
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(
+        story.route_rules().await,
+        [(
+            json!([]),
+            vec![("scorer-stable".into(), 100), ("scorer-canary".into(), 0)]
+        )]
+    );
+    story.release("2.0.0", &[]).await;
+    let s = story
+        .until("paused at the pause step after the analysis passed", |s| {
+            s["canary"]["paused"] == "Step" && s["canary"]["weight"] == 20
+        })
+        .await;
+    assert_eq!(s["canary"]["setWeight"], 20, "{s:#}");
+    assert_eq!(
+        story.route_rules().await,
+        [(
+            json!([]),
+            vec![("scorer-stable".into(), 80), ("scorer-canary".into(), 20)]
+        )],
+        "the stored route splits exactly"
+    );
+    // Stable keeps all its pods; the canary has enough for its share.
+    let pods = story.wait_for_pods_count(3).await;
+    let v2 = pods
+        .iter()
+        .filter(|p| p.labels["modeldeploy.io/version"] == "2.0.0")
+        .count();
+    assert_eq!(v2, 1);
+    story.assert_pods_run_their_revisions();
+    // Clients reach both versions, about as the route says.
+    let before = story.load.as_ref().unwrap().stats().by_version();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = story.load.as_ref().unwrap().stats().by_version();
+    let got = |v: &str| after.get(v).copied().unwrap_or(0) - before.get(v).copied().unwrap_or(0);
+    assert!(
+        got("2.0.0") > 0 && got("1.0.0") > 2 * got("2.0.0"),
+        "{before:?} -> {after:?}"
+    );
+
+    let api = story.api.clone();
+    modeldeploy::cli::send_request(
+        &api,
+        NAME,
+        &modeldeploy::rollout::Request::new("go", modeldeploy::rollout::RequestAction::Promote),
+    )
+    .await
+    .unwrap();
+    let s = story
+        .until("v2 promoted", |s| {
+            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
+        })
+        .await;
+    assert_eq!(history(&s), ["Deployed", "Promoted"]);
+    assert_eq!(
+        story.route_rules().await,
+        [(
+            json!([]),
+            vec![("scorer-stable".into(), 100), ("scorer-canary".into(), 0)]
+        )]
+    );
+    story.wait_for_pods(&["2.0.0"]).await;
+    story.assert_pods_run_their_revisions();
+    story.assert_capacity_kept();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_matched_ab_test_behind_the_gateway_api_promotes_the_better_variant() {
+    let rollout = gateway(json!({
+        "strategy": "abTest",
+        "abTest": {
+            "match": [{"headers": {"x-model-variant": "b"}}],
+            "minSamples": 100,
+            "maxDuration": "3m",
+            "objective": {"metric": "errorRate", "goal": "minimize", "confidence": 0.95}
+        },
+        "scaleDownDelay": "2s",
+        "analysis": {"interval": "2s", "minSamples": 40, "checks": []}
+    }));
+    // The running version fails one request in ten; the candidate does not.
+    let Some(mut story) =
+        Story::stable_with("gw-ab", 2, rollout, json!({}), &[("ERROR_RATE", "0.1")]).await
+    else {
+        return;
+    };
+    story.release("2.0.0", &[]).await;
+    story
+        .until("the test runs", |s| {
+            s["canary"]["weight"].as_i64().unwrap_or(0) > 0
+        })
+        .await;
+    let mut variant_b = LoadOptions::rps(20.0);
+    variant_b.headers = BTreeMap::from([("x-model-variant".into(), "b".into())]);
+    let matched = story.new_load(variant_b).await;
+    assert_eq!(
+        story.route_rules().await,
+        [
+            (
+                json!([[{"type": "Exact", "name": "x-model-variant", "value": "b"}]]),
+                vec![("scorer-canary".into(), 1)]
+            ),
+            (json!([]), vec![("scorer-stable".into(), 1)]),
+        ],
+        "matching requests go to the candidate, the rest to stable"
+    );
+    story.wait_for_pods_count(4).await;
+    story.assert_pods_run_their_revisions();
+    let s = story
+        .until("the candidate won and was promoted", |s| {
+            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
+        })
+        .await;
+    assert_eq!(s["abTest"]["winner"], "candidate", "{s:#}");
+    assert_eq!(history(&s), ["Deployed", "Promoted"]);
+    // Before the decision, each client group met only its variant.
+    let b = matched.stop().by_version();
+    assert!(
+        b.get("1.0.0").is_none() && b.get("2.0.0").is_some(),
+        "{b:?}"
+    );
+    story.wait_for_pods(&["2.0.0"]).await;
+    story.assert_pods_run_their_revisions();
 }
