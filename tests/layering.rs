@@ -207,3 +207,37 @@ fn the_checker_sees_a_reintroduced_cycle_and_a_pure_to_io_edge() {
         "comments do not count"
     );
 }
+
+/// The README's layout table names files that exist, and every top-level
+/// module of `src/`.
+#[test]
+fn the_readme_layout_table_matches_the_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let table = readme
+        .split("## Layout")
+        .nth(1)
+        .expect("README has a Layout section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut named = BTreeSet::new();
+    for row in table.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split('|').nth(1).unwrap_or_default();
+        for path in first.split('`').skip(1).step_by(2) {
+            assert!(
+                root.join(path.trim_end_matches('/')).exists(),
+                "README layout names {path}, which does not exist"
+            );
+            named.insert(path.trim_end_matches('/').to_string());
+        }
+    }
+    for module in top_level_modules(&sources()) {
+        let as_dir = format!("src/{module}");
+        let as_file = format!("src/{module}.rs");
+        assert!(
+            named.contains(&as_dir) || named.contains(&as_file),
+            "README layout does not mention src/{module}"
+        );
+    }
+}

@@ -893,10 +893,7 @@ async fn a_header_matched_ab_test_behind_the_gateway_api_promotes_the_better_var
     assert_eq!(history(&s), ["Deployed", "Promoted"]);
     // Before the decision, each client group met only its variant.
     let b = matched.stop().by_version();
-    assert!(
-        b.get("1.0.0").is_none() && b.get("2.0.0").is_some(),
-        "{b:?}"
-    );
+    assert!(!b.contains_key("1.0.0") && b.contains_key("2.0.0"), "{b:?}");
     story.wait_for_pods(&["2.0.0"]).await;
     story.assert_pods_run_their_revisions();
 }
