@@ -13,6 +13,7 @@ pub mod notify;
 pub mod operator;
 pub mod resources;
 pub mod rollout;
+pub mod routers;
 pub mod telemetry;
 
 /// One HTTP client setup for everything the operator fetches (pod metrics,

@@ -827,3 +827,31 @@ fn every_metric_the_chart_uses_is_registered_by_the_operator() {
         "not registered by the operator: {missing:?}"
     );
 }
+
+/// Each router's own API (its children beyond Deployments and Services) has
+/// a rule in the chart's ClusterRole, and the router's name is the spec's.
+#[test]
+fn every_router_can_write_what_it_applies() {
+    let rbac = read(&format!("{CHART}/templates/rbac.yaml"));
+    for router in modeldeploy::api::Router::ALL {
+        let r = modeldeploy::routers::for_router(router);
+        assert_eq!(
+            serde_json::to_value(router).unwrap(),
+            json!(r.name()),
+            "the router module's name"
+        );
+        for api in r.writes() {
+            let rule = format!(
+                "  - apiGroups: [{}]\n    resources: [{}]",
+                api.group, api.resource
+            );
+            assert!(
+                rbac.contains(&rule),
+                "the chart's ClusterRole has no rule for {}/{} ({} router)",
+                api.group,
+                api.resource,
+                r.name()
+            );
+        }
+    }
+}

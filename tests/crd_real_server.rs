@@ -34,7 +34,7 @@ use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
 use modeldeploy::api::{HttpMatch, ModelDeployment, Phase};
 use modeldeploy::resources::APPLIED_HASH;
-use modeldeploy::resources::gateway::{HTTPRoute, http_route};
+use modeldeploy::routers::gateway_api::{HTTPRoute, http_route};
 use serde_json::{Value, json};
 
 use schema::{example, example_model_deployments, invalid_cases};

@@ -7,7 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules that take values and return values.
-const PURE: &[&str] = &["api", "analysis", "exposition", "resources", "rollout"];
+const PURE: &[&str] = &[
+    "api",
+    "analysis",
+    "exposition",
+    "resources",
+    "rollout",
+    "routers",
+];
 /// Modules that talk to the cluster, the network or the process.
 const IO: &[&str] = &[
     "cli",

@@ -579,6 +579,10 @@ pub enum Router {
     GatewayApi,
 }
 
+impl Router {
+    pub const ALL: [Router; 2] = [Router::Replicas, Router::GatewayApi];
+}
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.router != 'gatewayAPI' || has(self.gatewayAPI)").message("spec.rollout.traffic.gatewayAPI (parentRefs) is required when router is gatewayAPI"))]

@@ -26,6 +26,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::api::{ModelDeployment, ModelDeploymentStatus, labels, validate};
 use crate::resources::{self, APPLIED_HASH};
 use crate::rollout::{self, Input, NoteKind};
+use crate::routers::Child;
 use crate::telemetry::{Metrics, Readiness};
 
 /// The one field manager for everything the operator writes.
@@ -40,10 +41,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("object has no {0}")]
     MissingField(&'static str),
-    #[error(
-        "spec.rollout.traffic.router is gatewayAPI but the cluster has no HTTPRoute (gateway.networking.k8s.io/v1) API: install the Gateway API CRDs"
-    )]
-    GatewayApiMissing,
+    /// The router's message saying which API is missing and how to get it.
+    #[error("{0}")]
+    RouterApiMissing(&'static str),
 }
 
 impl Error {
@@ -60,7 +60,7 @@ impl Error {
             Error::Kube(kube::Error::SerdeError(_)) => "decode",
             Error::Kube(_) => "transport",
             Error::MissingField(_) => "malformed_object",
-            Error::GatewayApiMissing => "gateway_api_missing",
+            Error::RouterApiMissing(_) => "router_api_missing",
         }
     }
 }
@@ -783,58 +783,65 @@ async fn report_undecodable(
     Ok(Action::await_change())
 }
 
-/// With the Gateway API router: a Service per variant and the weighted HTTPRoute.
+/// The router's children beside the revisions' Deployments: Services from
+/// the cache, routes read live (other controllers write them too).
 async fn route_traffic(
     md: &ModelDeployment,
     ctx: &Context,
     ns: &str,
     decision: &rollout::Decision,
 ) -> Result<()> {
-    use crate::resources::gateway::{self, HTTPRoute};
-    let Some(rollout_spec) = md.spec.rollout.as_ref() else {
-        return Ok(());
-    };
-    let Some(gw) = rollout_spec.traffic.gateway_api.as_ref() else {
-        return Ok(());
-    };
-    if rollout_spec.traffic.router != crate::api::Router::GatewayApi {
-        return Ok(());
-    }
     let Some(stable) = decision.status.stable.as_ref() else {
         return Ok(());
     };
-    let canary_hash = decision
-        .status
-        .canary
-        .as_ref()
-        .map_or(stable.hash.as_str(), |c| c.hash.as_str());
-    for (variant, hash) in [
-        (gateway::STABLE, stable.hash.as_str()),
-        (gateway::CANARY, canary_hash),
-    ] {
-        let desired = gateway::variant_service(md, variant, hash);
-        let key = ObjectRef::new(&desired.name_any()).within(ns);
-        apply_if_changed(ctx, ns, desired, ctx.services.get(&key).as_deref()).await?;
+    let router = crate::routers::for_spec(&md.spec);
+    let split = crate::routers::Split {
+        stable_hash: &stable.hash,
+        canary_hash: decision
+            .status
+            .canary
+            .as_ref()
+            .map_or(stable.hash.as_str(), |c| c.hash.as_str()),
+        canary_weight: decision.canary_weight,
+    };
+    for child in router.children(md, split) {
+        let applied = match child {
+            Child::Service(desired) => {
+                let key = ObjectRef::new(&desired.name_any()).within(ns);
+                apply_if_changed(ctx, ns, *desired, ctx.services.get(&key).as_deref()).await
+            }
+            Child::HttpRoute(desired) => apply_live(ctx, ns, *desired).await,
+        };
+        match applied {
+            // A 404 on apply means the kind itself is unknown to the cluster.
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {
+                return Err(Error::RouterApiMissing(router.missing_api()));
+            }
+            other => other?,
+        }
     }
-    let matches = rollout_spec
-        .ab_test
-        .as_ref()
-        .and_then(|ab| ab.matches.clone())
-        .unwrap_or_default();
-    let route = gateway::http_route(md, gw, decision.canary_weight, &matches);
-    let api: Api<HTTPRoute> = Api::namespaced(ctx.client.clone(), ns);
-    let current = api.get_opt(&md.name_any()).await?;
-    // Read live, not from a cache: nothing to remember about earlier applies.
+    Ok(())
+}
+
+/// Apply a child that is read live instead of from a cache.
+async fn apply_live<K>(ctx: &Context, ns: &str, desired: K) -> Result<()>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let current = api.get_opt(&desired.name_any()).await?;
+    // Read live: nothing to remember about earlier applies.
     lock(&ctx.applied).remove(&(
-        HTTPRoute::kind(&()).to_string(),
+        K::kind(&K::DynamicType::default()).to_string(),
         ns.to_string(),
-        md.name_any(),
+        desired.name_any(),
     ));
-    // A 404 on apply means the HTTPRoute kind itself is unknown to the cluster.
-    match apply_if_changed(ctx, ns, route, current.as_ref()).await {
-        Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => Err(Error::GatewayApiMissing),
-        other => other,
-    }
+    apply_if_changed(ctx, ns, desired, current.as_ref()).await
 }
 
 /// Why the canary's pods are unhealthy, straight from pod status.

@@ -14,8 +14,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-pub mod gateway;
-
 use crate::api::{ModelDeployment, ModelDeploymentSpec, ValidSpec, labels};
 
 /// Name of the serving container; also how the operator finds it in pod status.
@@ -67,7 +65,7 @@ pub struct RevisionWorkload {
 }
 
 /// Labels shared by every object of one ModelDeployment.
-fn base_labels(md: &ModelDeployment) -> BTreeMap<String, String> {
+pub(crate) fn base_labels(md: &ModelDeployment) -> BTreeMap<String, String> {
     BTreeMap::from([
         (labels::NAME.to_string(), md.name_any()),
         (labels::MANAGED_BY.to_string(), MANAGER_NAME.to_string()),
@@ -89,7 +87,11 @@ fn selector_labels(md: &ModelDeployment, hash: &str) -> BTreeMap<String, String>
     ])
 }
 
-fn owned_meta(md: &ModelDeployment, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+pub(crate) fn owned_meta(
+    md: &ModelDeployment,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: md.namespace(),
@@ -122,7 +124,7 @@ pub fn captured_drift_reference(
 }
 
 /// Stamp the hash of an object's desired content on it (see [`APPLIED_HASH`]).
-fn stamp<T: serde::Serialize + Resource>(mut obj: T) -> T {
+pub(crate) fn stamp<T: serde::Serialize + Resource>(mut obj: T) -> T {
     let hash = short_hash(&serde_json::to_value(&obj).unwrap_or_default());
     obj.meta_mut()
         .annotations
@@ -331,7 +333,7 @@ pub fn service(md: &ModelDeployment) -> Service {
 
 /// A Service on the model port selecting `selector`; every Service the
 /// operator makes has this shape.
-fn model_service(
+pub(crate) fn model_service(
     md: &ModelDeployment,
     name: String,
     labels: BTreeMap<String, String>,

@@ -1,54 +1,34 @@
-//! How many pods each revision runs, and how much traffic the canary gets.
-//! With the `replicas` router the fleet keeps its size and the canary's share
-//! of pods is its share of traffic; with the `gatewayAPI` router the stable
-//! revision keeps its full size and an HTTPRoute splits traffic exactly.
+//! How many pods each revision runs, and how much traffic the canary gets:
+//! the sizes engine over the spec's traffic router (`crate::routers`), which
+//! decides the shares; this module adds what holds for every router (full
+//! size while promoting, surge first, drains).
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{
-    CanaryStatus, ModelDeploymentSpec, ModelDeploymentStatus, RevisionStatus, Router,
-};
+use crate::api::{CanaryStatus, ModelDeploymentSpec, ModelDeploymentStatus, RevisionStatus};
 use crate::resources::RevisionWorkload;
+use crate::routers::{self, PodsUp};
 
 use super::{Observed, available};
-
-fn router(spec: &ModelDeploymentSpec) -> Router {
-    spec.rollout
-        .as_ref()
-        .map(|r| r.traffic.router)
-        .unwrap_or_default()
-}
 
 /// Pods the canary runs at its current step: its weight's share of the fleet,
 /// at least one while it has any weight, all of them while promoting.
 pub fn canary_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
-    let total = spec.replicas;
     if c.promoting {
-        return total;
+        return spec.replicas;
     }
-    if c.set_weight <= 0 || total == 0 {
+    if c.set_weight <= 0 || spec.replicas == 0 {
         return 0;
     }
-    let share = i64::from(total) * i64::from(c.set_weight.min(100));
-    let n = match router(spec) {
-        // Nearest share of the fleet: the split is approximate by nature.
-        Router::Replicas => (share + 50) / 100,
-        // Enough pods to carry the weight the route sends.
-        Router::GatewayApi => (share + 99) / 100,
-    };
-    i32::try_from(n).unwrap_or(total).clamp(1, total)
+    routers::for_spec(spec).canary_pods(spec.replicas, c.set_weight)
 }
 
-/// Pods the stable revision runs once the current step is reached. With the
-/// replicas router it keeps at least one pod while the canary's weight is
-/// under 100, so `replicas: 1` runs one pod of each (50 %).
+/// Pods the stable revision runs once the current step is reached.
 fn stable_target(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
-    match router(spec) {
-        _ if c.promoting => spec.replicas,
-        Router::GatewayApi => spec.replicas,
-        Router::Replicas if c.set_weight >= 100 || spec.replicas == 0 => 0,
-        Router::Replicas => (spec.replicas - canary_replicas(spec, c)).max(1),
+    if c.promoting {
+        return spec.replicas;
     }
+    routers::for_spec(spec).stable_pods(spec.replicas, c.set_weight, canary_replicas(spec, c))
 }
 
 /// Pods the stable revision runs while a canary is out. Surge first: a stable
@@ -84,10 +64,9 @@ pub fn draining_replicas(
     has.min(spec.replicas - serving_up).max(0)
 }
 
-/// Whether a revision that stops serving should keep its pods for a while:
-/// with the replicas router its pods are part of the fleet's capacity.
+/// Whether a revision that stops serving should keep its pods for a while.
 pub fn drains(spec: &ModelDeploymentSpec) -> bool {
-    router(spec) == Router::Replicas
+    routers::for_spec(spec).drains()
 }
 
 /// The canary's actual share of traffic.
@@ -97,29 +76,14 @@ pub fn achieved(
     stable: &RevisionStatus,
     observed: &Observed,
 ) -> i32 {
-    let canary_up = observed.get(&c.hash).map_or(0, |o| o.available_replicas);
-    match router(spec) {
-        Router::Replicas => {
-            let stable_up = observed
-                .get(&stable.hash)
-                .map_or(0, |o| o.available_replicas);
-            let total = canary_up + stable_up;
-            if total == 0 {
-                0
-            } else {
-                canary_up * 100 / total
-            }
-        }
-        // Traffic moves only once the canary can carry it.
-        Router::GatewayApi => {
-            let target = if c.promoting { 100 } else { c.set_weight };
-            if available(observed.get(&c.hash), canary_replicas(spec, c)) {
-                target
-            } else {
-                c.weight.min(target)
-            }
-        }
-    }
+    let up = |hash: &str| observed.get(hash).map_or(0, |o| o.available_replicas);
+    let pods = PodsUp {
+        canary_available: up(&c.hash),
+        stable_available: up(&stable.hash),
+        canary_complete: available(observed.get(&c.hash), canary_replicas(spec, c)),
+    };
+    let wanted = if c.promoting { 100 } else { c.set_weight };
+    routers::for_spec(spec).carried_weight(wanted, c.weight, &pods)
 }
 
 /// The current setWeight step is reached: both revisions run at their sizes.

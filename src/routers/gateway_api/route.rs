@@ -1,5 +1,5 @@
-//! The `gatewayAPI` router: a Service per variant and an HTTPRoute that splits
-//! traffic between them by weight, or sends matching requests to the new one.
+//! The HTTPRoute the `gatewayAPI` router writes, and the Service per variant
+//! it splits traffic between, by weight or by matching requests.
 //!
 //! # Why our own HTTPRoute types
 //!
@@ -23,7 +23,7 @@
 //!
 //! Server defaults never make a route look changed: the controller decides
 //! whether to apply by comparing the `modeldeploy.io/applied-hash` annotation
-//! stamped on the rendered object (see `super::stamp`) with the one on the
+//! stamped on the rendered object (see `crate::resources::stamp`) with the one on the
 //! live object, never the specs themselves, and the server leaves annotations
 //! as applied. [`HttpRouteSpec::with_server_defaults`] fills in the defaults
 //! the way the server does, for comparing a read-back route with a rendered one.
@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{GatewayApiSpec, HttpMatch, ModelDeployment, ParentRef, labels};
 
-use super::{base_labels, model_service, owned_meta, stamp};
+use crate::resources::{base_labels, model_service, owned_meta, stamp};
 
 /// The fields of `gateway.networking.k8s.io/v1` HTTPRoute this operator owns.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -416,9 +416,9 @@ mod tests {
     /// controller), the A/B test on a header and a cookie (`abtest`), and the
     /// canary route after another field manager added filters, timeouts, a
     /// path and a parent port (`edited`).
-    const WEIGHTED: &str = include_str!("../../tests/fixtures/gateway/weighted.json");
-    const HEADER_MATCH: &str = include_str!("../../tests/fixtures/gateway/header-match.json");
-    const EDITED: &str = include_str!("../../tests/fixtures/gateway/edited-by-others.json");
+    const WEIGHTED: &str = include_str!("../../../tests/fixtures/gateway/weighted.json");
+    const HEADER_MATCH: &str = include_str!("../../../tests/fixtures/gateway/header-match.json");
+    const EDITED: &str = include_str!("../../../tests/fixtures/gateway/edited-by-others.json");
 
     fn ab_match() -> HttpMatch {
         HttpMatch {
@@ -450,8 +450,8 @@ mod tests {
             Some("Service")
         );
         assert_eq!(
-            live.annotations().get(super::super::APPLIED_HASH),
-            rendered.annotations().get(super::super::APPLIED_HASH)
+            live.annotations().get(crate::resources::APPLIED_HASH),
+            rendered.annotations().get(crate::resources::APPLIED_HASH)
         );
         let weights: Vec<_> = live.spec.rules[0]
             .backend_refs
@@ -470,8 +470,8 @@ mod tests {
             rendered.spec.with_server_defaults()
         );
         assert_eq!(
-            live.annotations().get(super::super::APPLIED_HASH),
-            rendered.annotations().get(super::super::APPLIED_HASH)
+            live.annotations().get(crate::resources::APPLIED_HASH),
+            rendered.annotations().get(crate::resources::APPLIED_HASH)
         );
         let first = &live.spec.rules[0];
         assert_eq!(first.backend_refs[0].name, "scorer-canary");
