@@ -460,7 +460,7 @@ fn drift_check<'a>(
         return Err(invalid(
             join(field, "max"),
             format!(
-                "{} is not below {top:.4}, the highest score of method {}: the check could never fail",
+                "{} is not below {top}, the highest score of method {}: the check could never fail",
                 d.max,
                 wire_name(d.method)
             ),
@@ -699,6 +699,72 @@ mod tests {
         )
         .unwrap();
         with("default", errors, json!({})).unwrap();
+    }
+
+    fn check(v: serde_json::Value) -> Check {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn check_kind_reads_the_limits_evaluation_judges() {
+        let both = check(json!({"name": "e", "errorRate": {"max": 0.01, "maxRatioToStable": 2}}));
+        assert_eq!(
+            check_kind("", &both).unwrap(),
+            CheckKind::ErrorRate(ErrorRateLimit::Both {
+                max: 0.01,
+                ratio_to_stable: 2.0
+            })
+        );
+        let ratio = check(json!({"name": "e", "errorRate": {"maxRatioToStable": 1.5}}));
+        assert_eq!(
+            check_kind("", &ratio).unwrap(),
+            CheckKind::ErrorRate(ErrorRateLimit::RatioToStable(1.5))
+        );
+        let p99 = check(json!({"name": "l", "latency": {"quantile": 0.99, "max": "300ms"}}));
+        assert_eq!(
+            check_kind("", &p99).unwrap(),
+            CheckKind::Latency(LatencyLimit {
+                quantile: 0.99,
+                max: Duration::from_millis(300)
+            })
+        );
+        let min = check(json!({"name": "m", "metric": {"query": "q", "min": 1}}));
+        let CheckKind::Metric(m) = check_kind("", &min).unwrap() else {
+            panic!("a metric check");
+        };
+        assert_eq!(m.bounds, Bounds::Min(1.0));
+        // The largest maxima that can still fail are accepted.
+        for (method, max) in [
+            ("js", 0.83),
+            ("ks", 0.999),
+            ("chiSquared", 0.999),
+            ("psi", 50.0),
+        ] {
+            let d = check(json!({"name": "d", "inputDrift": {"method": method, "max": max}}));
+            assert!(check_kind("", &d).is_ok(), "{method} {max}");
+        }
+    }
+
+    #[test]
+    fn check_kind_names_fields_under_the_given_path_or_relative_to_the_check() {
+        let empty = check(json!({"name": "e", "errorRate": {}}));
+        assert_eq!(check_kind("", &empty).unwrap_err().field, "errorRate");
+        assert_eq!(
+            check_kind("spec.guard.checks[2]", &empty)
+                .unwrap_err()
+                .field,
+            "spec.guard.checks[2].errorRate"
+        );
+        let none = check(json!({"name": "x"}));
+        assert_eq!(check_kind("", &none).unwrap_err().field, "check");
+        assert_eq!(
+            check_kind("spec.guard.checks[0]", &none).unwrap_err().field,
+            "spec.guard.checks[0]"
+        );
+        // Two kinds are refused even when one of them is malformed.
+        let two = check(json!({"name": "x", "errorRate": {}, "metric": {"query": "q", "max": 1}}));
+        let e = check_kind("", &two).unwrap_err();
+        assert!(e.message.contains("sets both errorRate and metric"), "{e}");
     }
 
     #[test]

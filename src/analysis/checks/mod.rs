@@ -255,6 +255,34 @@ mod tests {
     }
 
     #[test]
+    fn a_shape_validation_refuses_is_inconclusive_before_any_data_is_read() {
+        let cs = checks(json!([
+            {"name": "empty", "errorRate": {}},
+            {"name": "nothing"},
+            {"name": "unbounded", "metric": {"query": "queue_depth"}}
+        ]));
+        let none = VariantData::default();
+        let c = variant(3000.0, 3.0);
+        for data in [&none, &c] {
+            let run = evaluate(&cs, &judge(data, data, None), Timestamp::UNIX_EPOCH);
+            let messages: Vec<&str> = run
+                .checks
+                .iter()
+                .map(|c| {
+                    assert_eq!(c.verdict, CheckVerdict::Inconclusive, "{c:?}");
+                    c.message.as_deref().unwrap_or_default()
+                })
+                .collect();
+            assert!(
+                messages[0].contains("errorRate: sets neither"),
+                "{messages:?}"
+            );
+            assert!(messages[1].contains("check: sets no kind"), "{messages:?}");
+            assert!(messages[2].contains("metric: sets neither"), "{messages:?}");
+        }
+    }
+
+    #[test]
     fn missing_or_thin_data_is_inconclusive_never_pass() {
         let cs = checks(json!([
             {"name": "errors", "errorRate": {"max": 0.01}},
