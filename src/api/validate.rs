@@ -9,8 +9,12 @@ use k8s_openapi::api::core::v1::{
 };
 use serde::de::DeserializeOwned;
 
+use super::presets::Names;
 use super::quantity::parse_quantity;
-use super::spec::{ModelDeploymentSpec, PodOverrides};
+use super::spec::{
+    AbTestSpec, CanaryStep, Check, DriftCheck, DriftMethod, ErrorRateCheck, LatencyCheck,
+    MetricCheck, MetricsPreset, ModelDeploymentSpec, ObjectiveMetric, PodOverrides, QualityCheck,
+};
 
 /// A spec the operator refuses, naming the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,7 +35,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> InvalidSpec 
 #[derive(Debug, Clone)]
 pub struct ValidSpec {
     /// Which series mean traffic, errors, latency, inputs and outcomes.
-    pub names: super::presets::Names,
+    pub names: Names,
     pub metrics_interval: Duration,
     pub analysis_interval: Duration,
     pub progress_deadline: Duration,
@@ -87,12 +91,11 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
     validate_resources(spec)?;
     let pod = decode_raw_pod_fields(spec.template.as_ref())?;
     let metrics_interval = parse_interval("spec.metrics.interval", &spec.metrics.interval)?;
-    let names = super::presets::Names::resolve(spec.metrics.preset, &spec.metrics.names).map_err(
-        |message| InvalidSpec {
-            field: "spec.metrics.names.errors.matches".into(),
-            message,
-        },
-    )?;
+    let preset = spec.metrics.preset;
+    let names = Names::resolve(preset, &spec.metrics.names).map_err(|message| InvalidSpec {
+        field: "spec.metrics.names.errors.matches".into(),
+        message,
+    })?;
 
     let rollout = spec.rollout.clone().unwrap_or_default();
     let analysis_interval =
@@ -101,10 +104,49 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
         parse_interval("spec.rollout.progressDeadline", &rollout.progress_deadline)?;
     let scale_down_delay =
         parse_duration("spec.rollout.scaleDownDelay", &rollout.scale_down_delay)?;
+    let pause_durations = validate_steps(&rollout.steps)?;
+    validate_checks(
+        "spec.rollout.analysis.checks",
+        &rollout.analysis.checks,
+        &names,
+        preset,
+    )?;
+    let (guard_window, guard_interval) = match &spec.guard {
+        Some(g) => {
+            if g.checks.is_empty() {
+                // Nothing to judge: the guard would never roll back.
+                return Err(invalid("spec.guard.checks", "must list at least one check"));
+            }
+            validate_checks("spec.guard.checks", &g.checks, &names, preset)?;
+            (
+                Some(parse_duration("spec.guard.window", &g.window)?),
+                Some(parse_interval("spec.guard.interval", &g.interval)?),
+            )
+        }
+        None => (None, None),
+    };
+    let ab_max_duration = validate_ab_test(rollout.ab_test.as_ref(), &names, preset)?;
 
-    let mut pause_durations = Vec::with_capacity(rollout.steps.len());
+    Ok(ValidSpec {
+        names,
+        metrics_interval,
+        analysis_interval,
+        progress_deadline,
+        scale_down_delay,
+        pause_durations,
+        guard_window,
+        guard_interval,
+        ab_max_duration,
+        pod,
+    })
+}
+
+/// Steps set one kind each and never lower the weight; returns each step's
+/// timed pause, if it is one.
+fn validate_steps(steps: &[CanaryStep]) -> Result<Vec<Option<Duration>>, InvalidSpec> {
+    let mut pause_durations = Vec::with_capacity(steps.len());
     let mut last_weight = 0;
-    for (i, step) in rollout.steps.iter().enumerate() {
+    for (i, step) in steps.iter().enumerate() {
         let kinds = [
             step.set_weight.is_some(),
             step.pause.is_some(),
@@ -142,66 +184,28 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
         };
         pause_durations.push(pause);
     }
+    Ok(pause_durations)
+}
 
-    for (i, check) in rollout.analysis.checks.iter().enumerate() {
-        validate_check(
-            &format!("spec.rollout.analysis.checks[{i}]"),
-            check,
-            &names,
-            spec.metrics.preset,
-        )?;
-    }
-
-    let (guard_window, guard_interval) = match &spec.guard {
-        Some(g) => {
-            for (i, check) in g.checks.iter().enumerate() {
-                validate_check(
-                    &format!("spec.guard.checks[{i}]"),
-                    check,
-                    &names,
-                    spec.metrics.preset,
-                )?;
-            }
-            (
-                Some(parse_duration("spec.guard.window", &g.window)?),
-                Some(parse_interval("spec.guard.interval", &g.interval)?),
-            )
-        }
-        None => (None, None),
+/// The objective must be one the metrics can feed; returns `maxDuration`.
+fn validate_ab_test(
+    ab: Option<&AbTestSpec>,
+    names: &Names,
+    preset: MetricsPreset,
+) -> Result<Option<Duration>, InvalidSpec> {
+    let Some(ab) = ab else {
+        return Ok(None);
     };
-
-    if let Some(ab) = &rollout.ab_test {
-        let field = "spec.rollout.abTest.objective.metric";
-        match ab.objective.metric {
-            super::spec::ObjectiveMetric::ErrorRate => {
-                needs_errors(field, &names, spec.metrics.preset)?;
-            }
-            super::spec::ObjectiveMetric::Latency => {
-                needs_latency(field, &names, spec.metrics.preset)?;
-            }
-            _ => {}
-        }
+    let field = "spec.rollout.abTest.objective.metric";
+    match ab.objective.metric {
+        ObjectiveMetric::ErrorRate => needs_errors(field, names, preset)?,
+        ObjectiveMetric::Latency => needs_latency(field, names, preset)?,
+        _ => {}
     }
-    let ab_max_duration = match &rollout.ab_test {
-        Some(ab) => Some(parse_duration(
-            "spec.rollout.abTest.maxDuration",
-            &ab.max_duration,
-        )?),
-        None => None,
-    };
-
-    Ok(ValidSpec {
-        names,
-        metrics_interval,
-        analysis_interval,
-        progress_deadline,
-        scale_down_delay,
-        pause_durations,
-        guard_window,
-        guard_interval,
-        ab_max_duration,
-        pod,
-    })
+    Ok(Some(parse_duration(
+        "spec.rollout.abTest.maxDuration",
+        &ab.max_duration,
+    )?))
 }
 
 fn validate_model(spec: &ModelDeploymentSpec) -> Result<(), InvalidSpec> {
@@ -225,64 +229,331 @@ fn validate_model(spec: &ModelDeploymentSpec) -> Result<(), InvalidSpec> {
     Ok(())
 }
 
-/// A check the metrics cannot feed would stay Inconclusive forever and hold
-/// every rollout: refuse it up front, naming what to set.
-fn validate_check(
+/// The checks of one list (`spec.rollout.analysis.checks` or
+/// `spec.guard.checks`): each of a shape evaluation can judge, fed by the
+/// metrics, under its own name.
+fn validate_checks(
     field: &str,
-    check: &super::spec::Check,
-    names: &super::presets::Names,
-    preset: super::spec::MetricsPreset,
+    checks: &[Check],
+    names: &Names,
+    preset: MetricsPreset,
 ) -> Result<(), InvalidSpec> {
-    if check.error_rate.is_some() {
-        needs_errors(&format!("{field}.errorRate"), names, preset)?;
-    }
-    if check.latency.is_some() {
-        needs_latency(&format!("{field}.latency"), names, preset)?;
-    }
-    if let Some(latency) = &check.latency {
-        let max = parse_duration(&format!("{field}.latency.max"), &latency.max)?;
-        if max.is_zero() {
-            return Err(invalid(format!("{field}.latency.max"), "must be above 0"));
+    for (i, check) in checks.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        if check.name.trim().is_empty() {
+            return Err(invalid(format!("{at}.name"), "must not be empty"));
         }
+        // Status lines and custom series are keyed by name.
+        if let Some(first) = checks.iter().take(i).position(|c| c.name == check.name) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is also the name of {field}[{first}]; check names must be unique",
+                    check.name
+                ),
+            ));
+        }
+        validate_check(&at, check, names, preset)?;
     }
     Ok(())
 }
 
-fn preset_name(preset: super::spec::MetricsPreset) -> String {
-    serde_json::to_value(preset)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_else(|| format!("{preset:?}"))
+/// A check the metrics cannot feed would stay Inconclusive forever and hold
+/// every rollout: refuse it up front, naming what to set.
+fn validate_check(
+    field: &str,
+    check: &Check,
+    names: &Names,
+    preset: MetricsPreset,
+) -> Result<(), InvalidSpec> {
+    match check_kind(field, check)? {
+        CheckKind::ErrorRate(_) => needs_errors(&join(field, "errorRate"), names, preset),
+        CheckKind::Latency(_) => needs_latency(&join(field, "latency"), names, preset),
+        CheckKind::PredictionDrift(_)
+        | CheckKind::InputDrift(_)
+        | CheckKind::Quality(_)
+        | CheckKind::Metric(_) => Ok(()),
+    }
 }
 
-fn needs_errors(
+/// The one kind a check sets, with its parameters checked: the only shapes
+/// evaluation judges. [`check_kind`] builds it for validation and evaluation
+/// alike, so the two cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CheckKind<'a> {
+    ErrorRate(ErrorRateLimit),
+    Latency(LatencyLimit),
+    PredictionDrift(&'a DriftCheck),
+    InputDrift(&'a DriftCheck),
+    Quality(&'a QualityCheck),
+    Metric(MetricLimit<'a>),
+}
+
+/// `errorRate`: at least one limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ErrorRateLimit {
+    Max(f64),
+    RatioToStable(f64),
+    Both { max: f64, ratio_to_stable: f64 },
+}
+
+/// `latency`: a quantile within (0, 1) and a maximum above zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyLimit {
+    pub quantile: f64,
+    pub max: Duration,
+}
+
+/// `metric`: a series and at least one bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricLimit<'a> {
+    pub query: &'a str,
+    pub bounds: Bounds,
+}
+
+/// Acceptable values of a custom series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bounds {
+    Min(f64),
+    Max(f64),
+    Between { min: f64, max: f64 },
+}
+
+const KINDS: &str = "errorRate, latency, predictionDrift, inputDrift, quality or metric";
+
+/// `field.leaf`, or `leaf` alone when the path is relative to the check.
+fn join(field: &str, leaf: &str) -> String {
+    if field.is_empty() {
+        leaf.to_string()
+    } else {
+        format!("{field}.{leaf}")
+    }
+}
+
+/// The kind `check` sets and its parameters, or what is wrong with them.
+/// `field` is the check's path (`spec.guard.checks[0]`); with an empty path
+/// the fields are named relative to the check (`errorRate.max`).
+pub fn check_kind<'a>(field: &str, check: &'a Check) -> Result<CheckKind<'a>, InvalidSpec> {
+    let at = |leaf: &str| join(field, leaf);
+    let set = [
+        check.error_rate.as_ref().map(|e| {
+            let kind = error_rate_limit(&at("errorRate"), e).map(CheckKind::ErrorRate);
+            ("errorRate", kind)
+        }),
+        check.latency.as_ref().map(|l| {
+            let kind = latency_limit(&at("latency"), l).map(CheckKind::Latency);
+            ("latency", kind)
+        }),
+        check.prediction_drift.as_ref().map(|d| {
+            let kind = drift_check(&at("predictionDrift"), d, false);
+            ("predictionDrift", kind.map(CheckKind::PredictionDrift))
+        }),
+        check.input_drift.as_ref().map(|d| {
+            let kind = drift_check(&at("inputDrift"), d, true);
+            ("inputDrift", kind.map(CheckKind::InputDrift))
+        }),
+        check.quality.as_ref().map(|q| {
+            let kind = quality_check(&at("quality"), q).map(CheckKind::Quality);
+            ("quality", kind)
+        }),
+        check.metric.as_ref().map(|m| {
+            let kind = metric_limit(&at("metric"), m).map(CheckKind::Metric);
+            ("metric", kind)
+        }),
+    ];
+    let mut kinds = set.into_iter().flatten();
+    let whole = if field.is_empty() { "check" } else { field };
+    match (kinds.next(), kinds.next()) {
+        (Some((_, kind)), None) => kind,
+        (None, _) => Err(invalid(
+            whole,
+            format!("sets no kind; set exactly one of {KINDS}"),
+        )),
+        (Some((a, _)), Some((b, _))) => Err(invalid(
+            whole,
+            format!("sets both {a} and {b}; set exactly one of {KINDS}"),
+        )),
+    }
+}
+
+/// `x` is a number no smaller than `low`.
+fn at_least(x: f64, low: f64) -> bool {
+    x.is_finite() && x >= low
+}
+
+fn fraction(field: String, x: f64) -> Result<f64, InvalidSpec> {
+    if at_least(x, 0.0) && x <= 1.0 {
+        Ok(x)
+    } else {
+        Err(invalid(field, format!("{x} is not a fraction within 0..1")))
+    }
+}
+
+fn error_rate_limit(field: &str, e: &ErrorRateCheck) -> Result<ErrorRateLimit, InvalidSpec> {
+    let max = e.max.map(|m| fraction(join(field, "max"), m)).transpose()?;
+    if let Some(r) = e.max_ratio_to_stable
+        && !at_least(r, 1.0)
+    {
+        return Err(invalid(
+            join(field, "maxRatioToStable"),
+            format!("{r} is below 1: the canary would fail for matching stable's error rate"),
+        ));
+    }
+    match (max, e.max_ratio_to_stable) {
+        (Some(max), Some(ratio_to_stable)) => Ok(ErrorRateLimit::Both {
+            max,
+            ratio_to_stable,
+        }),
+        (Some(max), None) => Ok(ErrorRateLimit::Max(max)),
+        (None, Some(ratio)) => Ok(ErrorRateLimit::RatioToStable(ratio)),
+        (None, None) => Err(invalid(
+            field,
+            "sets neither max nor maxRatioToStable; set max (the highest error rate, 0..1), maxRatioToStable (at least 1), or both",
+        )),
+    }
+}
+
+fn latency_limit(field: &str, l: &LatencyCheck) -> Result<LatencyLimit, InvalidSpec> {
+    if !(l.quantile > 0.0 && l.quantile < 1.0) {
+        return Err(invalid(
+            join(field, "quantile"),
+            format!(
+                "{} is outside (0, 1); 0.99 is the 99th percentile",
+                l.quantile
+            ),
+        ));
+    }
+    let max = parse_duration(&join(field, "max"), &l.max)?;
+    if max.is_zero() {
+        return Err(invalid(join(field, "max"), "must be above 0"));
+    }
+    Ok(LatencyLimit {
+        quantile: l.quantile,
+        max,
+    })
+}
+
+/// The highest score a method can give, for the bounded ones: a `max` at or
+/// above it could never fail.
+fn highest_score(method: DriftMethod) -> Option<f64> {
+    match method {
+        DriftMethod::Js => Some(std::f64::consts::LN_2.sqrt()),
+        DriftMethod::Ks | DriftMethod::ChiSquared => Some(1.0),
+        DriftMethod::Psi | DriftMethod::Wasserstein => None,
+    }
+}
+
+fn drift_check<'a>(
     field: &str,
-    names: &super::presets::Names,
-    preset: super::spec::MetricsPreset,
-) -> Result<(), InvalidSpec> {
+    d: &'a DriftCheck,
+    input: bool,
+) -> Result<&'a DriftCheck, InvalidSpec> {
+    if !at_least(d.max, 0.0) {
+        return Err(invalid(
+            join(field, "max"),
+            format!("{} must be a number not below 0", d.max),
+        ));
+    }
+    if let Some(top) = highest_score(d.method)
+        && d.max >= top
+    {
+        return Err(invalid(
+            join(field, "max"),
+            format!(
+                "{} is not below {top}, the highest score of method {}: the check could never fail",
+                d.max,
+                wire_name(d.method)
+            ),
+        ));
+    }
+    if !input && !d.features.is_empty() {
+        return Err(invalid(
+            join(field, "features"),
+            "only inputDrift reads features; predictionDrift compares the prediction histograms",
+        ));
+    }
+    if let Some(i) = d.features.iter().position(|f| f.trim().is_empty()) {
+        return Err(invalid(
+            format!("{}[{i}]", join(field, "features")),
+            "must name a feature",
+        ));
+    }
+    Ok(d)
+}
+
+fn quality_check<'a>(field: &str, q: &'a QualityCheck) -> Result<&'a QualityCheck, InvalidSpec> {
+    fraction(join(field, "min"), q.min)?;
+    if q.positive_class.as_deref().is_some_and(|p| p.is_empty()) {
+        return Err(invalid(
+            join(field, "positiveClass"),
+            "must not be empty; leave it out to average over all classes",
+        ));
+    }
+    Ok(q)
+}
+
+fn metric_limit<'a>(field: &str, m: &'a MetricCheck) -> Result<MetricLimit<'a>, InvalidSpec> {
+    if m.query.trim().is_empty() {
+        return Err(invalid(join(field, "query"), "must name a series"));
+    }
+    for (leaf, x) in [("min", m.min), ("max", m.max)] {
+        if let Some(x) = x
+            && !x.is_finite()
+        {
+            return Err(invalid(join(field, leaf), format!("{x} is not a number")));
+        }
+    }
+    let bounds = match (m.min, m.max) {
+        (Some(min), Some(max)) if min > max => {
+            return Err(invalid(
+                join(field, "min"),
+                format!("{min} is above max {max}: every value would fail"),
+            ));
+        }
+        (Some(min), Some(max)) => Bounds::Between { min, max },
+        (Some(min), None) => Bounds::Min(min),
+        (None, Some(max)) => Bounds::Max(max),
+        (None, None) => {
+            return Err(invalid(
+                field,
+                "sets neither min nor max; set the lowest acceptable value, the highest, or both",
+            ));
+        }
+    };
+    Ok(MetricLimit {
+        query: &m.query,
+        bounds,
+    })
+}
+
+/// An enum value as the spec spells it (`chiSquared`, `kserve`).
+fn wire_name<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
+    serde_json::to_value(&value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{value:?}"))
+}
+
+fn needs_errors(field: &str, names: &Names, preset: MetricsPreset) -> Result<(), InvalidSpec> {
     if let super::presets::Traffic::CountOnly { .. } = names.traffic {
         return Err(invalid(
             field,
             format!(
                 "the {} preset counts requests but not errors; set spec.metrics.names.errors (a label and a pattern of the request counter) or use another check",
-                preset_name(preset)
+                wire_name(preset)
             ),
         ));
     }
     Ok(())
 }
 
-fn needs_latency(
-    field: &str,
-    names: &super::presets::Names,
-    preset: super::spec::MetricsPreset,
-) -> Result<(), InvalidSpec> {
+fn needs_latency(field: &str, names: &Names, preset: MetricsPreset) -> Result<(), InvalidSpec> {
     if names.latency.is_none() {
         return Err(invalid(
             field,
             format!(
                 "the {} preset has no latency histogram; set spec.metrics.names.latency to the server's latency histogram (seconds)",
-                preset_name(preset)
+                wire_name(preset)
             ),
         ));
     }
@@ -428,6 +699,72 @@ mod tests {
         )
         .unwrap();
         with("default", errors, json!({})).unwrap();
+    }
+
+    fn check(v: serde_json::Value) -> Check {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn check_kind_reads_the_limits_evaluation_judges() {
+        let both = check(json!({"name": "e", "errorRate": {"max": 0.01, "maxRatioToStable": 2}}));
+        assert_eq!(
+            check_kind("", &both).unwrap(),
+            CheckKind::ErrorRate(ErrorRateLimit::Both {
+                max: 0.01,
+                ratio_to_stable: 2.0
+            })
+        );
+        let ratio = check(json!({"name": "e", "errorRate": {"maxRatioToStable": 1.5}}));
+        assert_eq!(
+            check_kind("", &ratio).unwrap(),
+            CheckKind::ErrorRate(ErrorRateLimit::RatioToStable(1.5))
+        );
+        let p99 = check(json!({"name": "l", "latency": {"quantile": 0.99, "max": "300ms"}}));
+        assert_eq!(
+            check_kind("", &p99).unwrap(),
+            CheckKind::Latency(LatencyLimit {
+                quantile: 0.99,
+                max: Duration::from_millis(300)
+            })
+        );
+        let min = check(json!({"name": "m", "metric": {"query": "q", "min": 1}}));
+        let CheckKind::Metric(m) = check_kind("", &min).unwrap() else {
+            panic!("a metric check");
+        };
+        assert_eq!(m.bounds, Bounds::Min(1.0));
+        // The largest maxima that can still fail are accepted.
+        for (method, max) in [
+            ("js", 0.83),
+            ("ks", 0.999),
+            ("chiSquared", 0.999),
+            ("psi", 50.0),
+        ] {
+            let d = check(json!({"name": "d", "inputDrift": {"method": method, "max": max}}));
+            assert!(check_kind("", &d).is_ok(), "{method} {max}");
+        }
+    }
+
+    #[test]
+    fn check_kind_names_fields_under_the_given_path_or_relative_to_the_check() {
+        let empty = check(json!({"name": "e", "errorRate": {}}));
+        assert_eq!(check_kind("", &empty).unwrap_err().field, "errorRate");
+        assert_eq!(
+            check_kind("spec.guard.checks[2]", &empty)
+                .unwrap_err()
+                .field,
+            "spec.guard.checks[2].errorRate"
+        );
+        let none = check(json!({"name": "x"}));
+        assert_eq!(check_kind("", &none).unwrap_err().field, "check");
+        assert_eq!(
+            check_kind("spec.guard.checks[0]", &none).unwrap_err().field,
+            "spec.guard.checks[0]"
+        );
+        // Two kinds are refused even when one of them is malformed.
+        let two = check(json!({"name": "x", "errorRate": {}, "metric": {"query": "q", "max": 1}}));
+        let e = check_kind("", &two).unwrap_err();
+        assert!(e.message.contains("sets both errorRate and metric"), "{e}");
     }
 
     #[test]
