@@ -210,7 +210,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
     record_drift(&mut d);
     note_new_drift(&mut d);
     scale_down_previous(&mut d);
-    summarize(&mut d, &target);
+    summarize(&mut d);
 
     let workloads = weights::workloads(input.spec, &d.status, input.observed, input.now);
     let canary_weight = d.status.canary.as_ref().map_or(0, |c| c.weight);
@@ -377,123 +377,151 @@ fn scale_down_previous(d: &mut Draft<'_>) {
 }
 
 /// Phase, message and conditions follow from the state reached.
-fn summarize(d: &mut Draft<'_>, target: &RevisionStatus) {
-    let generation = d.input.generation;
-    let replicas = d.input.spec.replicas;
+fn summarize(d: &mut Draft<'_>) {
     let stable = d.status.stable.clone().unwrap_or_default();
+    let (phase, message) = if let Some(c) = d.status.canary.clone() {
+        summarize_rollout(d, &c, &stable)
+    } else if let Some(rb) = d.status.rolled_back.clone() {
+        summarize_rolled_back(d, &rb, &stable)
+    } else {
+        summarize_settled(d, &stable)
+    };
+    d.status.phase = Some(phase);
+    d.status.message = Some(message);
+    summarize_ready(d, &stable);
+}
+
+/// Set the `Progressing` and `Degraded` conditions together.
+fn set_progress(
+    d: &mut Draft<'_>,
+    progressing: bool,
+    reason: &str,
+    message: String,
+    degraded: bool,
+    degraded_reason: &str,
+    degraded_message: String,
+) {
+    let (generation, now) = (d.input.generation, d.now.clone());
+    let cs = &mut d.status.conditions;
+    conditions::set(
+        cs,
+        conditions::PROGRESSING,
+        progressing,
+        reason,
+        message,
+        generation,
+        &now,
+    );
+    conditions::set(
+        cs,
+        conditions::DEGRADED,
+        degraded,
+        degraded_reason,
+        degraded_message,
+        generation,
+        &now,
+    );
+}
+
+/// A revision is rolling out: progressing, paused or promoting.
+fn summarize_rollout(
+    d: &mut Draft<'_>,
+    c: &crate::api::CanaryStatus,
+    stable: &RevisionStatus,
+) -> (Phase, String) {
+    let progressing = format!(
+        "revision {} (version {}) is rolling out",
+        c.revision, c.version
+    );
+    set_progress(
+        d,
+        true,
+        "NewRevision",
+        progressing,
+        false,
+        "Progressing",
+        String::new(),
+    );
+    if let Some(reason) = c.paused {
+        let why = match reason {
+            crate::api::PauseReason::Step => {
+                "a pause step waits for `kubectl modeldeploy promote`".to_string()
+            }
+            crate::api::PauseReason::UserRequest => {
+                "paused by `kubectl modeldeploy pause`".to_string()
+            }
+            crate::api::PauseReason::Inconclusive => format!(
+                "analysis lacked data {} times in a row; `kubectl modeldeploy resume` to keep judging, `promote` or `abort` to decide",
+                d.status
+                    .analysis
+                    .as_ref()
+                    .map_or(0, |a| a.inconclusive_in_a_row)
+            ),
+        };
+        let message = format!(
+            "revision {} is paused at step {} with {}% of traffic: {why}",
+            c.revision, c.step, c.weight
+        );
+        (Phase::Paused, message)
+    } else if c.promoting {
+        let message = format!(
+            "revision {} passed its rollout and scales up to take over from revision {}",
+            c.revision, stable.revision
+        );
+        (Phase::Promoting, message)
+    } else {
+        let message = format!(
+            "revision {} at step {} with {}% of traffic; revision {} serves the rest",
+            c.revision, c.step, c.weight, stable.revision
+        );
+        (Phase::Progressing, message)
+    }
+}
+
+/// The newest revision was rolled back; stable serves while the spec names it.
+fn summarize_rolled_back(
+    d: &mut Draft<'_>,
+    rb: &RevisionStatus,
+    stable: &RevisionStatus,
+) -> (Phase, String) {
+    let why = d
+        .status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.revision == rb.revision && h.outcome == Outcome::RolledBack)
+        .map(|h| h.reason.clone())
+        .unwrap_or_default();
+    set_progress(
+        d,
+        false,
+        "RolledBack",
+        format!("revision {} was rolled back", rb.revision),
+        true,
+        "RolledBack",
+        format!(
+            "revision {} (version {}) was rolled back: {why}",
+            rb.revision, rb.version
+        ),
+    );
+    let message = format!(
+        "revision {} (version {}) was rolled back; revision {} serves. Change the spec or run `kubectl modeldeploy retry`",
+        rb.revision, rb.version, stable.revision
+    );
+    (Phase::RolledBack, message)
+}
+
+/// No rollout: stable serves, or the first revision is still starting (or
+/// missed its deadline).
+fn summarize_settled(d: &mut Draft<'_>, stable: &RevisionStatus) -> (Phase, String) {
+    let replicas = d.input.spec.replicas;
     let stable_obs = d.input.observed.get(&stable.hash);
     let stable_ready = available(stable_obs, replicas);
-    let now = d.now.clone();
     let first_revision = d.status.history.is_empty();
-    let old_phase = d.input.status.phase;
-
-    let (phase, message) = if let Some(c) = d.status.canary.clone() {
-        let c_rev = c.revision_status();
-        let progressing = format!(
-            "revision {} (version {}) is rolling out",
-            c.revision, c.version
-        );
-        let cs = &mut d.status.conditions;
-        conditions::set(
-            cs,
-            conditions::PROGRESSING,
-            true,
-            "NewRevision",
-            progressing,
-            generation,
-            &now,
-        );
-        conditions::set(
-            cs,
-            conditions::DEGRADED,
-            false,
-            "Progressing",
-            "",
-            generation,
-            &now,
-        );
-        if let Some(reason) = c.paused {
-            let why = match reason {
-                crate::api::PauseReason::Step => {
-                    "a pause step waits for `kubectl modeldeploy promote`".to_string()
-                }
-                crate::api::PauseReason::UserRequest => {
-                    "paused by `kubectl modeldeploy pause`".to_string()
-                }
-                crate::api::PauseReason::Inconclusive => format!(
-                    "analysis lacked data {} times in a row; `kubectl modeldeploy resume` to keep judging, `promote` or `abort` to decide",
-                    d.status
-                        .analysis
-                        .as_ref()
-                        .map_or(0, |a| a.inconclusive_in_a_row)
-                ),
-            };
-            (
-                Phase::Paused,
-                format!(
-                    "revision {} is paused at step {} with {}% of traffic: {why}",
-                    c_rev.revision, c.step, c.weight
-                ),
-            )
-        } else if c.promoting {
-            (
-                Phase::Promoting,
-                format!(
-                    "revision {} passed its rollout and scales up to take over from revision {}",
-                    c_rev.revision, stable.revision
-                ),
-            )
-        } else {
-            (
-                Phase::Progressing,
-                format!(
-                    "revision {} at step {} with {}% of traffic; revision {} serves the rest",
-                    c_rev.revision, c.step, c.weight, stable.revision
-                ),
-            )
-        }
-    } else if let Some(rb) = d.status.rolled_back.clone() {
-        let cs = &mut d.status.conditions;
-        let why = d
-            .status
-            .history
-            .iter()
-            .rev()
-            .find(|h| h.revision == rb.revision && h.outcome == Outcome::RolledBack)
-            .map(|h| h.reason.clone())
-            .unwrap_or_default();
-        conditions::set(
-            cs,
-            conditions::PROGRESSING,
-            false,
-            "RolledBack",
-            format!("revision {} was rolled back", rb.revision),
-            generation,
-            &now,
-        );
-        conditions::set(
-            cs,
-            conditions::DEGRADED,
-            true,
-            "RolledBack",
-            format!(
-                "revision {} (version {}) was rolled back: {why}",
-                rb.revision, rb.version
-            ),
-            generation,
-            &now,
-        );
-        (
-            Phase::RolledBack,
-            format!(
-                "revision {} (version {}) was rolled back; revision {} serves. Change the spec or run `kubectl modeldeploy retry`",
-                rb.revision, rb.version, stable.revision
-            ),
-        )
-    } else if stable_ready || (old_phase == Some(Phase::Stable) && !first_revision) {
+    if stable_ready || (d.input.status.phase == Some(Phase::Stable) && !first_revision) {
         if stable_ready && first_revision {
             d.history(
-                &stable,
+                stable,
                 Outcome::Deployed,
                 "first revision is available".into(),
             );
@@ -506,94 +534,65 @@ fn summarize(d: &mut Draft<'_>, target: &RevisionStatus) {
                 ),
             );
         }
-        let cs = &mut d.status.conditions;
-        conditions::set(
-            cs,
-            conditions::PROGRESSING,
+        let progressing = format!("revision {} is stable", stable.revision);
+        set_progress(
+            d,
             false,
             "Stable",
-            format!("revision {} is stable", stable.revision),
-            generation,
-            &now,
-        );
-        conditions::set(
-            cs,
-            conditions::DEGRADED,
+            progressing,
             false,
             "Stable",
-            "",
-            generation,
-            &now,
+            String::new(),
         );
-        (
-            Phase::Stable,
+        let message = format!(
+            "revision {} (version {}) serves all traffic",
+            stable.revision, stable.version
+        );
+        return (Phase::Stable, message);
+    }
+    let deadline_missed = stable_obs.is_some_and(|o| o.deadline_exceeded);
+    if deadline_missed && d.input.status.phase != Some(Phase::Failed) {
+        d.note(
+            NoteKind::Warning,
+            "ProgressDeadlineExceeded",
             format!(
-                "revision {} (version {}) serves all traffic",
+                "revision {} (version {}) is not available",
                 stable.revision, stable.version
             ),
-        )
-    } else {
-        let deadline_missed = stable_obs.is_some_and(|o| o.deadline_exceeded);
-        if deadline_missed && old_phase != Some(Phase::Failed) {
-            d.note(
-                NoteKind::Warning,
-                "ProgressDeadlineExceeded",
-                format!(
-                    "revision {} (version {}) is not available",
-                    stable.revision, stable.version
-                ),
-            );
-        }
-        if !deadline_missed {
-            d.requeue_within(PROGRESS_POLL);
-        }
-        let reason = if deadline_missed {
-            "ProgressDeadlineExceeded"
-        } else {
-            "NewRevision"
-        };
-        let cs = &mut d.status.conditions;
-        conditions::set(
-            cs,
-            conditions::PROGRESSING,
-            !deadline_missed,
-            reason,
-            format!("revision {} is starting", stable.revision),
-            generation,
-            &now,
         );
-        conditions::set(
-            cs,
-            conditions::DEGRADED,
-            deadline_missed,
-            reason,
-            "",
-            generation,
-            &now,
+    }
+    let starting = format!("revision {} is starting", stable.revision);
+    if deadline_missed {
+        let reason = "ProgressDeadlineExceeded";
+        set_progress(d, false, reason, starting, true, reason, String::new());
+        let message = format!(
+            "revision {} was not available within the progress deadline; its pods keep trying",
+            stable.revision
         );
-        if deadline_missed {
-            (
-                Phase::Failed,
-                format!(
-                    "revision {} was not available within the progress deadline; its pods keep trying",
-                    stable.revision
-                ),
-            )
-        } else {
-            (
-                Phase::Pending,
-                format!(
-                    "revision {} (version {}) is starting",
-                    stable.revision, stable.version
-                ),
-            )
-        }
-    };
-    d.status.phase = Some(phase);
-    d.status.message = Some(message);
-    let _ = target;
+        return (Phase::Failed, message);
+    }
+    d.requeue_within(PROGRESS_POLL);
+    set_progress(
+        d,
+        true,
+        "NewRevision",
+        starting,
+        false,
+        "NewRevision",
+        String::new(),
+    );
+    let message = format!(
+        "revision {} (version {}) is starting",
+        stable.revision, stable.version
+    );
+    (Phase::Pending, message)
+}
 
-    let (ready, reason, message) = if stable_ready {
+/// `Ready` says whether stable has all its pods available.
+fn summarize_ready(d: &mut Draft<'_>, stable: &RevisionStatus) {
+    let replicas = d.input.spec.replicas;
+    let stable_obs = d.input.observed.get(&stable.hash);
+    let (ready, reason, message) = if available(stable_obs, replicas) {
         (
             true,
             "Available",
@@ -613,6 +612,7 @@ fn summarize(d: &mut Draft<'_>, target: &RevisionStatus) {
             ),
         )
     };
+    let (generation, now) = (d.input.generation, d.now.clone());
     conditions::set(
         &mut d.status.conditions,
         conditions::READY,
