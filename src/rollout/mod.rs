@@ -15,10 +15,11 @@
 //! After a promotion the previous revision is kept for `scaleDownDelay`, and
 //! the guard (if configured) keeps judging the new one for `guard.window`.
 
-mod canary;
 pub mod conditions;
+mod engine;
 mod guard;
 pub mod requests;
+mod strategies;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -203,7 +204,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
             // retry is requested.
             d.status.canary = None;
         }
-        Some(stable) => canary::progress(&mut d, &stable, &target),
+        Some(stable) => engine::progress(&mut d, &stable, &target),
     }
 
     guard::watch(&mut d);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{PauseReason, RevisionStatus};
 
-use super::{Draft, NoteKind, canary};
+use super::{Draft, NoteKind, engine};
 
 pub const ANNOTATION: &str = "modeldeploy.io/request";
 
@@ -166,7 +166,7 @@ pub(super) fn apply(d: &mut Draft<'_>, target: &RevisionStatus) {
         }
         (RequestAction::Abort, Some(c)) => {
             let stable = d.status.stable.clone().unwrap_or_default();
-            canary::roll_back(d, &c, &stable, "aborted by request".into());
+            engine::roll_back(d, &c, &stable, "aborted by request".into());
             return;
         }
         (RequestAction::Retry, _)
