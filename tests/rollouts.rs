@@ -241,10 +241,13 @@ async fn restarted_at_every_phase(
     api.patch(
         "phases",
         &PatchParams::default(),
+        // States last long enough to be seen and restarted in on a loaded
+        // machine: a restart (stop, start, caches listing) takes seconds there,
+        // and a 1 s scale-down delay was sometimes over before the next look.
         &Patch::Merge(json!({"spec": {
-            "guard": {"window": "3s", "interval": "1s",
+            "guard": {"window": "8s", "interval": "1s",
                       "checks": [{"name": "errors", "errorRate": {"max": 0.01}}]},
-            "rollout": {"scaleDownDelay": "1s"}
+            "rollout": {"scaleDownDelay": "5s"}
         }})),
     )
     .await

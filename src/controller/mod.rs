@@ -129,6 +129,98 @@ pub struct Settings {
     pub max_concurrent_reconciles: u16,
 }
 
+/// The caches the reconciles read, besides the ModelDeployments'.
+struct Caches {
+    deployments: Store<Deployment>,
+    revisions: Store<ControllerRevision>,
+    services: Store<Service>,
+    pods: Store<Pod>,
+}
+
+impl Context {
+    fn new(
+        client: Client,
+        settings: &Settings,
+        metrics: Metrics,
+        caches: Caches,
+        synced: SyncTracker,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "modeldeploy".into(),
+                instance: Some(settings.instance.clone()),
+            },
+        );
+        let prometheus = settings.prometheus_url.as_deref().and_then(|url| {
+            crate::metrics::prometheus::PromClient::new(url, settings.scrape.timeout)
+                .map_err(|e| warn!(error = %e, "ignoring the Prometheus address"))
+                .ok()
+        });
+        Context {
+            client,
+            recorder,
+            metrics,
+            deployments: caches.deployments,
+            revisions: caches.revisions,
+            services: caches.services,
+            pods: caches.pods,
+            scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
+            notifier: settings.notifier.clone(),
+            prometheus,
+            windows: Mutex::default(),
+            synced,
+            captured: Mutex::default(),
+            capture_tried: Mutex::default(),
+            applied: Mutex::default(),
+            written: Mutex::default(),
+            failures: Mutex::default(),
+            reported_undecodable: Mutex::default(),
+        }
+    }
+}
+
+/// A watch and cache of the children this operator made (`owned` selects
+/// them by label), stripped by `strip`; listing once marks `kind` synced.
+fn owned_cache<K>(
+    api: Api<K>,
+    owned: &watcher::Config,
+    synced: &SyncTracker,
+    kind: &'static str,
+    strip: impl FnMut(&mut K) + Send + 'static,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, owned.clone()).modify(strip))
+        .default_backoff()
+        .inspect(synced.marker(kind))
+        .touched_objects();
+    (store, stream)
+}
+
+/// A deleted object leaves no metric series, windows, remembered writes or
+/// failure counts behind.
+fn forget_deleted(ctx: &Context, md: &Watched) {
+    let (ns, name) = (md.namespace().unwrap_or_default(), md.name_any());
+    ctx.metrics.forget(&ns, &name);
+    let key = ObjectRef::<ModelDeployment>::new(&name).within(&ns);
+    lock(&ctx.captured).remove(&key);
+    lock(&ctx.capture_tried).remove(&key);
+    lock(&ctx.windows).remove(&key);
+    lock(&ctx.written).remove(&key);
+    lock(&ctx.failures).remove(&ObjectRef::new(&name).within(&ns));
+    // Children are named after their object (`<name>`, `<name>-...`).
+    lock(&ctx.applied).retain(|(_, child_ns, child), _| {
+        *child_ns != ns || (child != &name && !child.starts_with(&format!("{name}-")))
+    });
+}
+
 /// Ask the API server for the CRD before anything else, so a missing CRD or an
 /// unreachable cluster is one clear message instead of a stream of watch errors.
 pub async fn preflight(client: &Client, settings: &Settings) -> std::result::Result<(), String> {
@@ -222,85 +314,54 @@ async fn run_scope(
         ],
         on_synced,
     );
-    let (deployments, deploy_writer) = reflector::store();
     // Caches keep only what decisions read: no managed fields anywhere, no
     // pod specs (pods are read for their labels and status), and no pod
     // templates of Deployments (a revision's template is its ControllerRevision's).
-    let deploy_stream = reflector::reflector(
-        deploy_writer,
-        watcher(deploy_api, owned.clone()).modify(|d| {
+    let (deployments, deploy_stream) = owned_cache(
+        deploy_api,
+        &owned,
+        &synced,
+        "deployments",
+        |d: &mut Deployment| {
             d.managed_fields_mut().clear();
             if let Some(spec) = d.spec.as_mut() {
                 spec.template.spec = None;
             }
-        }),
-    )
-    .default_backoff()
-    .inspect(synced.marker("deployments"))
-    .touched_objects();
-    let (revisions, revision_writer) = reflector::store();
-    let revision_stream = reflector::reflector(
-        revision_writer,
-        watcher(revision_api, owned.clone()).modify(|r| r.managed_fields_mut().clear()),
-    )
-    .default_backoff()
-    .inspect(synced.marker("controllerrevisions"))
-    .touched_objects();
-    let (services, service_writer) = reflector::store();
-    let service_stream = reflector::reflector(
-        service_writer,
-        watcher(service_api, owned.clone()).modify(|s| s.managed_fields_mut().clear()),
-    )
-    .default_backoff()
-    .inspect(synced.marker("services"))
-    .touched_objects();
+        },
+    );
+    let (revisions, revision_stream) = owned_cache(
+        revision_api,
+        &owned,
+        &synced,
+        "controllerrevisions",
+        |r: &mut ControllerRevision| r.managed_fields_mut().clear(),
+    );
+    let (services, service_stream) = owned_cache(
+        service_api,
+        &owned,
+        &synced,
+        "services",
+        |s: &mut Service| s.managed_fields_mut().clear(),
+    );
     // Pods belong to ReplicaSets, not to the ModelDeployment: map them back by
     // label, so a crash-looping canary pod is seen at once.
     let pod_api: Api<Pod> = scoped(&client, ns.as_deref());
-    let (pods, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(pod_api, owned).modify(|p| {
-            p.managed_fields_mut().clear();
-            p.spec = None;
-        }),
-    )
-    .default_backoff()
-    .inspect(synced.marker("pods"))
-    .touched_objects();
-
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "modeldeploy".into(),
-            instance: Some(settings.instance.clone()),
-        },
-    );
-    let prometheus = settings.prometheus_url.as_deref().and_then(|url| {
-        crate::metrics::prometheus::PromClient::new(url, settings.scrape.timeout)
-            .map_err(|e| warn!(error = %e, "ignoring the Prometheus address"))
-            .ok()
+    let (pods, pod_stream) = owned_cache(pod_api, &owned, &synced, "pods", |p: &mut Pod| {
+        p.managed_fields_mut().clear();
+        p.spec = None;
     });
-    let ctx = Arc::new(Context {
+    let ctx = Arc::new(Context::new(
         client,
-        recorder,
+        &settings,
         metrics,
-        deployments: deployments.clone(),
-        revisions: revisions.clone(),
-        services: services.clone(),
-        pods: pods.clone(),
-        scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
-        notifier: settings.notifier.clone(),
-        prometheus,
-        windows: Mutex::default(),
-        synced: synced.clone(),
-        captured: Mutex::default(),
-        capture_tried: Mutex::default(),
-        applied: Mutex::default(),
-        written: Mutex::default(),
-        failures: Mutex::default(),
-        reported_undecodable: Mutex::default(),
-    });
+        Caches {
+            deployments,
+            revisions,
+            services,
+            pods,
+        },
+        synced.clone(),
+    ));
 
     // The main watch is ours (not the Controller's) so deletions are seen:
     // a deleted object's metric series go with it.
@@ -325,18 +386,7 @@ async fn run_scope(
     })
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(md)) = event {
-            let (ns, name) = (md.namespace().unwrap_or_default(), md.name_any());
-            forget.metrics.forget(&ns, &name);
-            let key = ObjectRef::<ModelDeployment>::new(&name).within(&ns);
-            lock(&forget.captured).remove(&key);
-            lock(&forget.capture_tried).remove(&key);
-            lock(&forget.windows).remove(&key);
-            lock(&forget.written).remove(&key);
-            lock(&forget.failures).remove(&ObjectRef::new(&name).within(&ns));
-            // Children are named after their object (`<name>`, `<name>-...`).
-            lock(&forget.applied).retain(|(_, child_ns, child), _| {
-                *child_ns != ns || (child != &name && !child.starts_with(&format!("{name}-")))
-            });
+            forget_deleted(&forget, md);
         }
     })
     .inspect(synced.marker("modeldeployments"))

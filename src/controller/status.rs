@@ -1,5 +1,19 @@
 //! Status writes, and the statuses this operator wrote that the watch
 //! cache has not delivered yet (read-your-own-writes; see [`WrittenStatus`]).
+//!
+//! Why this and not optimistic concurrency (a status write carrying the
+//! `resourceVersion` the decision was made on, a 409 meaning "decide again"),
+//! as Argo Rollouts and controller-runtime do: the next reconcile after our
+//! own write usually still reads the cache *before* that write, so with
+//! preconditions alone it would decide on the old status, be refused with
+//! 409, and retry until the watch catches up — a burst of conflicts per
+//! transition, and, worse, a transition decided again from stale input if
+//! the write had gone through with a stale precondition. Remembering the
+//! written status lets that reconcile decide on what we wrote, with no
+//! extra request. It is kept because the zero-writes-at-rest and
+//! each-transition-once tests pass with it on the real API server
+//! (`tests/real_rollouts.rs`: the operator killed mid-rollout still completes
+//! each step once and promotes once).
 
 use super::*;
 
