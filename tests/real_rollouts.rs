@@ -518,6 +518,57 @@ async fn a_good_canary_is_promoted_and_every_pod_runs_its_revision() {
     revisions.sort();
     assert_eq!(revisions, [1, 2]);
     assert_eq!(story.events("Promoted").await.len(), 1);
+
+    // v1's Deployment deleted by hand comes back from its stored template,
+    // and `rollback --to-revision 1` serves exactly what v1 ran.
+    let deployments: Api<Deployment> = Api::namespaced(story.cp.admin().await, &story.ns);
+    let v1 = story.deployment_of("1.0.0").await;
+    deployments
+        .delete(&v1.metadata.name.clone().unwrap(), &Default::default())
+        .await
+        .unwrap();
+    let v1_uid = v1.metadata.uid.clone();
+    poll("v1's Deployment rebuilt", WAIT, || {
+        let story = &story;
+        let v1_uid = v1_uid.clone();
+        async move {
+            let api: Api<Deployment> = Api::namespaced(story.cp.admin().await, &story.ns);
+            let list = api.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|d| {
+                    d.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("modeldeploy.io/version"))
+                        == Some(&"1.0.0".to_string())
+                        && d.metadata.uid != v1_uid
+                })
+                .map(|_| ())
+        }
+    })
+    .await;
+    assert_eq!(story.template_of("1.0.0").await, v1_template);
+    modeldeploy::cli::send_request(
+        &story.api,
+        NAME,
+        &modeldeploy::rollout::Request::new(
+            "back-to-1",
+            modeldeploy::rollout::RequestAction::RollbackTo { revision: 1 },
+        ),
+    )
+    .await
+    .unwrap();
+    let s = story
+        .until("revision 1 serves again", |s| {
+            s["stable"]["revision"] == 1 && s["phase"] == "RolledBack"
+        })
+        .await;
+    assert_eq!(s["rolledBack"]["revision"], 2, "{s:#}");
+    story.wait_for_pods(&["1.0.0"]).await;
+    story.assert_pods_run_their_revisions();
+    story.assert_capacity_kept();
+    assert_eq!(story.template_of("1.0.0").await, v1_template);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
