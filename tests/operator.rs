@@ -527,3 +527,63 @@ async fn a_deployment_scaled_or_deleted_by_hand_is_put_back() {
     .await;
     op.stop().await.unwrap();
 }
+
+/// Old revisions beyond `revisionHistoryLimit` (besides the one serving, as
+/// with a Deployment's ReplicaSets) lose their Deployment and their stored
+/// template together; the kept ones keep both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_limit_prunes_deployments_and_stored_templates_together() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op-1", false);
+    create(
+        &server,
+        model_deployment(
+            "pruned",
+            "1.0.0",
+            json!({"spec": {"revisionHistoryLimit": 2}}),
+        ),
+    )
+    .await;
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    for v in ["1.0.0", "2.0.0", "3.0.0", "4.0.0"] {
+        if v != "1.0.0" {
+            api.patch(
+                "pruned",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"model": {"version": v, "image": format!("example/scorer:{v}")}}})),
+            )
+            .await
+            .unwrap();
+        }
+        eventually(&format!("{v} stable"), WAIT, || {
+            let s = status(&server, "pruned");
+            (s["phase"] == "Stable" && s["stable"]["version"] == v).then_some(())
+        })
+        .await;
+    }
+    let names = |kind: &str| {
+        let mut n: Vec<String> = server
+            .list(kind, "default")
+            .into_iter()
+            .filter(|o| o["metadata"]["labels"]["modeldeploy.io/name"] == "pruned")
+            .map(|o| {
+                o["metadata"]["labels"]["modeldeploy.io/version"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    eventually("the serving revision and two old ones kept", WAIT, || {
+        (names("deployments") == ["2.0.0", "3.0.0", "4.0.0"]).then_some(())
+    })
+    .await;
+    eventually("their templates kept, the oldest pruned", WAIT, || {
+        (names("controllerrevisions") == ["2.0.0", "3.0.0", "4.0.0"]).then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+}
