@@ -12,7 +12,6 @@ const PURE: &[&str] = &["api", "analysis", "exposition", "resources", "rollout"]
 const IO: &[&str] = &[
     "cli",
     "controller",
-    "demo",
     "metrics",
     "notify",
     "operator",

@@ -1,13 +1,13 @@
-//! `modeldeploy-demo`: a small model server (and a load generator) for
-//! examples and end-to-end tests. Every behaviour switch has a flag and an
-//! environment variable, so a bad version can be made on purpose.
+//! The `modeldeploy-demo` command line: a small model server (and a load
+//! generator) for examples and end-to-end tests. Every behaviour switch has a
+//! flag and an environment variable, so a bad version can be made on purpose.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::{Behaviour, Load};
 use clap::{Parser, Subcommand};
-use modeldeploy::demo::{self, Behaviour, Load};
 
 #[derive(Parser)]
 #[command(
@@ -66,9 +66,10 @@ enum Command {
     },
 }
 
+/// Parses the command line and runs it; the binary's `main`.
 #[tokio::main]
-async fn main() -> ExitCode {
-    modeldeploy::telemetry::init_logging("info", false);
+pub async fn main() -> ExitCode {
+    init_logging();
     match Cli::parse().command {
         Command::Serve {
             listen,
@@ -97,7 +98,7 @@ async fn main() -> ExitCode {
             let stop = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            match demo::serve(listen, behaviour, stop).await {
+            match crate::serve(listen, behaviour, stop).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cannot serve on {listen}: {e}");
@@ -113,7 +114,7 @@ async fn main() -> ExitCode {
             features,
             feedback,
         } => {
-            let (sent, failed) = demo::load(Load {
+            let (sent, failed) = crate::load(Load {
                 target: target.trim_end_matches('/').to_string(),
                 rps,
                 duration: duration_seconds.map(Duration::from_secs),
@@ -127,4 +128,11 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Human-readable logs on stderr, level from `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
