@@ -29,7 +29,7 @@ use crate::rollout::{self, Input, NoteKind};
 use crate::telemetry::{Metrics, Readiness};
 
 /// The one field manager for everything the operator writes.
-pub const FIELD_MANAGER: &str = "modeldeploy";
+pub const FIELD_MANAGER: &str = crate::api::OPERATOR_NAME;
 /// How often an object at rest is looked at anyway (it causes no writes).
 const RESYNC: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -399,7 +399,7 @@ async fn run_scope(
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
-            controller: "modeldeploy".into(),
+            controller: crate::api::OPERATOR_NAME.into(),
             instance: Some(settings.instance.clone()),
         },
     );
@@ -766,16 +766,8 @@ async fn report_undecodable(
     if first {
         warn!(error = %invalid.error, "cannot decode the object; leaving it and its children as they are");
         let reference = guard.object_ref(&());
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".into(),
-            note: Some(truncate(
-                &format!("cannot decode the object: {}", invalid.error),
-                1000,
-            )),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
+        let note = format!("cannot decode the object: {}", invalid.error);
+        let event = event(EventType::Warning, "InvalidSpec", &note);
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             warn!(error = %e, "cannot record event");
         }
@@ -846,13 +838,9 @@ fn canary_health(
     now: Timestamp,
 ) -> Option<String> {
     let canary = status.canary.as_ref()?;
-    let ns = md.namespace();
-    let name = md.name_any();
-    let pods: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| {
-        p.namespace() == ns
-            && p.labels().get(labels::NAME) == Some(&name)
-            && p.labels().get(labels::HASH) == Some(&canary.hash)
-    });
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state_filter(|p| labels::in_revision(&p.metadata, md, &canary.hash));
     let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     let max = md
         .spec
@@ -1097,15 +1085,20 @@ async fn publish(
     reason: &str,
     message: &str,
 ) {
-    let event = Event {
+    let event = event(type_, reason, message);
+    if let Err(e) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot record event");
+    }
+}
+
+/// Every event the operator records: the note truncated, action `Reconcile`.
+fn event(type_: EventType, reason: &str, message: &str) -> Event {
+    Event {
         type_,
         reason: reason.into(),
         note: Some(truncate(message, 1000)),
         action: "Reconcile".into(),
         secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
-        warn!(error = %e, reason, "cannot record event");
     }
 }
 
