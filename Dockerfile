@@ -7,15 +7,19 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && r
 WORKDIR /src
 ENV CARGO_TARGET=x86_64-unknown-linux-musl
 COPY Cargo.toml Cargo.lock ./
+COPY demo/Cargo.toml ./demo/
 # Declared bench targets must exist for cargo to read the manifest; they are
 # not built here.
 COPY benches ./benches
 # Dependency layer: build the dependencies against placeholder sources.
-RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir -p src demo/src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs demo/src/lib.rs \
  && cargo build --release --locked --target "$CARGO_TARGET" --bins \
- && rm -rf src
+ && rm -rf src demo/src
 COPY src ./src
-RUN touch src/main.rs src/lib.rs \
+# The demo model server's crate; its binary, modeldeploy-demo, is a target of
+# the root package (src/bin), so it lands next to modeldeploy below.
+COPY demo/src ./demo/src
+RUN touch src/main.rs src/lib.rs demo/src/lib.rs \
  && cargo build --release --locked --target "$CARGO_TARGET" --bins \
  && mkdir /out \
  && find "target/$CARGO_TARGET/release" -maxdepth 1 -type f -perm -u+x -exec cp {} /out/ \;

@@ -1,18 +1,28 @@
-//! Drift statistics over 100 features x 20 buckets: the batch (PSI + JS + KS
-//! with p-values) and each method alone. The inputs are the `batch` case of
-//! `tests/fixtures/analysis_fixtures.json`, the same arrays that
-//! `benches/drift_numpy.py` times. Run: `cargo bench --bench drift`.
+//! Input drift over 100 features x 20 buckets, on the path the operator runs:
+//! `analysis::checks::evaluate` (what `controller::collect` calls every
+//! analysis interval) with three `inputDrift` checks, PSI, JS and KS (with
+//! p-values and the Benjamini–Hochberg correction), each scoring the features
+//! one by one through `checks::score`. Below it, the parts: `checks::score`
+//! alone, and the bare functions of `analysis::drift` on count slices.
+//! The inputs are the `batch` case of `tests/fixtures/analysis_fixtures.json`,
+//! the same arrays that `benches/drift_numpy.py` times.
+//! Run: `cargo bench --bench drift`.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use k8s_openapi::jiff::Timestamp;
+use modeldeploy::analysis::checks::{self, Judge, Reference};
 use modeldeploy::analysis::drift::{
-    DriftBatch, DriftScores, KsResult, chi_squared, jensen_shannon, kolmogorov_smirnov, psi,
-    wasserstein,
+    chi_squared, jensen_shannon, kolmogorov_smirnov, psi, wasserstein,
 };
+use modeldeploy::analysis::error_rate::SequentialConfig;
+use modeldeploy::analysis::histogram::Histogram;
+use modeldeploy::analysis::window::VariantData;
+use modeldeploy::api::{Check, CheckVerdict, DriftMethod, MultipleTestingCorrection};
 
 struct Input {
-    features: usize,
     buckets: usize,
     upper_bounds: Vec<f64>,
     reference: Vec<f64>,
@@ -31,20 +41,16 @@ fn input() -> Input {
             .map(|x| x.as_f64().unwrap_or(f64::INFINITY))
             .collect()
     };
-    let reference: Vec<Vec<f64>> = batch["reference"]
-        .as_array()
-        .expect("reference")
-        .iter()
-        .map(floats)
-        .collect();
-    let observed: Vec<Vec<f64>> = batch["observed"]
-        .as_array()
-        .expect("observed")
-        .iter()
-        .map(floats)
-        .collect();
+    let rows = |key: &str| -> Vec<Vec<f64>> {
+        batch[key]
+            .as_array()
+            .expect(key)
+            .iter()
+            .map(floats)
+            .collect()
+    };
+    let (reference, observed) = (rows("reference"), rows("observed"));
     Input {
-        features: reference.len(),
         buckets: reference[0].len(),
         upper_bounds: floats(&batch["upper_bounds"]),
         reference: reference.concat(),
@@ -52,47 +58,91 @@ fn input() -> Input {
     }
 }
 
+/// One histogram per feature, named `f0`, `f1`, ... as scraped.
+fn histograms(inp: &Input, counts: &[f64]) -> BTreeMap<String, Histogram> {
+    counts
+        .chunks_exact(inp.buckets)
+        .enumerate()
+        .map(|(i, c)| {
+            let h = Histogram::from_bucket_counts(inp.upper_bounds.clone(), c).expect("histogram");
+            (format!("f{i}"), h)
+        })
+        .collect()
+}
+
 fn bench(c: &mut Criterion) {
     let inp = input();
-    let (f, k) = (inp.features, inp.buckets);
-    let batch = DriftBatch::new(f, k, &inp.reference).expect("reference");
+    let k = inp.buckets;
+    let f = inp.reference.len() / k;
     let mut g = c.benchmark_group(format!("drift_{f}x{k}"));
 
-    let mut out: Vec<Option<DriftScores>> = vec![None; f];
-    g.bench_function("batch_psi_js_ks_p", |b| {
-        b.iter(|| batch.score(black_box(&inp.observed), &mut out).unwrap())
-    });
-    let mut out_f: Vec<Option<f64>> = vec![None; f];
-    g.bench_function("batch_psi", |b| {
+    // The operator's path.
+    let reference = Reference {
+        features: histograms(&inp, &inp.reference),
+    };
+    let canary = VariantData {
+        requests: Some(10_000.0),
+        errors: Some(0.0),
+        features: histograms(&inp, &inp.observed),
+        ..Default::default()
+    };
+    let stable = canary.clone();
+    let judge = Judge {
+        canary: &canary,
+        stable: &stable,
+        reference: Some(&reference),
+        correction: MultipleTestingCorrection::BenjaminiHochberg,
+        min_samples: 200,
+        sequential: SequentialConfig::default(),
+    };
+    let drift_checks: Vec<Check> = serde_json::from_value(serde_json::json!([
+        {"name": "psi", "inputDrift": {"method": "psi", "max": 0.25}},
+        {"name": "js", "inputDrift": {"method": "js", "max": 0.1}},
+        {"name": "ks", "inputDrift": {"method": "ks", "max": 0.1}},
+    ]))
+    .expect("checks");
+    let run = checks::evaluate(&drift_checks, &judge, Timestamp::UNIX_EPOCH);
+    assert_eq!(run.checks.len(), 3);
+    assert!(
+        run.checks
+            .iter()
+            .all(|c| c.verdict != CheckVerdict::Inconclusive),
+        "every check judged: {:?}",
+        run.checks
+    );
+    g.bench_function("operator_evaluate_psi_js_ks_p", |b| {
         b.iter(|| {
-            batch
-                .score_psi(black_box(&inp.observed), &mut out_f)
-                .unwrap()
-        })
-    });
-    g.bench_function("batch_js", |b| {
-        b.iter(|| {
-            batch
-                .score_js(black_box(&inp.observed), &mut out_f)
-                .unwrap()
-        })
-    });
-    let mut out_ks: Vec<Option<KsResult>> = vec![None; f];
-    g.bench_function("batch_ks_p", |b| {
-        b.iter(|| {
-            batch
-                .score_ks(black_box(&inp.observed), &mut out_ks)
-                .unwrap()
+            checks::evaluate(
+                black_box(&drift_checks),
+                black_box(&judge),
+                Timestamp::UNIX_EPOCH,
+            )
         })
     });
 
-    // Feature by feature through the single-feature functions (no precomputation).
+    // Its scoring part: `checks::score` per feature and method.
+    let pairs_h: Vec<(&Histogram, &Histogram)> = reference
+        .features
+        .values()
+        .zip(canary.features.values())
+        .collect();
+    g.bench_function("checks_score_psi_js_ks_p", |b| {
+        b.iter(|| {
+            for (r, o) in &pairs_h {
+                for m in [DriftMethod::Psi, DriftMethod::Js, DriftMethod::Ks] {
+                    black_box(checks::score(m, r, black_box(o)).unwrap());
+                }
+            }
+        })
+    });
+
+    // The bare statistics on count slices (no histogram, no status).
     let pairs = || {
         inp.reference
             .chunks_exact(k)
             .zip(inp.observed.chunks_exact(k))
     };
-    g.bench_function("per_feature_psi_js_ks_p", |b| {
+    g.bench_function("drift_fns_psi_js_ks_p", |b| {
         b.iter(|| {
             for (r, o) in pairs() {
                 black_box(psi(r, black_box(o)).unwrap());
@@ -101,14 +151,14 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("per_feature_chi_squared", |b| {
+    g.bench_function("drift_fns_chi_squared", |b| {
         b.iter(|| {
             for (r, o) in pairs() {
                 black_box(chi_squared(r, black_box(o)).unwrap());
             }
         })
     });
-    g.bench_function("per_feature_wasserstein", |b| {
+    g.bench_function("drift_fns_wasserstein", |b| {
         b.iter(|| {
             for (r, o) in pairs() {
                 black_box(wasserstein(&inp.upper_bounds, r, black_box(o)).unwrap());

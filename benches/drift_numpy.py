@@ -6,14 +6,13 @@ formulas as src/analysis/drift.rs:
 
 - vectorised: one array operation across all 100 features per step;
 - vectorised_precomputed: the same, with the reference side (smoothed
-  proportions, their logs, CDFs) computed once outside the timed loop, as
-  the Rust DriftBatch does;
+  proportions, their logs, CDFs) computed once outside the timed loop, the
+  best case for numpy (the Rust operator does not precompute anything);
 - per_feature: a Python loop calling numpy/scipy once per feature, as drift
-  monitoring libraries typically do.
+  monitoring libraries typically do (and as the operator does in Rust).
 
 Usage: python3 benches/drift_numpy.py
-Reports the best and the median time per call over many repetitions.
-"""
+Reports the best and the median time per call over many repetitions."""
 
 import json
 import pathlib

@@ -11,7 +11,7 @@
 //! distinct local addresses and the peak number of requests in flight (read,
 //! not yet answered), and reports them on request over a pipe.
 //!
-//! Each pod serves the `/metrics` text of `modeldeploy::demo` after 2,000
+//! Each pod serves the `/metrics` text of `modeldeploy_demo` after 2,000
 //! predictions and 500 feedback labels (4 feature histograms, latency and
 //! prediction histograms, request and outcome counters).
 //!
@@ -193,7 +193,7 @@ mod client {
         use axum::http::Request;
         use tower::ServiceExt;
 
-        let app = modeldeploy::demo::router(modeldeploy::demo::Behaviour {
+        let app = modeldeploy_demo::router(modeldeploy_demo::Behaviour {
             error_rate: 0.01,
             ..Default::default()
         });
@@ -444,7 +444,7 @@ mod client {
             .expect("payload parses")
             .len();
         println!(
-            "payload: modeldeploy::demo /metrics, {} bytes, {} lines, {} samples kept by the collector's filter",
+            "payload: modeldeploy_demo /metrics, {} bytes, {} lines, {} samples kept by the collector's filter",
             payload.len(),
             payload.lines().count(),
             wanted

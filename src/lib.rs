@@ -6,7 +6,6 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod controller;
-pub mod demo;
 pub mod exposition;
 pub mod metrics;
 pub mod notify;

@@ -14,6 +14,14 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::analysis::checks::MAX_REPORTED_FEATURES;
+
+/// Prefix of the operator's own metric names (`modeldeploy_reconcile_total`).
+/// The same word as [`crate::api::OPERATOR_NAME`] but its own decision:
+/// dashboards and alerts name these series, and they need not follow a
+/// change of the operator's field manager or label value.
+pub const METRICS_PREFIX: &str = "modeldeploy";
+
 /// Metrics of the reconcile loop. Labels are static categories, or the
 /// namespace/name of a ModelDeployment (bounded by the objects watched; their
 /// series are removed when the object goes away).
@@ -42,7 +50,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("modeldeploy".into()), None)
+        let registry = Registry::new_custom(Some(METRICS_PREFIX.into()), None)
             .unwrap_or_else(|_| Registry::new());
         let reconciles =
             IntCounter::new("reconcile_total", "Reconciles run.").expect("valid metric definition");
@@ -204,7 +212,7 @@ impl Metrics {
                 .total_cmp(&a.score)
                 .then_with(|| a.name.cmp(&b.name))
         });
-        top.truncate(MAX_DRIFT_FEATURE_SERIES);
+        top.truncate(MAX_REPORTED_FEATURES);
         for stale in labels_of(&self.drift_score, namespace, name, "feature") {
             if !top.iter().any(|f| f.name == stale) {
                 let _ = self
@@ -263,9 +271,6 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
-
-/// Features of one object with a `drift_score` series at a time.
-pub const MAX_DRIFT_FEATURE_SERIES: usize = 20;
 
 /// Values of `label` on the series of one object: per-object series whose
 /// third label varies (check names, features) are found this way.
@@ -416,7 +421,7 @@ mod tests {
         let m = Metrics::new();
         m.record_run("ns", "md", &run_with_features(500));
         let series = feature_series(&m);
-        assert_eq!(series.len(), MAX_DRIFT_FEATURE_SERIES);
+        assert_eq!(series.len(), MAX_REPORTED_FEATURES);
         assert_eq!(series.first().map(String::as_str), Some("f480"));
         assert_eq!(series.last().map(String::as_str), Some("f499"));
 

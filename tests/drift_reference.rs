@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use modeldeploy::analysis::checks::Reference;
 use modeldeploy::api::ModelDeployment;
-use modeldeploy::demo::{self, Behaviour};
+use modeldeploy_demo::{self as demo, Behaviour};
 use serde_json::json;
 use support::fake_apiserver::FakeApiServer;
 use support::story::{Member, WAIT, fleet_of, ip_by_version, status};

@@ -12,7 +12,7 @@ use modeldeploy::analysis::error_rate::SequentialConfig;
 use modeldeploy::analysis::histogram::Histogram;
 use modeldeploy::analysis::window::VariantData;
 use modeldeploy::api::{Check, CheckVerdict, MultipleTestingCorrection};
-use modeldeploy::demo::FEATURE_EDGES;
+use modeldeploy_demo::FEATURE_EDGES;
 
 const SEEDS: u64 = 300;
 const FEATURES: usize = 8;

@@ -223,7 +223,7 @@ fn every_example_is_accepted_by_the_api_server_and_the_operator() {
                         .collect();
                     assert_eq!(
                         edges,
-                        modeldeploy::demo::FEATURE_EDGES.to_vec(),
+                        modeldeploy_demo::FEATURE_EDGES.to_vec(),
                         "{at}: feature {feature}: edges differ from the demo server's model_input_feature buckets"
                     );
                 }

@@ -19,7 +19,6 @@ const PURE: &[&str] = &[
 const IO: &[&str] = &[
     "cli",
     "controller",
-    "demo",
     "metrics",
     "notify",
     "operator",

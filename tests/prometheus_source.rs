@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use modeldeploy::demo::{self, Behaviour, Load};
 use modeldeploy::metrics::prometheus::{
     PromClient, RevisionSelector, bucket_increase, counter_increase,
 };
+use modeldeploy_demo::{self as demo, Behaviour, Load};
 use support::{free_port, tools};
 
 struct Prometheus {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use modeldeploy::api::ModelDeployment;
-use modeldeploy::demo::Behaviour;
+use modeldeploy_demo::Behaviour;
 use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
 use support::story::{StatusLog, WAIT, canary_spec, fleet, ip_by_version, start_story, status};

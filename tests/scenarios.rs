@@ -8,8 +8,8 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use modeldeploy::demo::{Behaviour, FEATURE_EDGES};
 use modeldeploy::rollout::requests::{Request, RequestAction};
+use modeldeploy_demo::{Behaviour, FEATURE_EDGES};
 use serde_json::{Value, json};
 use statrs::distribution::{ContinuousCDF, Normal};
 use support::story::{

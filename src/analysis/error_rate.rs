@@ -54,7 +54,7 @@ impl Default for SequentialConfig {
             decisive_alpha: 1e-6,
             pass_confidence: 0.8,
             ratio_floor: 0.001,
-            min_samples: 200,
+            min_samples: crate::api::DEFAULT_MIN_SAMPLES.unsigned_abs(),
         }
     }
 }

@@ -14,13 +14,31 @@ pub use validate::{InvalidSpec, ValidSpec, parse_duration, validate};
 
 use kube::CustomResourceExt;
 
+/// Who the operator is to the cluster: its server-side-apply field manager,
+/// the `app.kubernetes.io/managed-by` value on its children and the reporting
+/// controller of its events. One name, so that `kubectl` shows one owner.
+pub const OPERATOR_NAME: &str = "modeldeploy";
+
 /// Labels the operator puts on everything it creates; selectors use them too.
 pub mod labels {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::ModelDeployment;
+
     pub const NAME: &str = "modeldeploy.io/name";
     pub const REVISION: &str = "modeldeploy.io/revision";
     pub const VERSION: &str = "modeldeploy.io/version";
     pub const HASH: &str = "modeldeploy.io/hash";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+    /// Whether an object (a pod, from the cache) belongs to revision `hash`
+    /// of `md`: same namespace, and the labels of that revision's selector.
+    pub fn in_revision(meta: &ObjectMeta, md: &ModelDeployment, hash: &str) -> bool {
+        let label = |key: &str| meta.labels.as_ref().and_then(|l| l.get(key));
+        meta.namespace == md.metadata.namespace
+            && label(NAME).is_some_and(|n| Some(n) == md.metadata.name.as_ref())
+            && label(HASH).is_some_and(|h| h == hash)
+    }
 }
 
 /// The CRD as YAML, exactly as committed under `crds/` and in the chart.

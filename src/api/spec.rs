@@ -809,8 +809,12 @@ fn default_failure_limit() -> i32 {
 fn default_inconclusive_limit() -> i32 {
     10
 }
+/// Requests a variant must serve in a window before a check counts
+/// (`analysis.minSamples`), also when there is no `rollout` section.
+pub const DEFAULT_MIN_SAMPLES: i64 = 200;
+
 fn default_min_samples() -> i64 {
-    200
+    DEFAULT_MIN_SAMPLES
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -18,7 +18,10 @@ use crate::analysis::AnalysisRun;
 use crate::analysis::checks::{self, Judge, Reference};
 use crate::analysis::error_rate::SequentialConfig;
 use crate::analysis::window::{CounterWindow, SeriesKey, VariantData};
-use crate::api::{Check, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec, labels};
+use crate::api::{
+    Check, DEFAULT_MIN_SAMPLES, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec,
+    labels,
+};
 use crate::exposition::{self, FamilyFilter, Options, OwnedSample};
 use crate::metrics::prometheus::{self as prom, PromClient, RevisionSelector};
 use crate::metrics::scrape::Target;
@@ -80,17 +83,15 @@ fn plan<'a>(md: &'a ModelDeployment, status: &ModelDeploymentStatus) -> Option<P
             .spec
             .rollout
             .as_ref()
-            .map_or(200, |r| u64::try_from(r.analysis.min_samples).unwrap_or(0)),
+            .map_or(DEFAULT_MIN_SAMPLES, |r| r.analysis.min_samples)
+            .try_into()
+            .unwrap_or(0),
     })
 }
 
 fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> {
-    let ns = md.namespace();
-    let name = md.name_any();
     ctx.pods.state_filter(|p| {
-        p.namespace() == ns
-            && p.labels().get(labels::NAME) == Some(&name)
-            && p.labels().get(labels::HASH).map(String::as_str) == Some(hash)
+        labels::in_revision(&p.metadata, md, hash)
             && p.metadata.deletion_timestamp.is_none()
             && p.status.as_ref().is_some_and(|s| {
                 s.conditions
@@ -526,7 +527,7 @@ fn capture_min_samples(md: &ModelDeployment) -> f64 {
     md.spec
         .rollout
         .as_ref()
-        .map_or(200, |r| r.analysis.min_samples)
+        .map_or(DEFAULT_MIN_SAMPLES, |r| r.analysis.min_samples)
         .max(1) as f64
 }
 

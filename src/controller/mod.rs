@@ -42,7 +42,7 @@ use crate::routers::Child;
 use crate::telemetry::{Metrics, Readiness};
 
 /// The one field manager for everything the operator writes.
-pub const FIELD_MANAGER: &str = "modeldeploy";
+pub const FIELD_MANAGER: &str = crate::api::OPERATOR_NAME;
 /// How often an object at rest is looked at anyway (it causes no writes).
 const RESYNC: Duration = Duration::from_secs(300);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -148,7 +148,7 @@ impl Context {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
-                controller: "modeldeploy".into(),
+                controller: crate::api::OPERATOR_NAME.into(),
                 instance: Some(settings.instance.clone()),
             },
         );

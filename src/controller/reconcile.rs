@@ -197,13 +197,9 @@ pub(super) fn canary_health(
     now: Timestamp,
 ) -> Option<String> {
     let canary = status.canary.as_ref()?;
-    let ns = md.namespace();
-    let name = md.name_any();
-    let pods: Vec<Arc<Pod>> = ctx.pods.state_filter(|p| {
-        p.namespace() == ns
-            && p.labels().get(labels::NAME) == Some(&name)
-            && p.labels().get(labels::HASH) == Some(&canary.hash)
-    });
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state_filter(|p| labels::in_revision(&p.metadata, md, &canary.hash));
     let refs: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     let max = md
         .spec

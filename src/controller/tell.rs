@@ -14,16 +14,8 @@ pub(super) async fn report_undecodable(
     if first {
         warn!(error = %invalid.error, "cannot decode the object; leaving it and its children as they are");
         let reference = guard.object_ref(&());
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".into(),
-            note: Some(truncate(
-                &format!("cannot decode the object: {}", invalid.error),
-                1000,
-            )),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
+        let note = format!("cannot decode the object: {}", invalid.error);
+        let event = event(EventType::Warning, "InvalidSpec", &note);
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             warn!(error = %e, "cannot record event");
         }
@@ -40,15 +32,20 @@ pub(super) async fn publish(
     reason: &str,
     message: &str,
 ) {
-    let event = Event {
+    let event = event(type_, reason, message);
+    if let Err(e) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot record event");
+    }
+}
+
+/// Every event the operator records: the note truncated, action `Reconcile`.
+pub(super) fn event(type_: EventType, reason: &str, message: &str) -> Event {
+    Event {
         type_,
         reason: reason.into(),
         note: Some(truncate(message, 1000)),
         action: "Reconcile".into(),
         secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
-        warn!(error = %e, reason, "cannot record event");
     }
 }
 

@@ -21,7 +21,7 @@ pub const MODEL_CONTAINER: &str = "model";
 /// Annotation holding the hash of what the operator last applied to an object,
 /// so an unchanged object is not written again.
 pub const APPLIED_HASH: &str = "modeldeploy.io/applied-hash";
-const MANAGER_NAME: &str = "modeldeploy";
+const MANAGER_NAME: &str = crate::api::OPERATOR_NAME;
 
 /// Identifies a revision by what its pods run: the model, the resources, the
 /// pod overrides and a separate metrics port (a container port of the pod).

@@ -46,7 +46,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
-use modeldeploy::demo::{Feedback, PredictRequest, PredictResponse};
+use modeldeploy_demo::{Feedback, PredictRequest, PredictResponse};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 

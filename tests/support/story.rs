@@ -10,7 +10,7 @@ use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use modeldeploy::api::ModelDeployment;
-use modeldeploy::demo::{self, Behaviour, Load};
+use modeldeploy_demo::{self as demo, Behaviour, Load};
 use serde_json::{Value, json};
 
 use super::fake_apiserver::FakeApiServer;

@@ -3,6 +3,11 @@
 //! `/metrics` in the modeldeploy convention, with switches that make a
 //! version bad on purpose (errors, latency, shifted predictions, crashes,
 //! slow start), and a load generator that also sends feedback labels.
+//!
+//! Its own crate, so that the operator library does not carry it; the
+//! operator's tests use it, and `cli` is the `modeldeploy-demo` binary.
+
+pub mod cli;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -361,9 +366,20 @@ pub struct Load {
     pub seed: u64,
 }
 
+/// The load generator's HTTP client. reqwest is built without a default
+/// TLS provider (the operator picks ring), so install ring here as well.
+fn http_client() -> reqwest::Client {
+    static CRYPTO: std::sync::Once = std::sync::Once::new();
+    CRYPTO.call_once(|| {
+        // Fails only when a provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder().build().unwrap_or_default()
+}
+
 /// Run the load; returns (requests sent, non-2xx answers).
 pub async fn load(cfg: Load) -> (u64, u64) {
-    let client = crate::http_client_builder().build().unwrap_or_default();
+    let client = http_client();
     let interval = Duration::from_secs_f64(1.0 / cfg.rps.max(0.001));
     let mut ticker = tokio::time::interval(interval);
     let started = Instant::now();
