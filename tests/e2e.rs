@@ -25,7 +25,7 @@ async fn client_and_namespace(name: &str) -> Option<(kube::Client, String)> {
             return None;
         }
     };
-    let ns = format!("e2e-{name}");
+    let ns = api_namespace(name);
     let api: Api<Namespace> = Api::all(client.clone());
     let _ = api.delete(&ns, &DeleteParams::default()).await;
     for _ in 0..60 {
@@ -170,6 +170,67 @@ async fn start_canary(
     Some((client, api))
 }
 
+/// Until every Ready pod of `name` runs `version`: its label, its
+/// `--model-version` argument, and none of `bad_args` (what the pods run,
+/// not only what status says).
+async fn serving_pods_run(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    version: &str,
+    bad_args: &[&str],
+) {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("modeldeploy.io/name={name}");
+    let want = format!("--model-version={version}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let ready: Vec<_> = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .collect();
+        let wrong: Vec<String> = ready
+            .iter()
+            .filter(|p| {
+                let labelled = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("modeldeploy.io/version"));
+                let args = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.containers.iter().find(|c| c.name == "model"))
+                    .and_then(|c| c.args.clone())
+                    .unwrap_or_default();
+                labelled.map(String::as_str) != Some(version)
+                    || !args.contains(&want)
+                    || bad_args.iter().any(|b| args.iter().any(|a| a == b))
+            })
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        if !ready.is_empty() && wrong.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pods serving something other than {version}: {wrong:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 async fn rollout_end(api: &Api<ModelDeployment>, name: &str) -> Value {
     wait_for(api, name, "the rollout to end", |s| {
         s["phase"] == "RolledBack" || (s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0")
@@ -179,8 +240,21 @@ async fn rollout_end(api: &Api<ModelDeployment>, name: &str) -> Value {
 
 async fn canary_story(name: &str, bad_args: &[&str]) -> Option<Value> {
     let steps = json!([{"setWeight": 50}, {"analysis": {"passes": 3}}]);
-    let (_, api) = start_canary(name, bad_args, steps).await?;
-    Some(rollout_end(&api, name).await)
+    let (client, api) = start_canary(name, bad_args, steps).await?;
+    let s = rollout_end(&api, name).await;
+    // Promoted: v2's pods serve; rolled back: v1's, without the bad switches.
+    let version = s["stable"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ns = api_namespace(name);
+    let forbidden: &[&str] = if version == "1.0.0" { bad_args } else { &[] };
+    serving_pods_run(&client, &ns, name, &version, forbidden).await;
+    Some(s)
+}
+
+fn api_namespace(name: &str) -> String {
+    format!("e2e-{name}")
 }
 
 #[tokio::test]
