@@ -442,15 +442,18 @@ fn history(s: &Value) -> Vec<String> {
         .collect()
 }
 
-/// After a rollback: v1 serves with all its pods, as before, and nothing of
-/// v2 serves; v1's Deployment template is the one it had before the bump.
-async fn assert_rolled_back_to_v1(story: &Story, v1_template: &str) {
+/// After a rollback (for a reason naming `failed_check`): v1 serves with all
+/// its pods, as before, and nothing of v2 serves; v1's Deployment template is
+/// the one it had before the bump.
+async fn assert_rolled_back_to_v1(story: &Story, v1_template: &str, failed_check: &str) {
     let s = story
         .until("rolled back", |s| s["phase"] == "RolledBack")
         .await;
     assert_eq!(s["stable"]["version"], "1.0.0", "{s:#}");
     assert_eq!(s["rolledBack"]["version"], "2.0.0", "{s:#}");
     assert_eq!(history(&s), ["Deployed", "RolledBack"]);
+    let reason = s["history"][1]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(failed_check), "{reason}");
     let pods = story.wait_for_pods(&["1.0.0"]).await;
     assert_eq!(pods.len(), story.replicas as usize);
     story.assert_pods_run_their_revisions();
@@ -591,13 +594,7 @@ async fn a_canary_with_errors_is_rolled_back_and_stable_runs_the_old_version() {
         })
         .await;
     story.assert_pods_run_their_revisions();
-    assert_rolled_back_to_v1(&story, &v1_template).await;
-    let s = story.status().await;
-    let reason = s["history"][1]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(reason.contains("errors"), "{reason}");
+    assert_rolled_back_to_v1(&story, &v1_template, "errors").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,13 +606,7 @@ async fn a_crash_looping_canary_is_rolled_back_without_touching_stable() {
     };
     let v1_template = story.template_of("1.0.0").await;
     story.release("2.0.0", &[("CRASH_AFTER", "0")]).await;
-    assert_rolled_back_to_v1(&story, &v1_template).await;
-    let s = story.status().await;
-    let reason = s["history"][1]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(reason.contains("restarts"), "{reason}");
+    assert_rolled_back_to_v1(&story, &v1_template, "restarts").await;
     // No v1 pod was ever started with v2's template.
     for pod in story.cp.kubelet().pods(&story.ns) {
         for launch in story.cp.kubelet().launches(&story.ns, &pod.name) {
@@ -642,13 +633,7 @@ async fn a_canary_with_shifted_predictions_is_rolled_back() {
     };
     let v1_template = story.template_of("1.0.0").await;
     story.release("2.0.0", &[("PREDICTION_SHIFT", "3")]).await;
-    assert_rolled_back_to_v1(&story, &v1_template).await;
-    let s = story.status().await;
-    let reason = s["history"][1]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(reason.contains("outputs"), "{reason}");
+    assert_rolled_back_to_v1(&story, &v1_template, "outputs").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

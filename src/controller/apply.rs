@@ -3,6 +3,25 @@
 
 use super::*;
 
+/// What the operator writes: a namespaced object it can serialize and read.
+pub(super) trait Writable:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+{
+}
+
+impl<K> Writable for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+{
+}
+
 /// The pod template of one revision, from its ControllerRevision. A revision
 /// seen for the first time is rendered from the spec that names it and stored;
 /// a Deployment made before templates were stored is adopted as it runs.
@@ -63,11 +82,7 @@ pub(super) async fn delete_stale<K>(
     keep: &[String],
 ) -> Result<()>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + serde::de::DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-    K::DynamicType: Default,
+    K: Writable,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     for stale in owned.iter().filter(|o| !keep.contains(&o.name_any())) {
@@ -127,12 +142,7 @@ pub(super) async fn route_traffic(
 /// Apply a child that is read live instead of from a cache.
 pub(super) async fn apply_live<K>(ctx: &Context, ns: &str, desired: K) -> Result<()>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-    K::DynamicType: Default,
+    K: Writable,
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let current = api.get_opt(&desired.name_any()).await?;
@@ -161,12 +171,7 @@ pub(super) async fn apply_if_changed<K>(
     current: Option<&K>,
 ) -> Result<()>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-    K::DynamicType: Default,
+    K: Writable,
 {
     let hash = |o: &K| o.annotations().get(APPLIED_HASH).cloned();
     let name = desired.name_any();
