@@ -144,37 +144,6 @@ pub fn pod_template(
 ) -> PodTemplateSpec {
     let spec = &md.spec;
     let template = spec.template.clone().unwrap_or_default();
-    let model_port = spec.model.port;
-
-    let mut ports = vec![ContainerPort {
-        name: Some("http".into()),
-        container_port: model_port,
-        protocol: Some("TCP".into()),
-        ..Default::default()
-    }];
-    if let Some(metrics_port) = separate_metrics_port(spec) {
-        ports.push(ContainerPort {
-            name: Some("metrics".into()),
-            container_port: metrics_port,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        });
-    }
-
-    let mut env = vec![EnvVar {
-        name: "MODEL_VERSION".into(),
-        value: Some(spec.model.version.clone()),
-        ..Default::default()
-    }];
-    if let Some(uri) = &spec.model.storage_uri {
-        env.push(EnvVar {
-            name: "MODEL_URI".into(),
-            value: Some(uri.clone()),
-            ..Default::default()
-        });
-    }
-    env.extend(spec.model.env.iter().cloned());
-
     let default_readiness = Probe {
         tcp_socket: Some(TCPSocketAction {
             port: IntOrString::String("http".into()),
@@ -190,8 +159,8 @@ pub fn pod_template(
         image: Some(spec.model.image.clone()),
         command: (!spec.model.command.is_empty()).then(|| spec.model.command.clone()),
         args: (!spec.model.args.is_empty()).then(|| spec.model.args.clone()),
-        ports: Some(ports),
-        env: Some(env),
+        ports: Some(container_ports(spec)),
+        env: Some(model_env(spec)),
         resources: Some(ResourceRequirements {
             requests: Some(spec.resources.requests.clone()),
             limits: Some(spec.resources.limits.clone()),
@@ -236,6 +205,37 @@ pub fn pod_template(
             ..Default::default()
         }),
     }
+}
+
+/// The model port, and a separate metrics port when there is one.
+fn container_ports(spec: &ModelDeploymentSpec) -> Vec<ContainerPort> {
+    let port = |name: &str, container_port: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut ports = vec![port("http", spec.model.port)];
+    ports.extend(separate_metrics_port(spec).map(|p| port("metrics", p)));
+    ports
+}
+
+/// `MODEL_VERSION`, `MODEL_URI` when set, then the spec's own env.
+fn model_env(spec: &ModelDeploymentSpec) -> Vec<EnvVar> {
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
+    let mut env = vec![var("MODEL_VERSION", &spec.model.version)];
+    env.extend(
+        spec.model
+            .storage_uri
+            .iter()
+            .map(|uri| var("MODEL_URI", uri)),
+    );
+    env.extend(spec.model.env.iter().cloned());
+    env
 }
 
 /// The Deployment of one revision, built from that revision's stored pod
