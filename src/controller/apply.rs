@@ -48,28 +48,57 @@ pub(super) async fn revision_template(
     let ns = md
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let template = if w.hash == resources::revision_hash(&md.spec) {
-        resources::pod_template(md, valid, w)
-    } else if deployments.iter().any(|d| d.name_any() == name) {
+    // A running Deployment is adopted as it runs (made before templates were
+    // stored, or its ControllerRevision deleted by hand), so nothing restarts.
+    let running = if deployments.iter().any(|d| d.name_any() == name) {
         // The cache keeps no templates: read the running one.
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        match api.get_opt(&name).await?.and_then(|d| d.spec) {
-            Some(spec) => spec.template,
-            None => return Ok(None),
-        }
+        api.get_opt(&name)
+            .await?
+            .and_then(|d| d.spec)
+            .map(|s| s.template)
     } else {
-        // Neither stored nor running, and not what the spec names: nothing
-        // to build it from (a rollback target pruned by hand).
-        warn!(revision = w.revision, "no stored template for the revision");
-        return Ok(None);
+        None
+    };
+    let template = match running {
+        // Operators before stored templates rewrote every revision's
+        // Deployment from the current spec: a template running another
+        // version than its revision's is not that revision, and storing it
+        // would make a rollback serve the wrong version for good.
+        Some(t) if resources::template_version(&t) == Some(w.version.as_str()) => t,
+        Some(_) if w.hash != resources::revision_hash(&md.spec) => {
+            warn!(
+                revision = w.revision,
+                version = %w.version,
+                "the revision's Deployment runs another version (rewritten by an older operator); not stored, left as it is"
+            );
+            return Ok(None);
+        }
+        // What the spec names now: rendered from the spec.
+        _ if w.hash == resources::revision_hash(&md.spec) => resources::pod_template(md, valid, w),
+        _ => {
+            // Neither stored nor running, and not what the spec names:
+            // nothing to build it from (pruned by hand).
+            warn!(revision = w.revision, "no stored template for the revision");
+            return Ok(None);
+        }
     };
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let cr = resources::controller_revision(md, w, &template);
     match api.create(&PostParams::default(), &cr).await {
         Ok(_) => Ok(Some(template)),
-        // Stored already, and the cache has not seen it yet: the next
-        // reconcile builds from what is stored.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        // Stored already and the cache has not seen it yet: use what is
+        // stored, when it is ours.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let existing = api.get_opt(&name).await?;
+            match existing.filter(|cr| is_owned_by(cr, md)) {
+                Some(cr) => Ok(resources::stored_template(&cr).ok()),
+                None => {
+                    warn!(name = %name, "a ControllerRevision of that name belongs to something else; the revision cannot be stored");
+                    Ok(None)
+                }
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }

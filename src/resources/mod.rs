@@ -308,6 +308,22 @@ pub fn stored_template(cr: &ControllerRevision) -> Result<PodTemplateSpec, Strin
     })
 }
 
+/// The `MODEL_VERSION` the model container of a pod template runs.
+pub fn template_version(template: &PodTemplateSpec) -> Option<&str> {
+    template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == MODEL_CONTAINER)?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == "MODEL_VERSION")?
+        .value
+        .as_deref()
+}
+
 /// The model container's image in a pod template.
 pub fn template_image(template: &PodTemplateSpec) -> Option<&str> {
     template
@@ -548,6 +564,11 @@ mod tests {
             "revision 1's Deployment does not follow the current spec"
         );
         assert_eq!(template_image(&stored), Some("example/model:1.2.0"));
+        assert_eq!(
+            template_version(&stored),
+            Some("1.2.0"),
+            "what adoption compares with a revision's version label"
+        );
     }
 
     #[test]

@@ -946,3 +946,40 @@ fn a_canary_that_never_becomes_available_leaves_stable_whole() {
         assert_eq!(sim.status.canary.as_ref().unwrap().weight, 0);
     }
 }
+
+#[test]
+fn a_spec_that_goes_back_mid_rollout_keeps_capacity_while_stable_regrows() {
+    let sized = |v: &str| canary_spec(v, json!({"replicas": 10}));
+    let mut sim = Sim::settled(sized("1.0.0"));
+    sim.slow = true;
+    for _ in 0..3 {
+        sim.tick(None, None, None);
+    }
+    sim.spec = sized("2.0.0");
+    while sim
+        .status
+        .canary
+        .as_ref()
+        .is_none_or(|c| c.set_weight < 50 || c.weight < 50)
+    {
+        sim.interval(CheckVerdict::Pass);
+    }
+    sim.spec = sized("1.0.0");
+    let mut fewest = i32::MAX;
+    for _ in 0..5 {
+        sim.t += 1;
+        sim.tick(None, None, None);
+        fewest = fewest.min(available_pods(&sim));
+    }
+    assert!(fewest >= 10, "{fewest} available at one point");
+    assert_eq!(
+        sim.sizes()[&2],
+        0,
+        "the abandoned revision let go of its pods"
+    );
+    assert!(sim.status.draining.is_none());
+    assert_eq!(
+        sim.status.history.last().unwrap().outcome,
+        Outcome::Superseded
+    );
+}

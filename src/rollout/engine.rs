@@ -255,7 +255,7 @@ pub(super) fn roll_back(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionSt
 /// With the replicas router a revision that stops serving holds its pods
 /// until stable is back at full size (see `weights::draining_replicas`):
 /// taking them at once would drop the fleet below `spec.replicas`.
-fn keep_capacity_while_draining(
+pub(super) fn keep_capacity_while_draining(
     d: &mut Draft<'_>,
     leaving: &RevisionStatus,
     stable: &RevisionStatus,

@@ -186,6 +186,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
             if let Some(c) = d.status.canary.take() {
                 // The spec went back to the stable revision mid-rollout.
                 let abandoned = c.revision_status();
+                engine::keep_capacity_while_draining(&mut d, &abandoned, &stable);
                 d.history(
                     &abandoned,
                     Outcome::Superseded,
@@ -194,15 +195,24 @@ pub fn decide(input: &Input<'_>) -> Decision {
             }
             d.status.rolled_back = None;
         }
-        Some(_)
+        Some(stable)
             if d.status
                 .rolled_back
                 .as_ref()
                 .is_some_and(|r| r.hash == hash) =>
         {
             // Keep serving the previous revision until the spec moves on or a
-            // retry is requested.
-            d.status.canary = None;
+            // retry is requested; a rollout still out lets go of its pods
+            // once stable is whole.
+            if let Some(c) = d.status.canary.take() {
+                let abandoned = c.revision_status();
+                engine::keep_capacity_while_draining(&mut d, &abandoned, &stable);
+                d.history(
+                    &abandoned,
+                    Outcome::Superseded,
+                    format!("the spec went back to revision {}", target.revision),
+                );
+            }
         }
         Some(stable) => engine::progress(&mut d, &stable, &target),
     }
