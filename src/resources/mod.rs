@@ -308,14 +308,19 @@ pub fn stored_template(cr: &ControllerRevision) -> Result<PodTemplateSpec, Strin
     })
 }
 
-/// The `MODEL_VERSION` the model container of a pod template runs.
-pub fn template_version(template: &PodTemplateSpec) -> Option<&str> {
+/// The model container of a pod template.
+fn model_container(template: &PodTemplateSpec) -> Option<&Container> {
     template
         .spec
         .as_ref()?
         .containers
         .iter()
-        .find(|c| c.name == MODEL_CONTAINER)?
+        .find(|c| c.name == MODEL_CONTAINER)
+}
+
+/// The `MODEL_VERSION` the model container of a pod template runs.
+pub fn template_version(template: &PodTemplateSpec) -> Option<&str> {
+    model_container(template)?
         .env
         .as_ref()?
         .iter()
@@ -326,14 +331,7 @@ pub fn template_version(template: &PodTemplateSpec) -> Option<&str> {
 
 /// The model container's image in a pod template.
 pub fn template_image(template: &PodTemplateSpec) -> Option<&str> {
-    template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == MODEL_CONTAINER)?
-        .image
-        .as_deref()
+    model_container(template)?.image.as_deref()
 }
 
 fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {

@@ -183,16 +183,8 @@ pub fn decide(input: &Input<'_>) -> Decision {
         // The first revision is the stable one from the start.
         None => d.status.stable = Some(target.clone()),
         Some(stable) if stable.hash == hash => {
-            if let Some(c) = d.status.canary.take() {
-                // The spec went back to the stable revision mid-rollout.
-                let abandoned = c.revision_status();
-                engine::keep_capacity_while_draining(&mut d, &abandoned, &stable);
-                d.history(
-                    &abandoned,
-                    Outcome::Superseded,
-                    format!("the spec went back to revision {}", stable.revision),
-                );
-            }
+            // The spec went back to the stable revision mid-rollout.
+            abandon_rollout(&mut d, &stable, stable.revision);
             d.status.rolled_back = None;
         }
         Some(stable)
@@ -202,17 +194,8 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 .is_some_and(|r| r.hash == hash) =>
         {
             // Keep serving the previous revision until the spec moves on or a
-            // retry is requested; a rollout still out lets go of its pods
-            // once stable is whole.
-            if let Some(c) = d.status.canary.take() {
-                let abandoned = c.revision_status();
-                engine::keep_capacity_while_draining(&mut d, &abandoned, &stable);
-                d.history(
-                    &abandoned,
-                    Outcome::Superseded,
-                    format!("the spec went back to revision {}", target.revision),
-                );
-            }
+            // retry is requested.
+            abandon_rollout(&mut d, &stable, target.revision);
         }
         Some(stable) => engine::progress(&mut d, &stable, &target),
     }
@@ -231,6 +214,20 @@ pub fn decide(input: &Input<'_>) -> Decision {
         status: d.status,
         notes: d.notes,
         requeue_after: d.requeue,
+    }
+}
+
+/// A rollout still out when the spec goes back to revision `back_to` is
+/// recorded as superseded, and lets go of its pods once stable is whole.
+fn abandon_rollout(d: &mut Draft<'_>, stable: &RevisionStatus, back_to: i64) {
+    if let Some(c) = d.status.canary.take() {
+        let abandoned = c.revision_status();
+        engine::keep_capacity_while_draining(d, &abandoned, stable);
+        d.history(
+            &abandoned,
+            Outcome::Superseded,
+            format!("the spec went back to revision {back_to}"),
+        );
     }
 }
 
