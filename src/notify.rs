@@ -10,7 +10,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::rollout::{DRIFT_DETECTED, Note, ROLLED_BACK};
+use crate::api::{EventKind, TransitionEvent};
+use crate::rollout::{DRIFT_DETECTED, ROLLED_BACK};
 
 /// Event reasons worth a message; the rest stay in Events only.
 const FORWARDED: [&str; 8] = [
@@ -67,26 +68,23 @@ impl Notification {
     }
 }
 
-/// The notes of one decision that deserve a message.
-pub fn from_notes<'a>(
-    namespace: &'a str,
-    name: &'a str,
-    version: Option<&'a str>,
-    notes: &'a [Note],
-) -> impl Iterator<Item = Notification> + 'a {
-    notes
-        .iter()
-        .filter(|n| FORWARDED.contains(&n.reason))
-        .map(move |n| {
-            Notification::new(
-                namespace,
-                name,
-                n.reason,
-                &n.message,
-                n.kind == crate::rollout::NoteKind::Warning,
-                version,
-            )
-        })
+/// The message for one event of a transition, if its reason deserves one.
+pub fn for_event(
+    namespace: &str,
+    name: &str,
+    version: Option<&str>,
+    event: &TransitionEvent,
+) -> Option<Notification> {
+    FORWARDED.contains(&event.reason.as_str()).then(|| {
+        Notification::new(
+            namespace,
+            name,
+            &event.reason,
+            &event.message,
+            event.kind == EventKind::Warning,
+            version,
+        )
+    })
 }
 
 /// Hands messages to the delivery task; cheap to clone, never blocks.
@@ -147,23 +145,25 @@ async fn deliver(client: &reqwest::Client, url: &reqwest::Url, n: &Notification)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::NoteKind;
 
     #[test]
     fn only_transitions_are_forwarded_as_slack_text_with_fields() {
-        let notes = vec![
-            Note {
-                kind: NoteKind::Normal,
-                reason: "Deployed",
+        let events = [
+            TransitionEvent {
+                kind: EventKind::Normal,
+                reason: "Deployed".into(),
                 message: "nothing to announce".into(),
             },
-            Note {
-                kind: NoteKind::Warning,
-                reason: ROLLED_BACK,
+            TransitionEvent {
+                kind: EventKind::Warning,
+                reason: ROLLED_BACK.into(),
                 message: "check errors failed: 0.05 > 0.01".into(),
             },
         ];
-        let sent: Vec<Notification> = from_notes("risk", "scorer", Some("2.0.0"), &notes).collect();
+        let sent: Vec<Notification> = events
+            .iter()
+            .filter_map(|e| for_event("risk", "scorer", Some("2.0.0"), e))
+            .collect();
         assert_eq!(sent.len(), 1);
         let json = serde_json::to_value(&sent[0]).unwrap();
         assert_eq!(

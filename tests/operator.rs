@@ -587,3 +587,61 @@ async fn the_history_limit_prunes_deployments_and_stored_templates_together() {
     .await;
     op.stop().await.unwrap();
 }
+
+/// The window between writing a transition's status and recording its
+/// events: an operator stopped there records them when it starts again, once
+/// however often it restarts, and not at all once they would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_written_but_not_told_is_told_once_after_restarts() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("told", "1.0.0", json!({}))).await;
+    let s = eventually("Stable", WAIT, || {
+        let s = status(&server, "told");
+        (s["phase"] == "Stable").then_some(s)
+    })
+    .await;
+    eventually("the Deployed event", WAIT, || {
+        events(&server, "Deployed").pop()
+    })
+    .await;
+    op.stop().await.unwrap();
+    assert_eq!(s["transition"]["sequence"], 1, "{s}");
+    assert_eq!(s["transition"]["events"][0]["reason"], "Deployed", "{s}");
+
+    // As if the operator had stopped right after the status write.
+    let forget_events = || {
+        for e in server.list("events", "default") {
+            let name = e["metadata"]["name"].as_str().unwrap();
+            server.delete("events", "default", name);
+        }
+    };
+    forget_events();
+    for identity in ["op-2", "op-3"] {
+        let op = start_operator(&server, identity, false);
+        eventually("the Deployed event told again", WAIT, || {
+            events(&server, "Deployed").pop()
+        })
+        .await;
+        // Long enough for a second recording to land, were there one.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        op.stop().await.unwrap();
+        assert_eq!(events(&server, "Deployed").len(), 1, "{identity}");
+    }
+
+    // A transition older than the events' lifetime is not told again.
+    forget_events();
+    let mut md = server.get("modeldeployments", "default", "told").unwrap();
+    md["status"]["transition"]["at"] = json!("2020-01-01T00:00:00Z");
+    server.upsert("modeldeployments", md);
+    let op = start_operator(&server, "op-4", false);
+    let reconciles = op.metrics.reconciles.get();
+    eventually("a reconcile", WAIT, || {
+        (op.metrics.reconciles.get() > reconciles).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    op.stop().await.unwrap();
+    assert!(events(&server, "Deployed").is_empty());
+}

@@ -100,6 +100,41 @@ pub struct ModelDeploymentStatus {
     /// `Ready`, `Progressing`, `Degraded`, `DataDrift`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The newest transition's events, written with the status that records
+    /// the transition, so that an operator stopped between the two still
+    /// records each event once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<Transition>,
+}
+
+/// One transition, as `kubectl describe` and the notifications tell it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// Counts the object's transitions; names its events, so recording them
+    /// again finds them recorded.
+    pub sequence: i64,
+    pub at: Time,
+    /// The model version it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub events: Vec<TransitionEvent>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionEvent {
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub reason: String,
+    pub message: String,
+}
+
+/// The type of a Kubernetes event.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EventKind {
+    Normal,
+    Warning,
 }
 
 /// One revision of the model: what `spec.model`, `resources` and `template` were.

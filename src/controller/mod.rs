@@ -28,16 +28,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::{ModelDeployment, ModelDeploymentStatus, labels, validate};
+use crate::api::{EventKind, ModelDeployment, ModelDeploymentStatus, labels, validate};
 use crate::resources::{self, APPLIED_HASH};
-use crate::rollout::{self, Input, NoteKind};
+use crate::rollout::{self, Input};
 use crate::routers::Child;
 use crate::telemetry::{Metrics, Readiness};
 
@@ -86,7 +85,8 @@ pub type Watched = DeserializeGuard<ModelDeployment>;
 
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    /// This operator's pod, as the reporting instance of its events.
+    instance: String,
     pub metrics: Metrics,
     deployments: Store<Deployment>,
     /// Each revision's stored pod template.
@@ -109,6 +109,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<Watched>, u32>>,
     /// Undecodable objects already reported, by resourceVersion.
     reported_undecodable: Mutex<HashMap<ObjectRef<Watched>, String>>,
+    /// The newest transition told per object (by uid and number).
+    announced: Mutex<HashMap<ObjectRef<ModelDeployment>, (String, i64)>>,
 }
 
 /// What to watch and how to report.
@@ -145,13 +147,6 @@ impl Context {
         caches: Caches,
         synced: SyncTracker,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: crate::api::OPERATOR_NAME.into(),
-                instance: Some(settings.instance.clone()),
-            },
-        );
         let prometheus = settings.prometheus_url.as_deref().and_then(|url| {
             crate::metrics::prometheus::PromClient::new(url, settings.scrape.timeout)
                 .map_err(|e| warn!(error = %e, "ignoring the Prometheus address"))
@@ -159,7 +154,7 @@ impl Context {
         });
         Context {
             client,
-            recorder,
+            instance: settings.instance.clone(),
             metrics,
             deployments: caches.deployments,
             revisions: caches.revisions,
@@ -176,6 +171,7 @@ impl Context {
             written: Mutex::default(),
             failures: Mutex::default(),
             reported_undecodable: Mutex::default(),
+            announced: Mutex::default(),
         }
     }
 }
@@ -214,6 +210,7 @@ fn forget_deleted(ctx: &Context, md: &Watched) {
     lock(&ctx.capture_tried).remove(&key);
     lock(&ctx.windows).remove(&key);
     lock(&ctx.written).remove(&key);
+    lock(&ctx.announced).remove(&key);
     lock(&ctx.failures).remove(&ObjectRef::new(&name).within(&ns));
     // Children are named after their object (`<name>`, `<name>-...`).
     lock(&ctx.applied).retain(|(_, child_ns, child), _| {

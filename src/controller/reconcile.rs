@@ -45,6 +45,8 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
     let status = current_status(md, ctx);
+    // After a restart: what an earlier life wrote but may not have told.
+    announce(md, ctx, &status).await;
     let now = Timestamp::now();
     let valid = match validate(&md.spec) {
         Ok(v) => v,
@@ -65,7 +67,7 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
     apply_decision(md, ctx, &valid, &decision, &seen).await?;
     if decision.status != status {
         write_status(md, ctx, &decision.status).await?;
-        tell_transitions(md, ctx, &status, &decision).await;
+        announce(md, ctx, &decision.status).await;
     }
     set_phase_metric(ctx, md, &decision.status);
     if decision.status.canary.is_none() && decision.status.guard.is_none() {
@@ -97,14 +99,7 @@ async fn refuse(
     let next = rollout::invalid_spec(status, invalid, md.meta().generation, now);
     if next != *status {
         write_status(md, ctx, &next).await?;
-        publish(
-            md,
-            ctx,
-            EventType::Warning,
-            "InvalidSpec",
-            &invalid.to_string(),
-        )
-        .await;
+        announce(md, ctx, &next).await;
     }
     set_phase_metric(ctx, md, &next);
     Ok(Action::await_change())

@@ -1,6 +1,31 @@
 //! Telling a person: events for `kubectl describe`, notifications.
+//!
+//! Each event has a name made from what it tells (the object's uid and the
+//! transition's number, or the version of an object that does not decode),
+//! so recording it twice finds it recorded: this is how a transition's
+//! events are recorded once across restarts (see `rollout::announce`).
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 
 use super::*;
+use crate::api::{Transition, TransitionEvent};
+use crate::rollout::announce::{MAX_MESSAGE, truncate};
+
+/// How long the API server keeps events (kube-apiserver's `--event-ttl`
+/// default). A transition older than this, found after a restart, is not
+/// recorded again: its events have expired either way.
+const EVENT_TTL: Duration = Duration::from_secs(3600);
+
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    Now,
+    /// An event of this name exists: an earlier life of the operator recorded it.
+    Before,
+    Failed,
+}
 
 /// An object that does not decode: say so once per version of it, touch nothing.
 pub(super) async fn report_undecodable(
@@ -10,88 +35,176 @@ pub(super) async fn report_undecodable(
 ) -> Result<Action> {
     let key = ObjectRef::from_obj(guard);
     let version = guard.resource_version().unwrap_or_default();
-    let first = lock(&ctx.reported_undecodable).insert(key, version.clone()) != Some(version);
+    let first =
+        lock(&ctx.reported_undecodable).insert(key, version.clone()) != Some(version.clone());
     if first {
         warn!(error = %invalid.error, "cannot decode the object; leaving it and its children as they are");
-        let reference = guard.object_ref(&());
+        let name = event_name(
+            &guard.name_any(),
+            &guard.uid().unwrap_or_default(),
+            &format!("v{version}"),
+        );
         let note = format!("cannot decode the object: {}", invalid.error);
-        let event = event(EventType::Warning, "InvalidSpec", &note);
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            warn!(error = %e, "cannot record event");
-        }
+        record(
+            ctx,
+            guard.object_ref(&()),
+            name,
+            EventKind::Warning,
+            "InvalidSpec",
+            &note,
+        )
+        .await;
     }
     Ok(Action::await_change())
 }
 
-/// Events are best effort: a failure to record one is logged, never retried
-/// into a reconcile error.
-pub(super) async fn publish(
-    md: &ModelDeployment,
+/// Record the events of the object's newest transition and send its
+/// notifications, once: right after this operator wrote the transition, or,
+/// after a restart, in case an earlier life stopped between writing it and
+/// telling it. Events found recorded already are not notified again.
+pub(super) async fn announce(md: &ModelDeployment, ctx: &Context, status: &ModelDeploymentStatus) {
+    let Some(t) = &status.transition else {
+        return;
+    };
+    let key = ObjectRef::from_obj(md);
+    let uid = md.uid().unwrap_or_default();
+    let told = lock(&ctx.announced)
+        .get(&key)
+        .is_some_and(|(u, sequence)| *u == uid && *sequence >= t.sequence);
+    if told {
+        return;
+    }
+    if recent(t, Timestamp::now()) {
+        for (index, e) in t.events.iter().enumerate() {
+            let name = event_name(&md.name_any(), &uid, &format!("t{}-{index}", t.sequence));
+            let recorded =
+                record(ctx, md.object_ref(&()), name, e.kind, &e.reason, &e.message).await;
+            if recorded != Recorded::Before {
+                follow_up(md, ctx, t, e);
+            }
+        }
+    }
+    lock(&ctx.announced).insert(key, (uid, t.sequence));
+}
+
+fn recent(t: &Transition, now: Timestamp) -> bool {
+    now.duration_since(t.at.0).as_secs_f64() < EVENT_TTL.as_secs_f64()
+}
+
+/// What else an event tells: the rollback counter, a notification.
+fn follow_up(md: &ModelDeployment, ctx: &Context, t: &Transition, e: &TransitionEvent) {
+    let (ns, name) = (md.namespace().unwrap_or_default(), md.name_any());
+    if e.reason == rollout::ROLLED_BACK {
+        ctx.metrics.count_rollback(&ns, &name);
+    }
+    if let Some(notifier) = &ctx.notifier
+        && let Some(n) = crate::notify::for_event(&ns, &name, t.version.as_deref(), e)
+    {
+        notifier.send(n);
+    }
+}
+
+/// An event's name: the object's name (cut to leave room) and a suffix that
+/// is unique per object uid and `what`.
+fn event_name(object: &str, uid: &str, what: &str) -> String {
+    let mut prefix: String = object.chars().take(200).collect();
+    while prefix.ends_with(['-', '.']) {
+        prefix.pop();
+    }
+    let uid: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    let what: String = what
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{prefix}.{uid}-{what}")
+}
+
+/// Create one event; failing to is logged, never a reconcile error.
+async fn record(
     ctx: &Context,
-    type_: EventType,
+    regarding: ObjectReference,
+    name: String,
+    kind: EventKind,
     reason: &str,
     message: &str,
-) {
-    let event = event(type_, reason, message);
-    if let Err(e) = ctx.recorder.publish(&event, &md.object_ref(&())).await {
-        warn!(error = %e, reason, "cannot record event");
+) -> Recorded {
+    let ns = regarding.namespace.clone().unwrap_or_default();
+    let event = Event {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        action: Some("Reconcile".into()),
+        reason: Some(reason.into()),
+        note: Some(truncate(message, MAX_MESSAGE)),
+        type_: Some(format!("{kind:?}")),
+        event_time: Some(MicroTime(Timestamp::now())),
+        regarding: Some(regarding),
+        reporting_controller: Some(crate::api::OPERATOR_NAME.into()),
+        reporting_instance: Some(ctx.instance.clone()),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.create(&PostParams::default(), &event).await {
+        Ok(_) => Recorded::Now,
+        Err(kube::Error::Api(s)) if s.code == 409 => Recorded::Before,
+        Err(e) => {
+            warn!(error = %e, reason, "cannot record event");
+            Recorded::Failed
+        }
     }
 }
 
-/// Every event the operator records: the note truncated, action `Reconcile`.
-pub(super) fn event(type_: EventType, reason: &str, message: &str) -> Event {
-    Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(message, 1000)),
-        action: "Reconcile".into(),
-        secondary: None,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-pub(super) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
+    use super::*;
 
-/// A transition's notes as events (and the rollback counter), and as
-/// notifications when a webhook is configured.
-pub(super) async fn tell_transitions(
-    md: &ModelDeployment,
-    ctx: &Context,
-    before: &ModelDeploymentStatus,
-    decision: &rollout::Decision,
-) {
-    let (ns, name) = (md.namespace().unwrap_or_default(), md.name_any());
-    for note in &decision.notes {
-        let kind = match note.kind {
-            NoteKind::Normal => EventType::Normal,
-            NoteKind::Warning => EventType::Warning,
+    #[test]
+    fn event_names_are_valid_and_unique_per_object_and_transition() {
+        let uid = "0c5e6a2e-1b7d-4a51-9d1e-3f1f3b2a9c11";
+        assert_eq!(event_name("fraud", uid, "t3-0"), "fraud.0c5e6a2e-t3-0");
+        assert_ne!(
+            event_name("fraud", uid, "t3-0"),
+            event_name("fraud", uid, "t3-1")
+        );
+        assert_ne!(
+            event_name("fraud", uid, "t3-0"),
+            event_name("fraud", "9a5e6a2e-0000", "t3-0"),
+            "a new object of the same name"
+        );
+        let long = format!("{}-x", "a".repeat(199));
+        let name = event_name(&long, uid, "v12");
+        assert!(name.len() <= 253, "{}", name.len());
+        assert!(
+            name.starts_with(&"a".repeat(199)) && !name.contains("-."),
+            "{name}"
+        );
+        assert_eq!(event_name("m", uid, "v1.2"), "m.0c5e6a2e-v1-2");
+    }
+
+    #[test]
+    fn only_transitions_within_the_event_ttl_are_told_again() {
+        let t = |secs: i64| Transition {
+            sequence: 1,
+            at: Time(Timestamp::from_second(secs).unwrap()),
+            version: None,
+            events: Vec::new(),
         };
-        publish(md, ctx, kind, note.reason, &note.message).await;
-        if note.reason == rollout::ROLLED_BACK {
-            ctx.metrics.count_rollback(&ns, &name);
-        }
-    }
-    if let Some(notifier) = &ctx.notifier {
-        // The version the transition is about: the rollout's (also when this
-        // decision ended it), else the stable one it started from (which the
-        // guard may just have rolled back).
-        let version = decision
-            .status
-            .canary
-            .as_ref()
-            .or(before.canary.as_ref())
-            .map(|c| c.version.as_str())
-            .or(before.stable.as_ref().map(|s| s.version.as_str()));
-        for n in crate::notify::from_notes(&ns, &name, version, &decision.notes) {
-            notifier.send(n);
-        }
+        let now = Timestamp::from_second(10_000).unwrap();
+        assert!(recent(&t(10_000 - 60), now));
+        assert!(!recent(&t(10_000 - 3_601), now));
     }
 }

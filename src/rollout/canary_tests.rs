@@ -270,7 +270,7 @@ fn failed_checks_in_a_row_roll_back_and_cut_canary_traffic_at_once() {
     assert_eq!((sizes[&1], sizes[&2]), (10, 0));
     assert!(sim.status.draining.is_none());
     let rb = sim.notes.iter().find(|n| n.reason == "RolledBack").unwrap();
-    assert_eq!(rb.kind, NoteKind::Warning);
+    assert_eq!(rb.kind, EventKind::Warning);
     assert!(
         rb.message
             .contains("errors: value 0.0500 vs threshold 0.0100"),
@@ -324,7 +324,7 @@ fn drift_turning_bad_is_noted_once() {
         .iter()
         .find(|n| n.reason == DRIFT_DETECTED)
         .unwrap();
-    assert_eq!(note.kind, NoteKind::Warning);
+    assert_eq!(note.kind, EventKind::Warning);
     assert!(
         note.message
             .contains("check inputs scored 0.3100 (max 0.2)"),

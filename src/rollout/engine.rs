@@ -9,7 +9,7 @@ use crate::api::{
     RevisionStatus, RolloutSpec,
 };
 
-use super::{Draft, NoteKind, ROLLED_BACK, available, record_run, strategies, weights};
+use super::{Draft, EventKind, ROLLED_BACK, available, record_run, strategies, weights};
 
 /// Move the rollout of `target` on as far as the observations allow: the
 /// steps every strategy shares (health, deadline, judgement, promotion,
@@ -94,7 +94,7 @@ fn judge(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec) -> Resu
                 InconclusivePolicy::Pause if c.paused.is_none() => {
                     c.paused = Some(PauseReason::Inconclusive);
                     d.note(
-                        NoteKind::Warning,
+                        EventKind::Warning,
                         "AnalysisInconclusive",
                         format!(
                             "revision {} paused: analysis lacked data {n} times in a row",
@@ -110,7 +110,7 @@ fn judge(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec) -> Resu
         Some(CheckVerdict::Pass) if c.paused == Some(PauseReason::Inconclusive) => {
             c.paused = None;
             d.note(
-                NoteKind::Normal,
+                EventKind::Normal,
                 "AnalysisResumed",
                 format!(
                     "revision {} resumed: the analysis has data now and it passed",
@@ -154,7 +154,7 @@ fn start(
             format!("revision {} arrived before it finished", target.revision),
         );
         d.note(
-            NoteKind::Normal,
+            EventKind::Normal,
             "Superseded",
             format!(
                 "revision {} is abandoned: revision {} arrived",
@@ -168,7 +168,7 @@ fn start(
         "starts a rollout next to"
     };
     d.note(
-        NoteKind::Normal,
+        EventKind::Normal,
         "RolloutStarted",
         format!(
             "revision {} (version {}) {how} revision {} (version {})",
@@ -210,7 +210,7 @@ fn promote(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionStatus, judged:
     };
     d.history(&new, outcome, reason);
     d.note(
-        NoteKind::Normal,
+        EventKind::Normal,
         if judged { "Promoted" } else { "Replaced" },
         format!(
             "revision {} (version {}) serves all traffic; revision {} scales down",
@@ -240,7 +240,7 @@ pub(super) fn roll_back(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionSt
     let rev = c.revision_status();
     d.history(&rev, Outcome::RolledBack, why.clone());
     d.note(
-        NoteKind::Warning,
+        EventKind::Warning,
         ROLLED_BACK,
         format!(
             "revision {} (version {}) rolled back: {why}; revision {} serves",

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{CheckVerdict, GuardStatus, Outcome, RevisionStatus};
 
-use super::{Draft, NoteKind, ROLLED_BACK, available, record_run};
+use super::{Draft, EventKind, ROLLED_BACK, available, record_run};
 
 /// Start the guard for a freshly promoted revision, if the spec asks for one.
 pub(super) fn arm(d: &mut Draft<'_>, promoted: &RevisionStatus) {
@@ -50,7 +50,7 @@ pub(super) fn watch(d: &mut Draft<'_>) {
     let until = g.until.clone();
     if until.as_ref().is_some_and(|u| d.input.now >= u.0) {
         d.note(
-            NoteKind::Normal,
+            EventKind::Normal,
             "GuardPassed",
             format!(
                 "revision {} held up for the whole guard window",
@@ -74,7 +74,7 @@ pub(super) fn watch(d: &mut Draft<'_>) {
 fn roll_back_to_previous(d: &mut Draft<'_>, bad: &RevisionStatus, why: String) {
     let Some(previous) = d.status.previous.clone() else {
         d.note(
-            NoteKind::Warning,
+            EventKind::Warning,
             "GuardBreach",
             format!(
                 "revision {}: {why}; there is no previous revision to return to",
@@ -86,7 +86,7 @@ fn roll_back_to_previous(d: &mut Draft<'_>, bad: &RevisionStatus, why: String) {
     };
     d.history(bad, Outcome::RolledBack, why.clone());
     d.note(
-        NoteKind::Warning,
+        EventKind::Warning,
         ROLLED_BACK,
         format!(
             "revision {} (version {}) rolled back: {why}; revision {} serves again",

@@ -15,6 +15,7 @@
 //! After a promotion the previous revision is kept for `scaleDownDelay`, and
 //! the guard (if configured) keeps judging the new one for `guard.window`.
 
+pub mod announce;
 pub mod conditions;
 mod engine;
 mod guard;
@@ -29,6 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 pub use crate::analysis::AnalysisRun;
+use crate::api::EventKind;
 use crate::api::{
     AnalysisStatus, CheckVerdict, HistoryEntry, InvalidSpec, ModelDeploymentSpec,
     ModelDeploymentStatus, Outcome, Phase, RevisionStatus, ValidSpec,
@@ -71,19 +73,13 @@ pub struct Input<'a> {
     pub now: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoteKind {
-    Normal,
-    Warning,
-}
-
 /// The event reason of every rollback, of a canary or by the guard.
 pub const ROLLED_BACK: &str = "RolledBack";
 
 /// Something a person would want to see in `kubectl describe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
-    pub kind: NoteKind,
+    pub kind: EventKind,
     pub reason: &'static str,
     pub message: String,
 }
@@ -115,7 +111,7 @@ struct Draft<'a> {
 }
 
 impl Draft<'_> {
-    fn note(&mut self, kind: NoteKind, reason: &'static str, message: String) {
+    fn note(&mut self, kind: EventKind, reason: &'static str, message: String) {
         self.notes.push(Note {
             kind,
             reason,
@@ -205,6 +201,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
     note_new_drift(&mut d);
     scale_down_previous(&mut d);
     summarize(&mut d);
+    announce::record(input.status, &mut d.status, &d.notes, &d.now);
 
     let workloads = weights::workloads(input.spec, &d.status, input.observed, input.now);
     let canary_weight = d.status.canary.as_ref().map_or(0, |c| c.weight);
@@ -365,7 +362,7 @@ fn note_new_drift(d: &mut Draft<'_>) {
         })
         .collect();
     if !newly.is_empty() {
-        d.note(NoteKind::Warning, DRIFT_DETECTED, newly.join("; "));
+        d.note(EventKind::Warning, DRIFT_DETECTED, newly.join("; "));
     }
 }
 
@@ -534,7 +531,7 @@ fn summarize_settled(d: &mut Draft<'_>, stable: &RevisionStatus) -> (Phase, Stri
                 "first revision is available".into(),
             );
             d.note(
-                NoteKind::Normal,
+                EventKind::Normal,
                 "Deployed",
                 format!(
                     "revision {} (version {}) is available with {replicas} replicas",
@@ -561,7 +558,7 @@ fn summarize_settled(d: &mut Draft<'_>, stable: &RevisionStatus) -> (Phase, Stri
     let deadline_missed = stable_obs.is_some_and(|o| o.deadline_exceeded);
     if deadline_missed && d.input.status.phase != Some(Phase::Failed) {
         d.note(
-            NoteKind::Warning,
+            EventKind::Warning,
             "ProgressDeadlineExceeded",
             format!(
                 "revision {} (version {}) is not available",
@@ -673,6 +670,12 @@ pub fn invalid_spec(
         generation,
         &Time(now),
     );
+    let note = Note {
+        kind: EventKind::Warning,
+        reason: "InvalidSpec",
+        message: error.to_string(),
+    };
+    announce::record(old, &mut status, &[note], &Time(now));
     status
 }
 

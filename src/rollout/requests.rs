@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{PauseReason, RevisionStatus};
 
-use super::{Draft, NoteKind, engine};
+use super::{Draft, EventKind, engine};
 
 pub const ANNOTATION: &str = "modeldeploy.io/request";
 
@@ -115,14 +115,14 @@ pub(super) fn apply(d: &mut Draft<'_>, target: &RevisionStatus) {
     d.status.last_request = Some(request.id.clone());
     if let Err(why) = applicable(&d.status, &target.hash, &request.action) {
         d.note(
-            NoteKind::Warning,
+            EventKind::Warning,
             "Request",
             format!("request {:?} ignored: {why}", request.action),
         );
         return;
     }
     let canary = d.status.canary.clone().filter(|c| c.hash == target.hash);
-    let done = |what: String| (NoteKind::Normal, what);
+    let done = |what: String| (EventKind::Normal, what);
     let (kind, message) = match (&request.action, canary) {
         (RequestAction::Promote, Some(mut c)) => {
             if c.paused == Some(PauseReason::Inconclusive)
@@ -180,18 +180,18 @@ pub(super) fn apply(d: &mut Draft<'_>, target: &RevisionStatus) {
         }
         (RequestAction::RollbackTo { revision }, _) => rollback_to(d, *revision, target),
         (action, _) => (
-            NoteKind::Warning,
+            EventKind::Warning,
             format!("request {action:?} does not apply in the current state; ignored"),
         ),
     };
     d.note(kind, "Request", message);
 }
 
-fn rollback_to(d: &mut Draft<'_>, revision: i64, target: &RevisionStatus) -> (NoteKind, String) {
+fn rollback_to(d: &mut Draft<'_>, revision: i64, target: &RevisionStatus) -> (EventKind, String) {
     let stable = d.status.stable.clone().unwrap_or_default();
     if stable.revision == revision {
         return (
-            NoteKind::Warning,
+            EventKind::Warning,
             format!("revision {revision} already serves"),
         );
     }
@@ -208,7 +208,7 @@ fn rollback_to(d: &mut Draft<'_>, revision: i64, target: &RevisionStatus) -> (No
         });
     let Some(old) = found else {
         return (
-            NoteKind::Warning,
+            EventKind::Warning,
             format!(
                 "revision {revision} is no longer stored (beyond revisionHistoryLimit); cannot roll back to it"
             ),
@@ -236,7 +236,7 @@ fn rollback_to(d: &mut Draft<'_>, revision: i64, target: &RevisionStatus) -> (No
     // The spec still names its revision: hold it back until the spec changes.
     d.status.rolled_back = (target.revision != revision).then(|| target.clone());
     (
-        NoteKind::Warning,
+        EventKind::Warning,
         format!(
             "rolled back from revision {} to revision {revision} by request",
             stable.revision

@@ -185,7 +185,7 @@ fn a_revision_that_never_becomes_available_is_rolled_back_and_not_retried() {
         &late.status.conditions,
         conditions::READY
     ));
-    assert_eq!(late.notes[0].kind, NoteKind::Warning);
+    assert_eq!(late.notes[0].kind, EventKind::Warning);
     assert_eq!(
         late.status.history.last().unwrap().outcome,
         Outcome::RolledBack

@@ -3,7 +3,7 @@
 use crate::analysis::abtest::Winner;
 use crate::api::{AbSamples, AbTestStatus, CanaryStatus, CheckVerdict, RolloutSpec};
 
-use super::super::{Draft, NoteKind};
+use super::super::{Draft, EventKind};
 use super::Strategy;
 
 pub(crate) struct AbTest;
@@ -64,7 +64,7 @@ fn ab_test(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec) -> Re
                 c.promoting = true;
                 c.step_started_at = Some(d.now.clone());
                 d.note(
-                    NoteKind::Normal,
+                    EventKind::Normal,
                     "ABTestDecided",
                     format!("revision {} won the A/B test: {}", c.revision, cmp.message),
                 );

@@ -3,7 +3,7 @@
 
 use crate::api::{CanaryStatus, CheckVerdict, PauseReason, RolloutSpec};
 
-use super::super::{Draft, NoteKind, weights};
+use super::super::{Draft, EventKind, weights};
 use super::Strategy;
 
 pub(crate) struct Canary;
@@ -40,7 +40,7 @@ fn advance_steps(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec)
                 c.promoting = true;
                 c.step_started_at = Some(d.now.clone());
                 d.note(
-                    NoteKind::Normal,
+                    EventKind::Normal,
                     "Promoting",
                     format!(
                         "revision {} passed all {} steps and scales up to take over",
@@ -94,7 +94,7 @@ fn advance_steps(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec)
             }
         }
         d.note(
-            NoteKind::Normal,
+            EventKind::Normal,
             "StepCompleted",
             format!(
                 "revision {}: step {}/{} done ({}), canary at {}%",
