@@ -12,7 +12,9 @@ use modeldeploy::api::ModelDeployment;
 use modeldeploy_demo::Behaviour;
 use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
-use support::story::{StatusLog, WAIT, canary_spec, fleet, ip_by_version, start_story, status};
+use support::story::{
+    StatusLog, Story, WAIT, canary_spec, fleet, ip_by_version, stable_story, start_story, status,
+};
 use support::{
     deployment_controller, eventually, free_port, model_deployment, pod_controller, start_operator,
 };
@@ -235,7 +237,17 @@ async fn restarted_at_every_phase(
         {"setWeight": 25}, {"pause": {"duration": "2s"}},
         {"setWeight": 50}, {"analysis": {"passes": 2}}, {"setWeight": 75}
     ]);
-    let (server, op, _c, _f) = start_story("phases", port, steps, canary).await;
+    let Story {
+        server,
+        op,
+        controllers: _c,
+        fleet: _f,
+        ..
+    } = stable_story("phases", port, steps, canary).await;
+    // The release is made while no operator runs, so that the loop below
+    // looks from the rollout's first state on: on a loaded machine a running
+    // operator could roll a bad canary back before the first look.
+    op.stop().await.unwrap();
     let log = StatusLog::start(&server, "phases");
     let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
     api.patch(
@@ -245,6 +257,7 @@ async fn restarted_at_every_phase(
         // machine: a restart (stop, start, caches listing) takes seconds there,
         // and a 1 s scale-down delay was sometimes over before the next look.
         &Patch::Merge(json!({"spec": {
+            "model": {"version": "2.0.0", "image": "example/scorer:2.0.0"},
             "guard": {"window": "8s", "interval": "1s",
                       "checks": [{"name": "errors", "errorRate": {"max": 0.01}}]},
             "rollout": {"scaleDownDelay": "5s"}
@@ -252,6 +265,7 @@ async fn restarted_at_every_phase(
     )
     .await
     .unwrap();
+    let op = start_operator(&server, "op-0", false);
     let key = |s: &Value| {
         format!(
             "{}|step {}|promoting {}|paused {}|guard {}|scale-down {}",

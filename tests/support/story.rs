@@ -262,7 +262,14 @@ pub async fn start_story(
     Vec<DeploymentController>,
     Fleet,
 ) {
-    let story = Story::stable(
+    let story = stable_story(name, port, steps, canary).await;
+    story.release("2.0.0").await;
+    (story.server, story.op, story.controllers, story.fleet)
+}
+
+/// [`start_story`] before the release: v1 Stable, a v2 server behaving as `canary`.
+pub async fn stable_story(name: &str, port: u16, steps: Value, canary: Behaviour) -> Story {
+    Story::stable(
         name,
         port,
         canary_spec(port, steps),
@@ -273,9 +280,7 @@ pub async fn start_story(
         ip_by_version,
         |_| PodHealth::Ready,
     )
-    .await;
-    story.release("2.0.0").await;
-    (story.server, story.op, story.controllers, story.fleet)
+    .await
 }
 
 /// Every status the API server stored for one ModelDeployment, in order, as
