@@ -294,13 +294,6 @@ async fn run_scope(
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
     on_synced: impl FnOnce() + Send + 'static,
 ) {
-    let mdeps: Api<Watched> = scoped(&client, ns.as_deref());
-    let deploy_api: Api<Deployment> = scoped(&client, ns.as_deref());
-    let service_api: Api<Service> = scoped(&client, ns.as_deref());
-    let revision_api: Api<ControllerRevision> = scoped(&client, ns.as_deref());
-    // Only objects this operator made: keeps the caches small on busy clusters.
-    let owned = watcher::Config::default().labels(&format!("{}=modeldeploy", labels::MANAGED_BY));
-
     let synced = SyncTracker::new(
         [
             "modeldeployments",
@@ -311,111 +304,35 @@ async fn run_scope(
         ],
         on_synced,
     );
-    // Caches keep only what decisions read: no managed fields anywhere, no
-    // pod specs (pods are read for their labels and status), and no pod
-    // templates of Deployments (a revision's template is its ControllerRevision's).
-    let (deployments, deploy_stream) = owned_cache(
-        deploy_api,
-        &owned,
-        &synced,
-        "deployments",
-        |d: &mut Deployment| {
-            d.managed_fields_mut().clear();
-            if let Some(spec) = d.spec.as_mut() {
-                spec.template.spec = None;
-            }
-        },
-    );
-    let (revisions, revision_stream) = owned_cache(
-        revision_api,
-        &owned,
-        &synced,
-        "controllerrevisions",
-        |r: &mut ControllerRevision| r.managed_fields_mut().clear(),
-    );
-    let (services, service_stream) = owned_cache(
-        service_api,
-        &owned,
-        &synced,
-        "services",
-        |s: &mut Service| s.managed_fields_mut().clear(),
-    );
-    // Pods belong to ReplicaSets, not to the ModelDeployment: map them back by
-    // label, so a crash-looping canary pod is seen at once.
-    let pod_api: Api<Pod> = scoped(&client, ns.as_deref());
-    let (pods, pod_stream) = owned_cache(pod_api, &owned, &synced, "pods", |p: &mut Pod| {
-        p.managed_fields_mut().clear();
-        p.spec = None;
-    });
+    let (caches, children) = child_caches(&client, ns.as_deref(), &synced);
+    let mdeps: Api<Watched> = scoped(&client, ns.as_deref());
     let ctx = Arc::new(Context::new(
         client,
         &settings,
         metrics,
-        Caches {
-            deployments,
-            revisions,
-            services,
-            pods,
-        },
+        caches,
         synced.clone(),
     ));
-
-    // The main watch is ours (not the Controller's) so deletions are seen:
-    // a deleted object's metric series go with it.
-    let (main_store, main_writer) = reflector::store();
-    let forget = ctx.clone();
-    let main_stream = reflector::reflector(
-        main_writer,
-        watcher(mdeps, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .inspect({
-        let ctx = ctx.clone();
-        move |event| match event {
-            Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
-                let key =
-                    ObjectRef::new(&md.name_any()).within(&md.namespace().unwrap_or_default());
-                watch_delivered(&ctx, Some((&key, md.resource_version().as_deref())));
-            }
-            Ok(watcher::Event::InitDone) => watch_delivered(&ctx, None),
-            _ => {}
-        }
-    })
-    .inspect(move |event| {
-        if let Ok(watcher::Event::Delete(md)) = event {
-            forget_deleted(&forget, md);
-        }
-    })
-    .inspect(synced.marker("modeldeployments"))
-    .touched_objects();
-    let controller = Controller::for_stream(main_stream, main_store.clone()).with_config(
+    let (main_store, main_stream) = main_watch(mdeps, &ctx, &synced);
+    let controller = Controller::for_stream(main_stream, main_store).with_config(
         kube::runtime::controller::Config::default()
             .concurrency(settings.max_concurrent_reconciles),
     );
     tokio::spawn(synced.clone().report_while_unsynced());
 
     let running = controller
-        .owns_stream(deploy_stream)
-        .owns_stream(revision_stream)
-        .owns_stream(service_stream)
-        .watches_stream(pod_stream, |pod: Pod| {
+        .owns_stream(children.deployments)
+        .owns_stream(children.revisions)
+        .owns_stream(children.services)
+        // Pods belong to ReplicaSets, not to the ModelDeployment: map them
+        // back by label, so a crash-looping canary pod is seen at once.
+        .watches_stream(children.pods, |pod: Pod| {
             let name = pod.labels().get(labels::NAME)?.clone();
             Some(ObjectRef::new(&name).within(&pod.namespace()?))
         })
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok(_) => {}
-                // A deleted object's last event: nothing left to reconcile.
-                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
-                    tracing::debug!(object = %obj, "object is gone");
-                }
-                // Reconcile errors were reported by error_policy; objects that
-                // fail to deserialize land here too, and the watch goes on.
-                Err(e) => warn!(error = %e, "reconcile loop"),
-            }
-        });
+        .for_each(|res| async move { log_loop_error(res) });
     // A graceful shutdown waits for the main store to be ready, but it also
     // stops the watch that would fill it: asked to stop before that first
     // list is in, the Controller would wait forever. Reconciles decide
@@ -431,5 +348,110 @@ async fn run_scope(
         _ = stopped_while_syncing => {
             info!("stopped before the watches synced");
         }
+    }
+}
+
+type Watching<K> = futures::stream::BoxStream<'static, Result<K, watcher::Error>>;
+
+/// The watches of the children, feeding [`Caches`] and waking their owner.
+struct ChildStreams {
+    deployments: Watching<Deployment>,
+    revisions: Watching<ControllerRevision>,
+    services: Watching<Service>,
+    pods: Watching<Pod>,
+}
+
+/// Caches of only the objects this operator made (keeps them small on busy
+/// clusters), with only what decisions read: no managed fields anywhere, no
+/// pod specs (pods are read for their labels and status), and no pod
+/// templates of Deployments (a revision's template is its ControllerRevision's).
+fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Caches, ChildStreams) {
+    let owned = watcher::Config::default().labels(&format!("{}=modeldeploy", labels::MANAGED_BY));
+    let (deployments, deploy_stream) = owned_cache(
+        scoped(client, ns),
+        &owned,
+        synced,
+        "deployments",
+        |d: &mut Deployment| {
+            d.managed_fields_mut().clear();
+            if let Some(spec) = d.spec.as_mut() {
+                spec.template.spec = None;
+            }
+        },
+    );
+    let (revisions, revision_stream) = owned_cache(
+        scoped(client, ns),
+        &owned,
+        synced,
+        "controllerrevisions",
+        |r: &mut ControllerRevision| r.managed_fields_mut().clear(),
+    );
+    let (services, service_stream) = owned_cache(
+        scoped(client, ns),
+        &owned,
+        synced,
+        "services",
+        |s: &mut Service| s.managed_fields_mut().clear(),
+    );
+    let (pods, pod_stream) =
+        owned_cache(scoped(client, ns), &owned, synced, "pods", |p: &mut Pod| {
+            p.managed_fields_mut().clear();
+            p.spec = None;
+        });
+    let caches = Caches {
+        deployments,
+        revisions,
+        services,
+        pods,
+    };
+    let streams = ChildStreams {
+        deployments: deploy_stream.boxed(),
+        revisions: revision_stream.boxed(),
+        services: service_stream.boxed(),
+        pods: pod_stream.boxed(),
+    };
+    (caches, streams)
+}
+
+/// The watch of the ModelDeployments. It is ours (not the Controller's) so
+/// that deletions are seen (a deleted object's metric series go with it) and
+/// so that each delivered version is noted for [`WrittenStatus`].
+fn main_watch(
+    mdeps: Api<Watched>,
+    ctx: &Arc<Context>,
+    synced: &SyncTracker,
+) -> (Store<Watched>, Watching<Watched>) {
+    let (store, writer) = reflector::store();
+    let ctx = ctx.clone();
+    let stream = reflector::reflector(
+        writer,
+        watcher(mdeps, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .inspect(move |event| match event {
+        Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
+            let key = ObjectRef::new(&md.name_any()).within(&md.namespace().unwrap_or_default());
+            watch_delivered(&ctx, Some((&key, md.resource_version().as_deref())));
+        }
+        Ok(watcher::Event::InitDone) => watch_delivered(&ctx, None),
+        Ok(watcher::Event::Delete(md)) => forget_deleted(&ctx, md),
+        _ => {}
+    })
+    .inspect(synced.marker("modeldeployments"))
+    .touched_objects()
+    .boxed();
+    (store, stream)
+}
+
+fn log_loop_error<T>(res: Result<T, kube::runtime::controller::Error<Error, watcher::Error>>) {
+    match res {
+        Ok(_) => {}
+        // A deleted object's last event: nothing left to reconcile.
+        Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+            tracing::debug!(object = %obj, "object is gone");
+        }
+        // Reconcile errors were reported by error_policy; objects that
+        // fail to deserialize land here too, and the watch goes on.
+        Err(e) => warn!(error = %e, "reconcile loop"),
     }
 }
