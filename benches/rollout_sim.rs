@@ -497,6 +497,7 @@ impl World {
             None
         };
         let d = rollout::decide(&Input {
+            name: "sim",
             spec: &self.spec,
             valid: &self.valid,
             generation: Some(1),

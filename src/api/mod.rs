@@ -31,6 +31,12 @@ pub mod labels {
     pub const HASH: &str = "modeldeploy.io/hash";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
+    /// The label selector, as a string, of the pods of every revision of
+    /// the ModelDeployment `name` (the Service and the scale subresource use it).
+    pub fn selector(name: &str) -> String {
+        format!("{NAME}={name}")
+    }
+
     /// Whether an object (a pod, from the cache) belongs to revision `hash`
     /// of `md`: same namespace, and the labels of that revision's selector.
     pub fn in_revision(meta: &ObjectMeta, md: &ModelDeployment, hash: &str) -> bool {

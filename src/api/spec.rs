@@ -69,6 +69,13 @@ pub const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s
     shortname = "mdep",
     category = "all",
     status = "ModelDeploymentStatus",
+    // `kubectl scale`, an HPA or KEDA set `spec.replicas`; the selector
+    // covers the pods of every revision, which the HPA's metrics come from.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.model.version"}"#,
     printcolumn = r#"{"name":"Stable","type":"string","jsonPath":".status.stable.version"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -82,7 +89,9 @@ pub struct ModelDeploymentSpec {
     /// creates a new revision and starts a rollout.
     pub model: ModelSpec,
 
-    /// Pods of the stable revision. A canary takes its share out of this number.
+    /// Pods of the stable revision. A canary takes its share out of this
+    /// number. Also set through the scale subresource (`kubectl scale`, an
+    /// HPA); 0 runs no pods while no rollout is out.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,

@@ -88,6 +88,13 @@ pub struct ModelDeploymentStatus {
     /// Highest revision number handed out so far.
     #[serde(default)]
     pub latest_revision: i64,
+    /// Available pods across every revision (the scale subresource's replicas).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Label selector of the pods of every revision, for the scale
+    /// subresource (an HPA reads its metrics from these pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

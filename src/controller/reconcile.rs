@@ -54,6 +54,7 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
     };
     let seen = observe(md, ctx, &status, &valid, now).await;
     let decision = rollout::decide(&Input {
+        name: &md.name_any(),
         spec: &md.spec,
         valid: &valid,
         generation: md.meta().generation,

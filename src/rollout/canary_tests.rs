@@ -111,6 +111,7 @@ impl Sim {
     ) -> &Decision {
         let valid = validate(&self.spec).unwrap();
         let d = decide(&Input {
+            name: "scorer",
             spec: &self.spec,
             valid: &valid,
             generation: Some(1),
@@ -123,6 +124,7 @@ impl Sim {
         });
         // Deciding again on its own output changes nothing.
         let again = decide(&Input {
+            name: "scorer",
             spec: &self.spec,
             valid: &valid,
             generation: Some(1),
@@ -982,4 +984,96 @@ fn a_spec_that_goes_back_mid_rollout_keeps_capacity_while_stable_regrows() {
         sim.status.history.last().unwrap().outcome,
         Outcome::Superseded
     );
+}
+
+#[test]
+fn a_scale_change_mid_rollout_moves_both_shares_and_keeps_the_step() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.start(canary_spec("2.0.0", json!({})));
+    assert_eq!(sim.sizes(), BTreeMap::from([(1, 8), (2, 2)]));
+    let step = sim.status.canary.as_ref().unwrap().step;
+    // `kubectl scale` or an HPA doubles the fleet.
+    sim.spec.replicas = 20;
+    sim.tick(None, None, None);
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes(), BTreeMap::from([(1, 16), (2, 4)]), "20% of 20");
+    assert_eq!(sim.status.canary.as_ref().unwrap().step, step, "same step");
+    assert!(sim.status.replicas >= 20, "available pods across revisions");
+    assert_eq!(
+        sim.status.selector.as_deref(),
+        Some("modeldeploy.io/name=scorer")
+    );
+    // And down to 5: the canary keeps at least one pod.
+    sim.spec.replicas = 5;
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes(), BTreeMap::from([(1, 4), (2, 1)]));
+    assert_eq!(sim.status.canary.as_ref().unwrap().step, step);
+    assert_eq!(
+        sim.status.history.len(),
+        1,
+        "nothing rolled back or restarted"
+    );
+    for _ in 0..20 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert_eq!(sim.status.stable.as_ref().unwrap().version, "2.0.0");
+    assert_eq!(sim.sizes()[&2], 5);
+}
+
+#[test]
+fn scaled_to_zero_at_rest_runs_nothing_and_says_so() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec.replicas = 0;
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes(), BTreeMap::from([(1, 0)]));
+    assert_eq!(sim.status.replicas, 10, "what was available when deciding");
+    sim.tick(None, None, None);
+    assert_eq!(sim.status.phase, Some(Phase::Stable));
+    assert_eq!(sim.status.replicas, 0);
+    assert!(
+        sim.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("scaled to zero"),
+        "{:?}",
+        sim.status.message
+    );
+    let ready = conditions::get(&sim.status.conditions, conditions::READY).unwrap();
+    assert_eq!(ready.reason, "ScaledToZero");
+}
+
+#[test]
+fn scaled_to_zero_mid_rollout_keeps_a_pod_per_revision_until_it_ends() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.start(canary_spec("2.0.0", json!({})));
+    sim.spec.replicas = 0;
+    sim.tick(None, None, None);
+    assert_eq!(
+        sim.sizes(),
+        BTreeMap::from([(1, 1), (2, 1)]),
+        "the analysis needs canary pods, and stable one to fall back to"
+    );
+    assert!(
+        sim.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("spec.replicas is 0"),
+        "{:?}",
+        sim.status.message
+    );
+    for _ in 0..20 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert_eq!(sim.status.stable.as_ref().unwrap().version, "2.0.0");
+    assert_eq!(
+        sim.sizes()[&2],
+        0,
+        "scaled to zero once the rollout is over"
+    );
+    // A new version while at zero starts its rollout with one pod each.
+    sim.start(canary_spec("3.0.0", json!({"replicas": 0})));
+    assert_eq!(sim.status.phase, Some(Phase::Progressing));
+    assert_eq!(sim.sizes()[&3], 1);
 }

@@ -30,7 +30,10 @@ pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &Revi
         return roll_back(d, &c, stable, why);
     }
     if c.promoting {
-        if available(d.input.observed.get(&c.hash), d.input.spec.replicas) {
+        if available(
+            d.input.observed.get(&c.hash),
+            weights::canary_replicas(d.input.spec, &c),
+        ) {
             return promote(d, &c, stable, strategy.judged());
         }
         d.requeue_within(super::PROGRESS_POLL);

@@ -57,6 +57,8 @@ pub type Observed = BTreeMap<String, ObservedRevision>;
 
 /// Everything the decision depends on.
 pub struct Input<'a> {
+    /// The ModelDeployment's name.
+    pub name: &'a str,
     pub spec: &'a ModelDeploymentSpec,
     pub valid: &'a ValidSpec,
     pub generation: Option<i64>,
@@ -201,6 +203,14 @@ pub fn decide(input: &Input<'_>) -> Decision {
     note_new_drift(&mut d);
     scale_down_previous(&mut d);
     summarize(&mut d);
+    if input.spec.replicas == 0
+        && d.status.canary.is_some()
+        && let Some(m) = d.status.message.as_mut()
+    {
+        m.push_str(weights::KEPT_FOR_ROLLOUT);
+    }
+    d.status.replicas = input.observed.values().map(|o| o.available_replicas).sum();
+    d.status.selector = Some(crate::api::labels::selector(input.name));
     announce::record(input.status, &mut d.status, &d.notes, &d.now);
 
     let workloads = weights::workloads(input.spec, &d.status, input.observed, input.now);
@@ -549,10 +559,17 @@ fn summarize_settled(d: &mut Draft<'_>, stable: &RevisionStatus) -> (Phase, Stri
             "Stable",
             String::new(),
         );
-        let message = format!(
-            "revision {} (version {}) serves all traffic",
-            stable.revision, stable.version
-        );
+        let message = if replicas == 0 {
+            format!(
+                "revision {} (version {}) is scaled to zero: no pods run",
+                stable.revision, stable.version
+            )
+        } else {
+            format!(
+                "revision {} (version {}) serves all traffic",
+                stable.revision, stable.version
+            )
+        };
         return (Phase::Stable, message);
     }
     let deadline_missed = stable_obs.is_some_and(|o| o.deadline_exceeded);
@@ -597,7 +614,16 @@ fn summarize_settled(d: &mut Draft<'_>, stable: &RevisionStatus) -> (Phase, Stri
 fn summarize_ready(d: &mut Draft<'_>, stable: &RevisionStatus) {
     let replicas = d.input.spec.replicas;
     let stable_obs = d.input.observed.get(&stable.hash);
-    let (ready, reason, message) = if available(stable_obs, replicas) {
+    let (ready, reason, message) = if replicas == 0 {
+        (
+            true,
+            "ScaledToZero",
+            format!(
+                "spec.replicas is 0: revision {} runs no pods",
+                stable.revision
+            ),
+        )
+    } else if available(stable_obs, replicas) {
         (
             true,
             "Available",

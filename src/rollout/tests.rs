@@ -25,6 +25,7 @@ fn run(
 ) -> Decision {
     let valid = validate(spec).unwrap();
     decide(&Input {
+        name: "scorer",
         spec,
         valid: &valid,
         generation: Some(1),

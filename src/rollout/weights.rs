@@ -11,24 +11,36 @@ use crate::routers::{self, PodsUp};
 
 use super::{Observed, available};
 
+/// Said in the status while a rollout runs on a spec scaled to zero.
+pub const KEPT_FOR_ROLLOUT: &str =
+    " (spec.replicas is 0: one pod per revision runs until the rollout ends, for its analysis)";
+
+/// The pods shared between the revisions while a rollout is out: a spec
+/// scaled to zero (by a person or an autoscaler) still runs one, because the
+/// analysis needs the canary's answers and stable must keep a pod to fall
+/// back to. Once the rollout is over, zero means zero.
+fn fleet(spec: &ModelDeploymentSpec) -> i32 {
+    spec.replicas.max(1)
+}
+
 /// Pods the canary runs at its current step: its weight's share of the fleet,
 /// at least one while it has any weight, all of them while promoting.
 pub fn canary_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
     if c.promoting {
-        return spec.replicas;
+        return fleet(spec);
     }
-    if c.set_weight <= 0 || spec.replicas == 0 {
+    if c.set_weight <= 0 {
         return 0;
     }
-    routers::for_spec(spec).canary_pods(spec.replicas, c.set_weight)
+    routers::for_spec(spec).canary_pods(fleet(spec), c.set_weight)
 }
 
 /// Pods the stable revision runs once the current step is reached.
 fn stable_target(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
     if c.promoting {
-        return spec.replicas;
+        return fleet(spec);
     }
-    routers::for_spec(spec).stable_pods(spec.replicas, c.set_weight, canary_replicas(spec, c))
+    routers::for_spec(spec).stable_pods(fleet(spec), c.set_weight, canary_replicas(spec, c))
 }
 
 /// Pods the stable revision runs while a canary is out. Surge first: a stable
@@ -40,7 +52,7 @@ pub fn stable_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus, observed: &
     let canary_up = observed
         .get(&c.hash)
         .map_or(0, |o| o.available_replicas.min(canary_replicas(spec, c)));
-    target.max(spec.replicas - canary_up)
+    target.max(fleet(spec) - canary_up)
 }
 
 /// Pods a rolled-back or superseded revision keeps while the revisions that
