@@ -1,43 +1,12 @@
-//! What `kubectl modeldeploy` prints, as pure functions of the object, so the
-//! plugin's output is tested without a cluster.
+//! What `kubectl modeldeploy status` and `history` print, as pure functions
+//! of the object, so the plugin's output is tested without a cluster.
 
 use std::fmt::Write;
 
-use kube::api::{Api, Patch, PatchParams};
-
-use crate::api::{CheckVerdict, ModelDeployment};
+use crate::api::{
+    AnalysisStatus, CheckVerdict, DriftStatus, ModelDeployment, ModelDeploymentStatus,
+};
 use crate::rollout::conditions;
-use crate::rollout::requests::{ANNOTATION, Request};
-
-/// Field manager of the plugin's writes: only the request annotation.
-pub const PLUGIN_FIELD_MANAGER: &str = "kubectl-modeldeploy";
-
-/// Send a request as an annotation under the plugin's own field manager, so
-/// GitOps tools leave it alone and re-applying a manifest does not repeat it.
-pub async fn send_request(
-    api: &Api<ModelDeployment>,
-    name: &str,
-    request: &Request,
-) -> Result<(), String> {
-    let patch =
-        serde_json::json!({"metadata": {"annotations": {ANNOTATION: request.to_annotation()}}});
-    let params = PatchParams {
-        field_manager: Some(PLUGIN_FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    api.patch(name, &params, &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("cannot send the request to {name}: {e}"))
-}
-
-/// Unique enough for one object's requests: time and process.
-pub fn request_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{nanos:x}-{:x}", std::process::id())
-}
 
 fn verdict(v: CheckVerdict) -> &'static str {
     match v {
@@ -51,10 +20,36 @@ fn number(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.4}"))
 }
 
-/// `kubectl modeldeploy status`.
+/// `kubectl modeldeploy status`: one section after the other, then the
+/// history.
 pub fn render_status(md: &ModelDeployment) -> String {
-    let mut out = String::new();
     let status = md.status.clone().unwrap_or_default();
+    let name = md.metadata.name.as_deref().unwrap_or("?");
+    let mut out = String::new();
+    write_summary(&mut out, md, &status);
+    write_revisions(&mut out, md, &status);
+    if let Some(a) = &status.analysis {
+        write_analysis(&mut out, a);
+    }
+    if let Some(d) = &status.drift {
+        write_drift(&mut out, d);
+    }
+    if let Some(ab) = &status.ab_test {
+        let _ = writeln!(
+            out,
+            "A/B test:    winner {}, effect {}, p-value {}",
+            ab.winner.as_deref().unwrap_or("undecided"),
+            number(ab.effect),
+            number(ab.p_value)
+        );
+    }
+    write_conditions(&mut out, name, &status);
+    out.push_str(&render_history(md));
+    out
+}
+
+/// Name, phase, message and the version the spec asks for.
+fn write_summary(out: &mut String, md: &ModelDeployment, status: &ModelDeploymentStatus) {
     let name = md.metadata.name.as_deref().unwrap_or("?");
     let ns = md.metadata.namespace.as_deref().unwrap_or("default");
     let _ = writeln!(out, "Name:        {ns}/{name}");
@@ -71,6 +66,10 @@ pub fn render_status(md: &ModelDeployment) -> String {
         "Spec:        version {} ({})",
         md.spec.model.version, md.spec.model.image
     );
+}
+
+/// The stable revision, the canary's progress and a rolled-back revision.
+fn write_revisions(out: &mut String, md: &ModelDeployment, status: &ModelDeploymentStatus) {
     if let Some(s) = &status.stable {
         let _ = writeln!(
             out,
@@ -79,13 +78,13 @@ pub fn render_status(md: &ModelDeployment) -> String {
         );
     }
     if let Some(c) = &status.canary {
-        let steps = md.spec.rollout.as_ref().map_or(0, |r| r.steps.len());
         let _ = writeln!(
             out,
-            "Canary:      revision {} version {}, step {}/{steps}, weight {}% (step asks {}%){}{}",
+            "Canary:      revision {} version {}, step {}/{}, weight {}% (step asks {}%){}{}",
             c.revision,
             c.version,
             c.step,
+            step_count(md),
             c.weight,
             c.set_weight,
             if c.promoting { ", promoting" } else { "" },
@@ -94,55 +93,62 @@ pub fn render_status(md: &ModelDeployment) -> String {
         );
     }
     if let Some(rb) = &status.rolled_back {
+        let name = md.metadata.name.as_deref().unwrap_or("?");
         let _ = writeln!(
             out,
             "Rolled back: revision {} version {} (kubectl modeldeploy retry {name} to try again)",
             rb.revision, rb.version
         );
     }
-    if let Some(a) = &status.analysis
-        && !a.checks.is_empty()
-    {
+}
+
+/// How many steps the rollout has.
+pub(super) fn step_count(md: &ModelDeployment) -> usize {
+    md.spec.rollout.as_ref().map_or(0, |r| r.steps.len())
+}
+
+/// The runs in a row and one line per check.
+fn write_analysis(out: &mut String, a: &AnalysisStatus) {
+    if a.checks.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Analysis:    {} failed / {} inconclusive / {} passed in a row",
+        a.failed_in_a_row, a.inconclusive_in_a_row, a.passed_in_a_row
+    );
+    let _ = writeln!(
+        out,
+        "  {:<16} {:>12} {:>12} {:>10}  {:<12} note",
+        "CHECK", "VALUE", "THRESHOLD", "SAMPLES", "VERDICT"
+    );
+    for c in &a.checks {
         let _ = writeln!(
             out,
-            "Analysis:    {} failed / {} inconclusive / {} passed in a row",
-            a.failed_in_a_row, a.inconclusive_in_a_row, a.passed_in_a_row
-        );
-        let _ = writeln!(
-            out,
-            "  {:<16} {:>12} {:>12} {:>10}  {:<12} note",
-            "CHECK", "VALUE", "THRESHOLD", "SAMPLES", "VERDICT"
-        );
-        for c in &a.checks {
-            let _ = writeln!(
-                out,
-                "  {:<16} {:>12} {:>12} {:>10}  {:<12} {}",
-                c.name,
-                number(c.value),
-                number(c.threshold),
-                c.samples,
-                verdict(c.verdict),
-                c.message.as_deref().unwrap_or("")
-            );
-        }
-    }
-    if let Some(d) = &status.drift
-        && !d.features.is_empty()
-    {
-        let _ = writeln!(out, "Drift:       max score {}", number(d.max_score));
-        for f in d.features.iter().take(10) {
-            let _ = writeln!(out, "  {:<24} {:<12} {:.4}", f.name, f.method, f.score);
-        }
-    }
-    if let Some(ab) = &status.ab_test {
-        let _ = writeln!(
-            out,
-            "A/B test:    winner {}, effect {}, p-value {}",
-            ab.winner.as_deref().unwrap_or("undecided"),
-            number(ab.effect),
-            number(ab.p_value)
+            "  {:<16} {:>12} {:>12} {:>10}  {:<12} {}",
+            c.name,
+            number(c.value),
+            number(c.threshold),
+            c.samples,
+            verdict(c.verdict),
+            c.message.as_deref().unwrap_or("")
         );
     }
+}
+
+/// The highest drift score and the ten first features.
+fn write_drift(out: &mut String, d: &DriftStatus) {
+    if d.features.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "Drift:       max score {}", number(d.max_score));
+    for f in d.features.iter().take(10) {
+        let _ = writeln!(out, "  {:<24} {:<12} {:.4}", f.name, f.method, f.score);
+    }
+}
+
+/// The conditions, and where to look when the rollout is degraded.
+fn write_conditions(out: &mut String, name: &str, status: &ModelDeploymentStatus) {
     for c in &status.conditions {
         let _ = writeln!(
             out,
@@ -156,8 +162,6 @@ pub fn render_status(md: &ModelDeployment) -> String {
             "Hint:        kubectl modeldeploy history {name} shows why"
         );
     }
-    out.push_str(&render_history(md));
-    out
 }
 
 /// `kubectl modeldeploy history`.
