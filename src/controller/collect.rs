@@ -15,13 +15,10 @@ use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::analysis::AnalysisRun;
-use crate::analysis::checks::{self, Judge, Reference};
-use crate::analysis::error_rate::SequentialConfig;
+use crate::analysis::checks::Reference;
+use crate::analysis::collect_plan::{self, Evidence, Plan};
 use crate::analysis::window::{CounterWindow, SeriesKey, VariantData};
-use crate::api::{
-    Check, DEFAULT_MIN_SAMPLES, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec,
-    labels,
-};
+use crate::api::{MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec};
 use crate::exposition::{self, FamilyFilter, Options, OwnedSample};
 use crate::metrics::prometheus::{self as prom, PromClient, RevisionSelector};
 use crate::metrics::scrape::Target;
@@ -41,65 +38,12 @@ pub struct Windows {
     started: Timestamp,
 }
 
-/// Which revision is judged against which, and by which checks.
-struct Plan<'a> {
-    judged: String,
-    baseline: Option<String>,
-    checks: &'a [Check],
-    min_samples: u64,
-}
-
-/// Where a window of per-pod counter deltas begins. During a rollout it is
-/// the canary's start, so the canary's pods (all started since) count every
-/// request they served, even those before the first analysis run or an
-/// operator restart; older pods count from their first observation. Otherwise
-/// (the guard) it is now.
-pub fn window_start(status: &ModelDeploymentStatus, now: Timestamp) -> Timestamp {
-    status
-        .canary
-        .as_ref()
-        .and_then(|c| c.started_at.as_ref())
-        .map_or(now, |t| t.0.min(now))
-}
-
-fn plan<'a>(md: &'a ModelDeployment, status: &ModelDeploymentStatus) -> Option<Plan<'a>> {
-    let stable = status.stable.as_ref()?;
-    if let Some(c) = &status.canary {
-        let rollout = md.spec.rollout.as_ref()?;
-        return Some(Plan {
-            judged: c.hash.clone(),
-            baseline: Some(stable.hash.clone()),
-            checks: &rollout.analysis.checks,
-            min_samples: u64::try_from(rollout.analysis.min_samples).unwrap_or(0),
-        });
-    }
-    let guard = md.spec.guard.as_ref()?;
-    status.guard.as_ref()?;
-    Some(Plan {
-        judged: stable.hash.clone(),
-        baseline: status.previous.as_ref().map(|p| p.hash.clone()),
-        checks: &guard.checks,
-        min_samples: md
-            .spec
-            .rollout
-            .as_ref()
-            .map_or(DEFAULT_MIN_SAMPLES, |r| r.analysis.min_samples)
-            .try_into()
-            .unwrap_or(0),
-    })
-}
+// Decided in the pure module; the benchmarks name it here.
+pub use collect_plan::window_start;
 
 fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> {
-    ctx.pods.state_filter(|p| {
-        labels::in_revision(&p.metadata, md, hash)
-            && p.metadata.deletion_timestamp.is_none()
-            && p.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-    })
+    ctx.pods
+        .state_filter(|p| collect_plan::is_read(p, md, hash))
 }
 
 /// Scrape one revision's Ready pods into its window. Samples are read where
@@ -184,50 +128,6 @@ async fn scrape_into(
     latest
 }
 
-/// A custom series from the pods: `name{label="value",...}`; counters
-/// (`_total`) as a per-second rate over the window, gauges as the mean over pods.
-fn custom_value(
-    query: &str,
-    totals: &BTreeMap<SeriesKey, f64>,
-    latest: &[OwnedSample],
-    elapsed: Duration,
-) -> Option<f64> {
-    let (name, matchers) = match query.split_once('{') {
-        Some((n, rest)) => (n.trim(), rest.trim_end().trim_end_matches('}')),
-        None => (query.trim(), ""),
-    };
-    let wanted: Vec<(String, String)> = matchers
-        .split(',')
-        .filter_map(|m| {
-            let (k, v) = m.split_once('=')?;
-            Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-        })
-        .collect();
-    let matches = |labels: &[(String, String)]| {
-        wanted
-            .iter()
-            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-    };
-    if name.ends_with("_total") {
-        let mut found = false;
-        let sum: f64 = totals
-            .iter()
-            .filter(|(k, _)| k.name == name && matches(&k.labels))
-            .map(|(_, v)| {
-                found = true;
-                *v
-            })
-            .sum();
-        return found.then(|| sum / elapsed.as_secs_f64().max(1.0));
-    }
-    let values: Vec<f64> = latest
-        .iter()
-        .filter(|s| s.name == name && matches(&s.labels))
-        .map(|s| s.value)
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-}
-
 async fn from_pods(
     ctx: &Context,
     md: &ModelDeployment,
@@ -252,19 +152,7 @@ async fn from_pods(
         }
     };
     // Custom series, read as they are (gauges) or as windows (counters).
-    let custom: Vec<String> = plan
-        .checks
-        .iter()
-        .filter_map(|c| c.metric.as_ref())
-        .map(|m| {
-            m.query
-                .split('{')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
-        .collect();
+    let custom = collect_plan::custom_families(plan.checks);
     let mut families = valid.names.families();
     families.extend(custom.iter().cloned());
     let filter = FamilyFilter::new(families);
@@ -303,13 +191,7 @@ async fn from_pods(
     let judged_totals = windows.judged.totals();
     let mut judged = VariantData::from_totals(&valid.names, &judged_totals);
     judged.problems = judged_problems;
-    for c in plan.checks {
-        if let Some(m) = &c.metric
-            && let Some(v) = custom_value(&m.query, &judged_totals, &latest, elapsed)
-        {
-            judged.custom.insert(c.name.clone(), v);
-        }
-    }
+    collect_plan::insert_custom_values(&mut judged, plan.checks, &judged_totals, &latest, elapsed);
     let mut baseline = VariantData::from_totals(&valid.names, &windows.baseline.totals());
     baseline.problems = baseline_problems;
     super::lock(&ctx.windows).insert(key, windows);
@@ -459,9 +341,7 @@ pub async fn capture_stable_reference(
     valid: &ValidSpec,
     status: &ModelDeploymentStatus,
 ) -> Result<Capture, kube::Error> {
-    let from_stable = md.spec.drift.as_ref().is_some_and(|d| {
-        d.reference.config_map_ref.is_none() && d.reference.from_stable == Some(true)
-    });
+    let from_stable = collect_plan::captures_from_stable(md);
     let (true, Some(stable)) = (from_stable, status.stable.as_ref()) else {
         return Ok(Capture::NotWanted);
     };
@@ -499,7 +379,8 @@ pub async fn capture_stable_reference(
         }
     }
     let data = stable_inputs(ctx, md, valid, &stable.hash).await;
-    let Some(reference) = enough_to_capture(data.features, capture_min_samples(md)) else {
+    let min = collect_plan::capture_min_samples(md);
+    let Some(reference) = collect_plan::enough_to_capture(data.features, min) else {
         return Ok(Capture::Waiting);
     };
     let cm = crate::resources::captured_drift_reference(
@@ -520,27 +401,6 @@ pub async fn capture_stable_reference(
     super::lock(&ctx.capture_tried).remove(&key);
     super::lock(&ctx.captured).insert(key, stable.hash.clone());
     Ok(Capture::Written)
-}
-
-/// Observations every feature needs before its distribution is worth keeping.
-fn capture_min_samples(md: &ModelDeployment) -> f64 {
-    md.spec
-        .rollout
-        .as_ref()
-        .map_or(DEFAULT_MIN_SAMPLES, |r| r.analysis.min_samples)
-        .max(1) as f64
-}
-
-/// A reference only once every feature the stable exposes has `min` observations:
-/// a half-filled reference would make the next canary look drifted.
-fn enough_to_capture(
-    features: BTreeMap<String, crate::analysis::histogram::Histogram>,
-    min: f64,
-) -> Option<Reference> {
-    if features.is_empty() || features.values().any(|h| h.total() < min) {
-        return None;
-    }
-    Some(Reference { features })
 }
 
 /// The stable revision's inputs: everything its Ready pods counted since they
@@ -597,26 +457,12 @@ pub async fn analyze(
     valid: &ValidSpec,
     now: Timestamp,
 ) -> Option<AnalysisRun> {
-    let plan = plan(md, status)?;
+    let plan = collect_plan::plan(md, status)?;
     let start = window_start(status, now);
-    // How long the rollout has run, when there is one.
-    let canary_age = status
-        .canary
-        .as_ref()
-        .and_then(|c| c.started_at.as_ref())
-        .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default());
     let (judged, baseline) = match (md.spec.metrics.source, &ctx.prometheus) {
         (MetricsSource::Prometheus, Some(client)) => {
-            let since = canary_age.unwrap_or(valid.analysis_interval);
-            from_prometheus(
-                client,
-                &ctx.metrics,
-                md,
-                valid,
-                &plan,
-                since.max(valid.metrics_interval),
-            )
-            .await
+            let window = collect_plan::prometheus_window(status, valid, now);
+            from_prometheus(client, &ctx.metrics, md, valid, &plan, window).await
         }
         (MetricsSource::Prometheus, None) => {
             let missing = VariantData {
@@ -634,44 +480,12 @@ pub async fn analyze(
             None
         }
     };
-    let judge = Judge {
-        canary: &judged,
-        stable: &baseline,
-        reference: reference.as_ref(),
-        correction: md
-            .spec
-            .drift
-            .as_ref()
-            .map(|d| d.correction)
-            .unwrap_or_default(),
-        min_samples: plan.min_samples,
-        sequential: SequentialConfig::default(),
+    let evidence = Evidence {
+        judged,
+        baseline,
+        reference,
     };
-    let mut run = checks::evaluate(plan.checks, &judge, now);
-    if status.canary.is_some()
-        && let Some(ab) = md.spec.rollout.as_ref().and_then(|r| r.ab_test.as_ref())
-        && md
-            .spec
-            .rollout
-            .as_ref()
-            .is_some_and(|r| r.strategy == crate::api::Strategy::AbTest)
-    {
-        let ran = canary_age.unwrap_or_default();
-        let alpha = crate::analysis::abtest::look_alpha(
-            ab.objective.confidence,
-            ran,
-            valid.analysis_interval,
-            valid.ab_max_duration.unwrap_or(ran),
-        );
-        run.ab = Some(crate::analysis::abtest::compare(
-            ab.objective.metric,
-            ab.objective.goal,
-            alpha,
-            u64::try_from(ab.min_samples).unwrap_or(0),
-            &baseline,
-            &judged,
-        ));
-    }
+    let run = collect_plan::judge(md, status, valid, &plan, &evidence, now);
     ctx.metrics
         .record_run(&md.namespace().unwrap_or_default(), &md.name_any(), &run);
     Some(run)
