@@ -18,7 +18,7 @@ use crate::analysis::AnalysisRun;
 use crate::analysis::checks::Reference;
 use crate::analysis::collect_plan::{self, Evidence, Plan};
 use crate::analysis::window::{CounterWindow, SeriesKey, VariantData};
-use crate::api::{MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec};
+use crate::api::{Check, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec};
 use crate::exposition::{self, FamilyFilter, Options, OwnedSample};
 use crate::metrics::prometheus::{self as prom, PromClient, RevisionSelector};
 use crate::metrics::scrape::Target;
@@ -137,25 +137,71 @@ async fn from_pods(
     now: Timestamp,
 ) -> (VariantData, VariantData) {
     let key = ObjectRef::from_obj(md);
-    let baseline_hash = plan.baseline.clone().unwrap_or_default();
-    let mut windows = {
-        let mut all = super::lock(&ctx.windows);
-        match all.remove(&key) {
-            Some(w) if w.judged_hash == plan.judged && w.baseline_hash == baseline_hash => w,
-            _ => Windows {
-                judged_hash: plan.judged.clone(),
-                baseline_hash: baseline_hash.clone(),
-                judged: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
-                baseline: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
-                started: start,
-            },
-        }
-    };
+    let mut windows = take_windows(ctx, &key, plan, start);
     // Custom series, read as they are (gauges) or as windows (counters).
     let custom = collect_plan::custom_families(plan.checks);
     let mut families = valid.names.families();
     families.extend(custom.iter().cloned());
     let filter = FamilyFilter::new(families);
+    let scraped = scrape_variants(ctx, md, plan, &filter, &custom, &mut windows).await;
+    let elapsed = Duration::try_from(now.duration_since(windows.started)).unwrap_or_default();
+    let judged_totals = windows.judged.totals();
+    let mut judged = VariantData::from_totals(&valid.names, &judged_totals);
+    judged.problems = scraped.judged_problems;
+    collect_plan::insert_custom_values(
+        &mut judged,
+        plan.checks,
+        &judged_totals,
+        &scraped.latest,
+        elapsed,
+    );
+    let mut baseline = VariantData::from_totals(&valid.names, &windows.baseline.totals());
+    baseline.problems = scraped.baseline_problems;
+    super::lock(&ctx.windows).insert(key, windows);
+    (judged, baseline)
+}
+
+/// The plan's windows, taken out of the context while they are filled: the
+/// ones kept from earlier runs when they still compare the same revisions,
+/// else new ones beginning at `start`.
+fn take_windows(
+    ctx: &Context,
+    key: &ObjectRef<ModelDeployment>,
+    plan: &Plan<'_>,
+    start: Timestamp,
+) -> Windows {
+    let baseline_hash = plan.baseline.clone().unwrap_or_default();
+    let mut all = super::lock(&ctx.windows);
+    match all.remove(key) {
+        Some(w) if w.judged_hash == plan.judged && w.baseline_hash == baseline_hash => w,
+        _ => Windows {
+            judged_hash: plan.judged.clone(),
+            baseline_hash,
+            judged: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
+            baseline: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
+            started: start,
+        },
+    }
+}
+
+/// What scraping both variants into their windows left to read besides.
+struct Scraped {
+    /// The judged revision's samples of the custom gauges.
+    latest: Vec<OwnedSample>,
+    judged_problems: Vec<String>,
+    baseline_problems: Vec<String>,
+}
+
+/// Scrape the judged revision's Ready pods, then the baseline's, into their
+/// windows, and time the whole.
+async fn scrape_variants(
+    ctx: &Context,
+    md: &ModelDeployment,
+    plan: &Plan<'_>,
+    filter: &FamilyFilter,
+    custom: &[String],
+    windows: &mut Windows,
+) -> Scraped {
     let mut judged_problems = Vec::new();
     let mut baseline_problems = Vec::new();
     let started = std::time::Instant::now();
@@ -164,19 +210,19 @@ async fn from_pods(
         ctx,
         md,
         &judged_pods,
-        &filter,
-        &custom,
+        filter,
+        custom,
         &mut windows.judged,
         &mut judged_problems,
     )
     .await;
-    if plan.baseline.is_some() {
-        let pods = ready_pods(ctx, md, &baseline_hash);
+    if let Some(hash) = &plan.baseline {
+        let pods = ready_pods(ctx, md, hash);
         scrape_into(
             ctx,
             md,
             &pods,
-            &filter,
+            filter,
             &[],
             &mut windows.baseline,
             &mut baseline_problems,
@@ -187,15 +233,11 @@ async fn from_pods(
         .scrape_duration
         .with_label_values(&[] as &[&str])
         .observe(started.elapsed().as_secs_f64());
-    let elapsed = Duration::try_from(now.duration_since(windows.started)).unwrap_or_default();
-    let judged_totals = windows.judged.totals();
-    let mut judged = VariantData::from_totals(&valid.names, &judged_totals);
-    judged.problems = judged_problems;
-    collect_plan::insert_custom_values(&mut judged, plan.checks, &judged_totals, &latest, elapsed);
-    let mut baseline = VariantData::from_totals(&valid.names, &windows.baseline.totals());
-    baseline.problems = baseline_problems;
-    super::lock(&ctx.windows).insert(key, windows);
-    (judged, baseline)
+    Scraped {
+        latest,
+        judged_problems,
+        baseline_problems,
+    }
 }
 
 async fn from_prometheus(
@@ -213,57 +255,86 @@ async fn from_prometheus(
             namespace: ns.clone(),
             deployment: deployment_name(&name, &hash),
         };
-        async move {
-            let mut totals: BTreeMap<SeriesKey, f64> = BTreeMap::new();
-            let mut problems = Vec::new();
-            let mut queries: Vec<(String, String)> = Vec::new();
-            // Grouping by every label the checks read keeps the answer small.
-            let mut grouping = vec!["actual", "predicted", "feature", "value"];
-            if let crate::api::presets::Traffic::Labelled { label, .. } = &valid.names.traffic {
-                grouping.push(label.as_str());
-            }
-            for family in valid.names.families() {
-                queries.push((
-                    family.clone(),
-                    prom::grouped_increase(&family, &sel, &grouping, window),
-                ));
-            }
-            for bucketed in valid
-                .names
-                .latency
-                .iter()
-                .chain([&valid.names.features, &valid.names.predictions])
-            {
-                queries.push((
-                    format!("{bucketed}_bucket"),
-                    prom::bucket_increase(bucketed, &sel, &["feature"], window),
-                ));
-            }
-            for (series, q) in queries {
-                match client.query(&q).await {
-                    Ok(samples) => {
-                        for s in samples {
-                            let key = SeriesKey {
-                                name: series.clone(),
-                                labels: s.labels.into_iter().collect(),
-                            };
-                            *totals.entry(key).or_insert(0.0) += s.value;
-                        }
-                    }
-                    Err(e) => {
-                        metrics.scrape_errors.with_label_values(&[e.reason()]).inc();
-                        problems.push(e.to_string());
-                    }
-                }
-            }
-            let mut data = VariantData::from_totals(&valid.names, &totals);
-            problems.dedup();
-            data.problems = problems;
-            data
-        }
+        read_revision(client, metrics, valid, sel, window)
     };
     let mut judged = read(plan.judged.clone()).await;
-    for c in plan.checks {
+    query_custom(client, plan.checks, &mut judged).await;
+    let baseline = match &plan.baseline {
+        Some(h) => read(h.clone()).await,
+        None => VariantData::default(),
+    };
+    (judged, baseline)
+}
+
+/// One revision's series from Prometheus, increases over `window`.
+async fn read_revision(
+    client: &PromClient,
+    metrics: &crate::telemetry::Metrics,
+    valid: &ValidSpec,
+    sel: RevisionSelector,
+    window: Duration,
+) -> VariantData {
+    let mut totals: BTreeMap<SeriesKey, f64> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (series, q) in revision_queries(valid, &sel, window) {
+        match client.query(&q).await {
+            Ok(samples) => {
+                for s in samples {
+                    let key = SeriesKey {
+                        name: series.clone(),
+                        labels: s.labels.into_iter().collect(),
+                    };
+                    *totals.entry(key).or_insert(0.0) += s.value;
+                }
+            }
+            Err(e) => {
+                metrics.scrape_errors.with_label_values(&[e.reason()]).inc();
+                problems.push(e.to_string());
+            }
+        }
+    }
+    let mut data = VariantData::from_totals(&valid.names, &totals);
+    problems.dedup();
+    data.problems = problems;
+    data
+}
+
+/// The PromQL for one revision, each with the series name its answer is
+/// filed under: every family's increase, and every histogram's buckets.
+fn revision_queries(
+    valid: &ValidSpec,
+    sel: &RevisionSelector,
+    window: Duration,
+) -> Vec<(String, String)> {
+    let mut queries: Vec<(String, String)> = Vec::new();
+    // Grouping by every label the checks read keeps the answer small.
+    let mut grouping = vec!["actual", "predicted", "feature", "value"];
+    if let crate::api::presets::Traffic::Labelled { label, .. } = &valid.names.traffic {
+        grouping.push(label.as_str());
+    }
+    for family in valid.names.families() {
+        queries.push((
+            family.clone(),
+            prom::grouped_increase(&family, sel, &grouping, window),
+        ));
+    }
+    for bucketed in valid
+        .names
+        .latency
+        .iter()
+        .chain([&valid.names.features, &valid.names.predictions])
+    {
+        queries.push((
+            format!("{bucketed}_bucket"),
+            prom::bucket_increase(bucketed, sel, &["feature"], window),
+        ));
+    }
+    queries
+}
+
+/// Custom checks ask Prometheus their own query; the first answer counts.
+async fn query_custom(client: &PromClient, checks: &[Check], judged: &mut VariantData) {
+    for c in checks {
         if let Some(m) = &c.metric {
             match client.query(&m.query).await {
                 Ok(samples) => {
@@ -275,11 +346,6 @@ async fn from_prometheus(
             }
         }
     }
-    let baseline = match &plan.baseline {
-        Some(h) => read(h.clone()).await,
-        None => VariantData::default(),
-    };
-    (judged, baseline)
 }
 
 /// The drift reference: the user's ConfigMap, or the one captured from stable.
@@ -458,21 +524,7 @@ pub async fn analyze(
     now: Timestamp,
 ) -> Option<AnalysisRun> {
     let plan = collect_plan::plan(md, status)?;
-    let start = window_start(status, now);
-    let (judged, baseline) = match (md.spec.metrics.source, &ctx.prometheus) {
-        (MetricsSource::Prometheus, Some(client)) => {
-            let window = collect_plan::prometheus_window(status, valid, now);
-            from_prometheus(client, &ctx.metrics, md, valid, &plan, window).await
-        }
-        (MetricsSource::Prometheus, None) => {
-            let missing = VariantData {
-                problems: vec!["spec.metrics.source is prometheus but the operator has no Prometheus address (--prometheus-url)".into()],
-                ..Default::default()
-            };
-            (missing.clone(), missing)
-        }
-        (MetricsSource::Pods, _) => from_pods(ctx, md, valid, &plan, start, now).await,
-    };
+    let (judged, baseline) = read_variants(ctx, md, status, valid, &plan, now).await;
     let reference = match reference(ctx, md).await {
         Ok(r) => r,
         Err(e) => {
@@ -489,6 +541,34 @@ pub async fn analyze(
     ctx.metrics
         .record_run(&md.namespace().unwrap_or_default(), &md.name_any(), &run);
     Some(run)
+}
+
+/// Both variants of the plan, from the source the spec names.
+async fn read_variants(
+    ctx: &Context,
+    md: &ModelDeployment,
+    status: &ModelDeploymentStatus,
+    valid: &ValidSpec,
+    plan: &Plan<'_>,
+    now: Timestamp,
+) -> (VariantData, VariantData) {
+    match (md.spec.metrics.source, &ctx.prometheus) {
+        (MetricsSource::Prometheus, Some(client)) => {
+            let window = collect_plan::prometheus_window(status, valid, now);
+            from_prometheus(client, &ctx.metrics, md, valid, plan, window).await
+        }
+        (MetricsSource::Prometheus, None) => {
+            let missing = VariantData {
+                problems: vec!["spec.metrics.source is prometheus but the operator has no Prometheus address (--prometheus-url)".into()],
+                ..Default::default()
+            };
+            (missing.clone(), missing)
+        }
+        (MetricsSource::Pods, _) => {
+            let start = window_start(status, now);
+            from_pods(ctx, md, valid, plan, start, now).await
+        }
+    }
 }
 
 /// Windows of objects that no longer roll out anything are dropped.
