@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -58,90 +58,95 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Stopped, String> {
     let shutdown = shutdown.shared();
+    let settings = settings(&config)?;
+    controller::preflight(&client, &settings).await?;
+    if let Some(addr) = config.metrics_addr {
+        serve_telemetry(addr, &metrics, &readiness, shutdown.clone()).await?;
+    }
+    let Some(le) = config.leader_election.clone() else {
+        controller::run(client, settings, metrics, readiness, shutdown).await;
+        return Ok(Stopped::Shutdown);
+    };
+    let controllers = Controllers {
+        client,
+        settings,
+        metrics,
+        readiness,
+    };
+    run_as_leader(controllers, &le, &config.identity, shutdown).await
+}
+
+/// The controllers to run, and what they need, once this replica may run them.
+struct Controllers {
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+/// The controllers' settings from the operator's, with the webhook notifier
+/// started if there is one.
+fn settings(config: &OperatorConfig) -> Result<Settings, String> {
     let notifier = match config.webhook_url.as_deref() {
         Some(url) => Some(crate::notify::Notifier::start(url)?),
         None => None,
     };
-    let settings = Settings {
+    Ok(Settings {
         namespaces: config.namespaces.clone(),
         instance: config.identity.clone(),
         prometheus_url: config.prometheus_url.clone(),
         scrape: config.scrape.clone(),
         notifier,
         max_concurrent_reconciles: config.max_concurrent_reconciles,
-    };
-    controller::preflight(&client, &settings).await?;
+    })
+}
 
-    if let Some(addr) = config.metrics_addr {
-        let (m, r, s) = (metrics.clone(), readiness.clone(), shutdown.clone());
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} for metrics and health: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = telemetry::serve_on(listener, m, r, s).await {
-                warn!(error = %e, "telemetry server stopped");
-            }
-        });
-    }
-
-    let Some(le) = config.leader_election.clone() else {
-        controller::run(client, settings, metrics, readiness, shutdown).await;
-        return Ok(Stopped::Shutdown);
-    };
-
-    readiness.standby();
-    // The lease crate needs 0 < grace < duration.
-    let duration = le.lease_duration.as_secs().max(2);
-    let grace = (duration / 3).max(1);
-    let manager = LeaseManagerBuilder::new(client.clone(), &le.lease_name)
-        .with_namespace(&le.lease_namespace)
-        .with_identity(&config.identity)
-        .with_duration(duration)
-        .with_grace(grace)
-        .build()
+/// Listen on `addr` now (so a busy port is an error at start), and serve
+/// `/metrics`, `/healthz` and `/readyz` in the background until `shutdown`.
+async fn serve_telemetry(
+    addr: SocketAddr,
+    metrics: &Metrics,
+    readiness: &Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let (m, r) = (metrics.clone(), readiness.clone());
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| {
-            format!(
-                "cannot set up the leader lease {}/{}: {e}",
-                le.lease_namespace, le.lease_name
-            )
-        })?;
-    let (mut leading, lease_task) = manager.watch().await;
-
-    info!(lease = %le.lease_name, identity = %config.identity, "waiting for the leader lease");
-    let acquired = async {
-        while !*leading.borrow_and_update() {
-            if leading.changed().await.is_err() {
-                return false;
-            }
+        .map_err(|e| format!("cannot listen on {addr} for metrics and health: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = telemetry::serve_on(listener, m, r, shutdown).await {
+            warn!(error = %e, "telemetry server stopped");
         }
-        true
-    };
+    });
+    Ok(())
+}
+
+/// Wait as a standby for the lease, run the controllers while holding it,
+/// then release it.
+async fn run_as_leader<S>(
+    controllers: Controllers,
+    le: &LeaderElection,
+    identity: &str,
+    shutdown: S,
+) -> Result<Stopped, String>
+where
+    S: std::future::Future<Output = ()> + Clone + Send + 'static,
+{
+    controllers.readiness.standby();
+    let readiness = controllers.readiness.clone();
+    let (mut leading, lease_task) = lease_manager(&controllers.client, le, identity)
+        .await?
+        .watch()
+        .await;
+
+    info!(lease = %le.lease_name, identity = %identity, "waiting for the leader lease");
     let outcome = tokio::select! {
-        got = acquired => {
+        got = acquired(&mut leading) => {
             if !got {
                 return Err("the leader lease watch stopped".into());
             }
-            info!(identity = %config.identity, "acquired the leader lease");
-            let lost = lost_leadership(leading.clone());
-            let (stop_tx, stop_rx) = watch::channel(false);
-            let stop = {
-                let mut stop_rx = stop_rx.clone();
-                async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                }
-            };
-            let run = controller::run(client, settings, metrics, readiness.clone(), stop);
-            tokio::pin!(run);
-            let reason = tokio::select! {
-                _ = shutdown.clone() => Stopped::Shutdown,
-                _ = lost => Stopped::LostLeadership,
-                _ = &mut run => Stopped::Shutdown,
-            };
-            let _ = stop_tx.send(true);
-            // Let in-flight reconciles finish before the lease is released.
-            let _ = tokio::time::timeout(Duration::from_secs(20), run).await;
-            reason
+            info!(identity = %identity, "acquired the leader lease");
+            lead(controllers, leading.clone(), shutdown.clone()).await
         }
         _ = shutdown.clone() => Stopped::Shutdown,
     };
@@ -156,6 +161,73 @@ pub async fn run(
         Err(_) => warn!("timed out releasing the leader lease"),
     }
     Ok(outcome)
+}
+
+async fn lease_manager(
+    client: &Client,
+    le: &LeaderElection,
+    identity: &str,
+) -> Result<LeaseManager, String> {
+    // The lease crate needs 0 < grace < duration.
+    let duration = le.lease_duration.as_secs().max(2);
+    let grace = (duration / 3).max(1);
+    LeaseManagerBuilder::new(client.clone(), &le.lease_name)
+        .with_namespace(&le.lease_namespace)
+        .with_identity(identity)
+        .with_duration(duration)
+        .with_grace(grace)
+        .build()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot set up the leader lease {}/{}: {e}",
+                le.lease_namespace, le.lease_name
+            )
+        })
+}
+
+/// True once this replica holds the lease; false if the lease watch stopped.
+async fn acquired(leading: &mut watch::Receiver<bool>) -> bool {
+    while !*leading.borrow_and_update() {
+        if leading.changed().await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Run the controllers until `shutdown` or the lease is lost, then stop them
+/// and let in-flight reconciles finish before the lease is released.
+async fn lead(
+    controllers: Controllers,
+    leading: watch::Receiver<bool>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Stopped {
+    let lost = lost_leadership(leading);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }
+    };
+    let run = controller::run(
+        controllers.client,
+        controllers.settings,
+        controllers.metrics,
+        controllers.readiness,
+        stop,
+    );
+    tokio::pin!(run);
+    let reason = tokio::select! {
+        _ = shutdown => Stopped::Shutdown,
+        _ = lost => Stopped::LostLeadership,
+        _ = &mut run => Stopped::Shutdown,
+    };
+    let _ = stop_tx.send(true);
+    // Let in-flight reconciles finish before the lease is released.
+    let _ = tokio::time::timeout(Duration::from_secs(20), run).await;
+    reason
 }
 
 async fn lost_leadership(mut leading: watch::Receiver<bool>) {

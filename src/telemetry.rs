@@ -52,109 +52,57 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some(METRICS_PREFIX.into()), None)
             .unwrap_or_else(|_| Registry::new());
-        let reconciles =
-            IntCounter::new("reconcile_total", "Reconciles run.").expect("valid metric definition");
-        let failures = IntCounterVec::new(
-            Opts::new(
-                "reconcile_failures_total",
-                "Reconciles that failed, by error category.",
+        let (reconciles, failures, duration) = reconcile_metrics(&registry);
+        let (check_value, check_outcome) = check_metrics(&registry);
+        let (scrape_errors, scrape_duration) = scrape_metrics(&registry);
+        let phase = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "phase",
+                    "1 for the current phase of each ModelDeployment, 0 for the others.",
+                ),
+                &["namespace", "name", "phase"],
             ),
-            &["category"],
-        )
-        .expect("valid metric definition");
-        let duration = HistogramVec::new(
-            HistogramOpts::new("reconcile_duration_seconds", "Time spent in one reconcile.")
-                .buckets(vec![
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                ]),
-            &[],
-        )
-        .expect("valid metric definition");
-        let phase = IntGaugeVec::new(
-            Opts::new(
-                "phase",
-                "1 for the current phase of each ModelDeployment, 0 for the others.",
-            ),
-            &["namespace", "name", "phase"],
-        )
-        .expect("valid metric definition");
+        );
         let object = ["namespace", "name"];
-        let canary_weight = IntGaugeVec::new(
-            Opts::new("canary_weight", "Percent of traffic the canary receives."),
-            &object,
-        )
-        .expect("valid metric definition");
-        let check_value = GaugeVec::new(
-            Opts::new("check_value", "Latest value of each analysis check."),
-            &["namespace", "name", "check"],
-        )
-        .expect("valid metric definition");
-        let check_outcome = IntGaugeVec::new(
-            Opts::new(
-                "check_outcome",
-                "Latest verdict of each analysis check: 1 pass, 0 inconclusive, -1 fail.",
+        let canary_weight = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("canary_weight", "Percent of traffic the canary receives."),
+                &object,
             ),
-            &["namespace", "name", "check"],
-        )
-        .expect("valid metric definition");
-        let drift_max_score = GaugeVec::new(
-            Opts::new(
-                "drift_max_score",
-                "Highest input drift score of the latest run.",
+        );
+        let drift_max_score = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "drift_max_score",
+                    "Highest input drift score of the latest run.",
+                ),
+                &object,
             ),
-            &object,
-        )
-        .expect("valid metric definition");
-        let drift_score = GaugeVec::new(
-            Opts::new(
-                "drift_score",
-                "Input drift score per feature of the latest run (the highest-scoring features only).",
+        );
+        let drift_score = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "drift_score",
+                    "Input drift score per feature of the latest run (the highest-scoring features only).",
+                ),
+                &["namespace", "name", "feature"],
             ),
-            &["namespace", "name", "feature"],
-        )
-        .expect("valid metric definition");
-        let rollbacks = IntCounterVec::new(
-            Opts::new(
-                "rollbacks_total",
-                "Rollbacks this operator made, of a canary or of a promoted revision the guard rejected.",
+        );
+        let rollbacks = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "rollbacks_total",
+                    "Rollbacks this operator made, of a canary or of a promoted revision the guard rejected.",
+                ),
+                &object,
             ),
-            &object,
-        )
-        .expect("valid metric definition");
-        let scrape_errors = IntCounterVec::new(
-            Opts::new(
-                "scrape_errors_total",
-                "Failed pod scrapes and Prometheus queries, by reason.",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric definition");
-        let scrape_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "scrape_duration_seconds",
-                "Time to read every pod of one ModelDeployment for one analysis run.",
-            )
-            .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            &[],
-        )
-        .expect("valid metric definition");
-        for c in [
-            Box::new(scrape_errors.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(scrape_duration.clone()),
-            Box::new(reconciles.clone()),
-            Box::new(failures.clone()),
-            Box::new(duration.clone()),
-            Box::new(phase.clone()),
-            Box::new(canary_weight.clone()),
-            Box::new(check_value.clone()),
-            Box::new(check_outcome.clone()),
-            Box::new(drift_max_score.clone()),
-            Box::new(drift_score.clone()),
-            Box::new(rollbacks.clone()),
-        ] {
-            // Registering fresh collectors in a fresh registry cannot clash.
-            let _ = registry.register(c);
-        }
+        );
         Self {
             registry,
             reconciles,
@@ -270,6 +218,94 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// A metric defined once, registered in the operator's registry.
+fn register<C>(registry: &Registry, defined: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = defined.expect("valid metric definition");
+    // Registering fresh collectors in a fresh registry cannot clash.
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+/// The reconcile loop's count, failures by category and duration.
+fn reconcile_metrics(registry: &Registry) -> (IntCounter, IntCounterVec, HistogramVec) {
+    let reconciles = register(
+        registry,
+        IntCounter::new("reconcile_total", "Reconciles run."),
+    );
+    let failures = register(
+        registry,
+        IntCounterVec::new(
+            Opts::new(
+                "reconcile_failures_total",
+                "Reconciles that failed, by error category.",
+            ),
+            &["category"],
+        ),
+    );
+    let duration = register(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new("reconcile_duration_seconds", "Time spent in one reconcile.")
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]),
+            &[],
+        ),
+    );
+    (reconciles, failures, duration)
+}
+
+/// Each analysis check's latest value and verdict.
+fn check_metrics(registry: &Registry) -> (GaugeVec, IntGaugeVec) {
+    let value = register(
+        registry,
+        GaugeVec::new(
+            Opts::new("check_value", "Latest value of each analysis check."),
+            &["namespace", "name", "check"],
+        ),
+    );
+    let outcome = register(
+        registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "check_outcome",
+                "Latest verdict of each analysis check: 1 pass, 0 inconclusive, -1 fail.",
+            ),
+            &["namespace", "name", "check"],
+        ),
+    );
+    (value, outcome)
+}
+
+/// How reading the serving pods (or Prometheus) goes: errors and duration.
+fn scrape_metrics(registry: &Registry) -> (IntCounterVec, HistogramVec) {
+    let errors = register(
+        registry,
+        IntCounterVec::new(
+            Opts::new(
+                "scrape_errors_total",
+                "Failed pod scrapes and Prometheus queries, by reason.",
+            ),
+            &["reason"],
+        ),
+    );
+    let duration = register(
+        registry,
+        HistogramVec::new(
+            HistogramOpts::new(
+                "scrape_duration_seconds",
+                "Time to read every pod of one ModelDeployment for one analysis run.",
+            )
+            .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &[],
+        ),
+    );
+    (errors, duration)
 }
 
 /// Values of `label` on the series of one object: per-object series whose

@@ -171,53 +171,95 @@ pub fn compare(
         winner: None,
         message: String::new(),
     };
-    let (effect, p) = match metric {
-        ObjectiveMetric::Latency => {
-            let (Some((ms, vs, ns)), Some((mc, vc, nc))) = (
-                stable.latency.as_ref().and_then(moments),
-                candidate.latency.as_ref().and_then(moments),
-            ) else {
-                c.message = "no latency histogram for both variants".into();
-                return c;
-            };
-            (mc - ms, z_test(mc - ms, vs / ns + vc / nc))
-        }
-        ObjectiveMetric::F1 => {
-            let (Some(ms), Some(mc)) = (confusion(stable), confusion(candidate)) else {
-                c.message = "no outcome counts for both variants".into();
-                return c;
-            };
-            c.samples_stable = ms.total() as u64;
-            c.samples_candidate = mc.total() as u64;
-            let ((fs, vs), (fc, vc)) = (ms.macro_f1_with_variance(), mc.macro_f1_with_variance());
-            (fc - fs, z_test(fc - fs, vs + vc))
-        }
-        _ => {
-            let (Some((xs, ns)), Some((xc, nc))) =
-                (proportion(metric, stable), proportion(metric, candidate))
-            else {
-                c.message = "the objective's series are missing for a variant".into();
-                return c;
-            };
-            if metric != ObjectiveMetric::ErrorRate {
-                c.samples_stable = ns as u64;
-                c.samples_candidate = nc as u64;
-            }
-            if ns <= 0.0 || nc <= 0.0 {
-                c.message = "no samples yet".into();
-                return c;
-            }
-            let (ps, pc) = (xs / ns, xc / nc);
-            let pooled = (xs + xc) / (ns + nc);
-            let se = (pooled * (1.0 - pooled) * (1.0 / ns + 1.0 / nc)).sqrt();
-            let p = if se > 0.0 {
-                two_sided((pc - ps) / se)
-            } else {
-                1.0
-            };
-            (pc - ps, p)
-        }
+    let tested = match metric {
+        ObjectiveMetric::Latency => latency_difference(&mut c, stable, candidate),
+        ObjectiveMetric::F1 => f1_difference(&mut c, stable, candidate),
+        _ => proportion_difference(&mut c, metric, stable, candidate),
     };
+    match tested {
+        Some((effect, p)) => decide(c, goal, alpha, min_samples, effect, p),
+        None => c,
+    }
+}
+
+// The differences below return (effect, p-value), or `None` with the reason
+// in `c.message`; those whose objective counts its own samples (outcomes,
+// not requests) put those counts in `c`.
+
+/// Mean latency: Welch's z-test on the histograms' means.
+fn latency_difference(
+    c: &mut Comparison,
+    stable: &VariantData,
+    candidate: &VariantData,
+) -> Option<(f64, f64)> {
+    let (Some((ms, vs, ns)), Some((mc, vc, nc))) = (
+        stable.latency.as_ref().and_then(moments),
+        candidate.latency.as_ref().and_then(moments),
+    ) else {
+        c.message = "no latency histogram for both variants".into();
+        return None;
+    };
+    Some((mc - ms, z_test(mc - ms, vs / ns + vc / nc)))
+}
+
+/// Macro F1 of the outcome counts, with delta-method variances.
+fn f1_difference(
+    c: &mut Comparison,
+    stable: &VariantData,
+    candidate: &VariantData,
+) -> Option<(f64, f64)> {
+    let (Some(ms), Some(mc)) = (confusion(stable), confusion(candidate)) else {
+        c.message = "no outcome counts for both variants".into();
+        return None;
+    };
+    c.samples_stable = ms.total() as u64;
+    c.samples_candidate = mc.total() as u64;
+    let ((fs, vs), (fc, vc)) = (ms.macro_f1_with_variance(), mc.macro_f1_with_variance());
+    Some((fc - fs, z_test(fc - fs, vs + vc)))
+}
+
+/// A proportion (error rate, accuracy): two-proportion z-test, pooled variance.
+fn proportion_difference(
+    c: &mut Comparison,
+    metric: ObjectiveMetric,
+    stable: &VariantData,
+    candidate: &VariantData,
+) -> Option<(f64, f64)> {
+    let (Some((xs, ns)), Some((xc, nc))) =
+        (proportion(metric, stable), proportion(metric, candidate))
+    else {
+        c.message = "the objective's series are missing for a variant".into();
+        return None;
+    };
+    if metric != ObjectiveMetric::ErrorRate {
+        c.samples_stable = ns as u64;
+        c.samples_candidate = nc as u64;
+    }
+    if ns <= 0.0 || nc <= 0.0 {
+        c.message = "no samples yet".into();
+        return None;
+    }
+    let (ps, pc) = (xs / ns, xc / nc);
+    let pooled = (xs + xc) / (ns + nc);
+    let se = (pooled * (1.0 - pooled) * (1.0 / ns + 1.0 / nc)).sqrt();
+    let p = if se > 0.0 {
+        two_sided((pc - ps) / se)
+    } else {
+        1.0
+    };
+    Some((pc - ps, p))
+}
+
+/// The verdict on a difference: a winner only with `min_samples` on both
+/// sides and `p` below this look's `alpha`; the better side follows `goal`.
+fn decide(
+    mut c: Comparison,
+    goal: Goal,
+    alpha: f64,
+    min_samples: u64,
+    effect: f64,
+    p: f64,
+) -> Comparison {
     c.effect = Some(effect);
     c.p_value = Some(p);
     if c.samples_stable < min_samples || c.samples_candidate < min_samples {

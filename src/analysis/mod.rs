@@ -4,6 +4,7 @@
 
 pub mod abtest;
 pub mod checks;
+pub mod collect_plan;
 pub mod drift;
 pub mod error_rate;
 pub mod histogram;

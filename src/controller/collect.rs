@@ -15,13 +15,10 @@ use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::analysis::AnalysisRun;
-use crate::analysis::checks::{self, Judge, Reference};
-use crate::analysis::error_rate::SequentialConfig;
+use crate::analysis::checks::Reference;
+use crate::analysis::collect_plan::{self, Evidence, Plan};
 use crate::analysis::window::{CounterWindow, SeriesKey, VariantData};
-use crate::api::{
-    Check, DEFAULT_MIN_SAMPLES, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec,
-    labels,
-};
+use crate::api::{Check, MetricsSource, ModelDeployment, ModelDeploymentStatus, ValidSpec};
 use crate::exposition::{self, FamilyFilter, Options, OwnedSample};
 use crate::metrics::prometheus::{self as prom, PromClient, RevisionSelector};
 use crate::metrics::scrape::Target;
@@ -41,65 +38,12 @@ pub struct Windows {
     started: Timestamp,
 }
 
-/// Which revision is judged against which, and by which checks.
-struct Plan<'a> {
-    judged: String,
-    baseline: Option<String>,
-    checks: &'a [Check],
-    min_samples: u64,
-}
-
-/// Where a window of per-pod counter deltas begins. During a rollout it is
-/// the canary's start, so the canary's pods (all started since) count every
-/// request they served, even those before the first analysis run or an
-/// operator restart; older pods count from their first observation. Otherwise
-/// (the guard) it is now.
-pub fn window_start(status: &ModelDeploymentStatus, now: Timestamp) -> Timestamp {
-    status
-        .canary
-        .as_ref()
-        .and_then(|c| c.started_at.as_ref())
-        .map_or(now, |t| t.0.min(now))
-}
-
-fn plan<'a>(md: &'a ModelDeployment, status: &ModelDeploymentStatus) -> Option<Plan<'a>> {
-    let stable = status.stable.as_ref()?;
-    if let Some(c) = &status.canary {
-        let rollout = md.spec.rollout.as_ref()?;
-        return Some(Plan {
-            judged: c.hash.clone(),
-            baseline: Some(stable.hash.clone()),
-            checks: &rollout.analysis.checks,
-            min_samples: u64::try_from(rollout.analysis.min_samples).unwrap_or(0),
-        });
-    }
-    let guard = md.spec.guard.as_ref()?;
-    status.guard.as_ref()?;
-    Some(Plan {
-        judged: stable.hash.clone(),
-        baseline: status.previous.as_ref().map(|p| p.hash.clone()),
-        checks: &guard.checks,
-        min_samples: md
-            .spec
-            .rollout
-            .as_ref()
-            .map_or(DEFAULT_MIN_SAMPLES, |r| r.analysis.min_samples)
-            .try_into()
-            .unwrap_or(0),
-    })
-}
+// Decided in the pure module; the benchmarks name it here.
+pub use collect_plan::window_start;
 
 fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> {
-    ctx.pods.state_filter(|p| {
-        labels::in_revision(&p.metadata, md, hash)
-            && p.metadata.deletion_timestamp.is_none()
-            && p.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-    })
+    ctx.pods
+        .state_filter(|p| collect_plan::is_read(p, md, hash))
 }
 
 /// Scrape one revision's Ready pods into its window. Samples are read where
@@ -184,50 +128,6 @@ async fn scrape_into(
     latest
 }
 
-/// A custom series from the pods: `name{label="value",...}`; counters
-/// (`_total`) as a per-second rate over the window, gauges as the mean over pods.
-fn custom_value(
-    query: &str,
-    totals: &BTreeMap<SeriesKey, f64>,
-    latest: &[OwnedSample],
-    elapsed: Duration,
-) -> Option<f64> {
-    let (name, matchers) = match query.split_once('{') {
-        Some((n, rest)) => (n.trim(), rest.trim_end().trim_end_matches('}')),
-        None => (query.trim(), ""),
-    };
-    let wanted: Vec<(String, String)> = matchers
-        .split(',')
-        .filter_map(|m| {
-            let (k, v) = m.split_once('=')?;
-            Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
-        })
-        .collect();
-    let matches = |labels: &[(String, String)]| {
-        wanted
-            .iter()
-            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-    };
-    if name.ends_with("_total") {
-        let mut found = false;
-        let sum: f64 = totals
-            .iter()
-            .filter(|(k, _)| k.name == name && matches(&k.labels))
-            .map(|(_, v)| {
-                found = true;
-                *v
-            })
-            .sum();
-        return found.then(|| sum / elapsed.as_secs_f64().max(1.0));
-    }
-    let values: Vec<f64> = latest
-        .iter()
-        .filter(|s| s.name == name && matches(&s.labels))
-        .map(|s| s.value)
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
-}
-
 async fn from_pods(
     ctx: &Context,
     md: &ModelDeployment,
@@ -237,37 +137,71 @@ async fn from_pods(
     now: Timestamp,
 ) -> (VariantData, VariantData) {
     let key = ObjectRef::from_obj(md);
-    let baseline_hash = plan.baseline.clone().unwrap_or_default();
-    let mut windows = {
-        let mut all = super::lock(&ctx.windows);
-        match all.remove(&key) {
-            Some(w) if w.judged_hash == plan.judged && w.baseline_hash == baseline_hash => w,
-            _ => Windows {
-                judged_hash: plan.judged.clone(),
-                baseline_hash: baseline_hash.clone(),
-                judged: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
-                baseline: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
-                started: start,
-            },
-        }
-    };
+    let mut windows = take_windows(ctx, &key, plan, start);
     // Custom series, read as they are (gauges) or as windows (counters).
-    let custom: Vec<String> = plan
-        .checks
-        .iter()
-        .filter_map(|c| c.metric.as_ref())
-        .map(|m| {
-            m.query
-                .split('{')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        })
-        .collect();
+    let custom = collect_plan::custom_families(plan.checks);
     let mut families = valid.names.families();
     families.extend(custom.iter().cloned());
     let filter = FamilyFilter::new(families);
+    let scraped = scrape_variants(ctx, md, plan, &filter, &custom, &mut windows).await;
+    let elapsed = Duration::try_from(now.duration_since(windows.started)).unwrap_or_default();
+    let judged_totals = windows.judged.totals();
+    let mut judged = VariantData::from_totals(&valid.names, &judged_totals);
+    judged.problems = scraped.judged_problems;
+    collect_plan::insert_custom_values(
+        &mut judged,
+        plan.checks,
+        &judged_totals,
+        &scraped.latest,
+        elapsed,
+    );
+    let mut baseline = VariantData::from_totals(&valid.names, &windows.baseline.totals());
+    baseline.problems = scraped.baseline_problems;
+    super::lock(&ctx.windows).insert(key, windows);
+    (judged, baseline)
+}
+
+/// The plan's windows, taken out of the context while they are filled: the
+/// ones kept from earlier runs when they still compare the same revisions,
+/// else new ones beginning at `start`.
+fn take_windows(
+    ctx: &Context,
+    key: &ObjectRef<ModelDeployment>,
+    plan: &Plan<'_>,
+    start: Timestamp,
+) -> Windows {
+    let baseline_hash = plan.baseline.clone().unwrap_or_default();
+    let mut all = super::lock(&ctx.windows);
+    match all.remove(key) {
+        Some(w) if w.judged_hash == plan.judged && w.baseline_hash == baseline_hash => w,
+        _ => Windows {
+            judged_hash: plan.judged.clone(),
+            baseline_hash,
+            judged: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
+            baseline: CounterWindow::new(start.as_second(), MAX_SERIES_PER_POD),
+            started: start,
+        },
+    }
+}
+
+/// What scraping both variants into their windows left to read besides.
+struct Scraped {
+    /// The judged revision's samples of the custom gauges.
+    latest: Vec<OwnedSample>,
+    judged_problems: Vec<String>,
+    baseline_problems: Vec<String>,
+}
+
+/// Scrape the judged revision's Ready pods, then the baseline's, into their
+/// windows, and time the whole.
+async fn scrape_variants(
+    ctx: &Context,
+    md: &ModelDeployment,
+    plan: &Plan<'_>,
+    filter: &FamilyFilter,
+    custom: &[String],
+    windows: &mut Windows,
+) -> Scraped {
     let mut judged_problems = Vec::new();
     let mut baseline_problems = Vec::new();
     let started = std::time::Instant::now();
@@ -276,19 +210,19 @@ async fn from_pods(
         ctx,
         md,
         &judged_pods,
-        &filter,
-        &custom,
+        filter,
+        custom,
         &mut windows.judged,
         &mut judged_problems,
     )
     .await;
-    if plan.baseline.is_some() {
-        let pods = ready_pods(ctx, md, &baseline_hash);
+    if let Some(hash) = &plan.baseline {
+        let pods = ready_pods(ctx, md, hash);
         scrape_into(
             ctx,
             md,
             &pods,
-            &filter,
+            filter,
             &[],
             &mut windows.baseline,
             &mut baseline_problems,
@@ -299,21 +233,11 @@ async fn from_pods(
         .scrape_duration
         .with_label_values(&[] as &[&str])
         .observe(started.elapsed().as_secs_f64());
-    let elapsed = Duration::try_from(now.duration_since(windows.started)).unwrap_or_default();
-    let judged_totals = windows.judged.totals();
-    let mut judged = VariantData::from_totals(&valid.names, &judged_totals);
-    judged.problems = judged_problems;
-    for c in plan.checks {
-        if let Some(m) = &c.metric
-            && let Some(v) = custom_value(&m.query, &judged_totals, &latest, elapsed)
-        {
-            judged.custom.insert(c.name.clone(), v);
-        }
+    Scraped {
+        latest,
+        judged_problems,
+        baseline_problems,
     }
-    let mut baseline = VariantData::from_totals(&valid.names, &windows.baseline.totals());
-    baseline.problems = baseline_problems;
-    super::lock(&ctx.windows).insert(key, windows);
-    (judged, baseline)
 }
 
 async fn from_prometheus(
@@ -331,57 +255,86 @@ async fn from_prometheus(
             namespace: ns.clone(),
             deployment: deployment_name(&name, &hash),
         };
-        async move {
-            let mut totals: BTreeMap<SeriesKey, f64> = BTreeMap::new();
-            let mut problems = Vec::new();
-            let mut queries: Vec<(String, String)> = Vec::new();
-            // Grouping by every label the checks read keeps the answer small.
-            let mut grouping = vec!["actual", "predicted", "feature", "value"];
-            if let crate::api::presets::Traffic::Labelled { label, .. } = &valid.names.traffic {
-                grouping.push(label.as_str());
-            }
-            for family in valid.names.families() {
-                queries.push((
-                    family.clone(),
-                    prom::grouped_increase(&family, &sel, &grouping, window),
-                ));
-            }
-            for bucketed in valid
-                .names
-                .latency
-                .iter()
-                .chain([&valid.names.features, &valid.names.predictions])
-            {
-                queries.push((
-                    format!("{bucketed}_bucket"),
-                    prom::bucket_increase(bucketed, &sel, &["feature"], window),
-                ));
-            }
-            for (series, q) in queries {
-                match client.query(&q).await {
-                    Ok(samples) => {
-                        for s in samples {
-                            let key = SeriesKey {
-                                name: series.clone(),
-                                labels: s.labels.into_iter().collect(),
-                            };
-                            *totals.entry(key).or_insert(0.0) += s.value;
-                        }
-                    }
-                    Err(e) => {
-                        metrics.scrape_errors.with_label_values(&[e.reason()]).inc();
-                        problems.push(e.to_string());
-                    }
-                }
-            }
-            let mut data = VariantData::from_totals(&valid.names, &totals);
-            problems.dedup();
-            data.problems = problems;
-            data
-        }
+        read_revision(client, metrics, valid, sel, window)
     };
     let mut judged = read(plan.judged.clone()).await;
-    for c in plan.checks {
+    query_custom(client, plan.checks, &mut judged).await;
+    let baseline = match &plan.baseline {
+        Some(h) => read(h.clone()).await,
+        None => VariantData::default(),
+    };
+    (judged, baseline)
+}
+
+/// One revision's series from Prometheus, increases over `window`.
+async fn read_revision(
+    client: &PromClient,
+    metrics: &crate::telemetry::Metrics,
+    valid: &ValidSpec,
+    sel: RevisionSelector,
+    window: Duration,
+) -> VariantData {
+    let mut totals: BTreeMap<SeriesKey, f64> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (series, q) in revision_queries(valid, &sel, window) {
+        match client.query(&q).await {
+            Ok(samples) => {
+                for s in samples {
+                    let key = SeriesKey {
+                        name: series.clone(),
+                        labels: s.labels.into_iter().collect(),
+                    };
+                    *totals.entry(key).or_insert(0.0) += s.value;
+                }
+            }
+            Err(e) => {
+                metrics.scrape_errors.with_label_values(&[e.reason()]).inc();
+                problems.push(e.to_string());
+            }
+        }
+    }
+    let mut data = VariantData::from_totals(&valid.names, &totals);
+    problems.dedup();
+    data.problems = problems;
+    data
+}
+
+/// The PromQL for one revision, each with the series name its answer is
+/// filed under: every family's increase, and every histogram's buckets.
+fn revision_queries(
+    valid: &ValidSpec,
+    sel: &RevisionSelector,
+    window: Duration,
+) -> Vec<(String, String)> {
+    let mut queries: Vec<(String, String)> = Vec::new();
+    // Grouping by every label the checks read keeps the answer small.
+    let mut grouping = vec!["actual", "predicted", "feature", "value"];
+    if let crate::api::presets::Traffic::Labelled { label, .. } = &valid.names.traffic {
+        grouping.push(label.as_str());
+    }
+    for family in valid.names.families() {
+        queries.push((
+            family.clone(),
+            prom::grouped_increase(&family, sel, &grouping, window),
+        ));
+    }
+    for bucketed in valid
+        .names
+        .latency
+        .iter()
+        .chain([&valid.names.features, &valid.names.predictions])
+    {
+        queries.push((
+            format!("{bucketed}_bucket"),
+            prom::bucket_increase(bucketed, sel, &["feature"], window),
+        ));
+    }
+    queries
+}
+
+/// Custom checks ask Prometheus their own query; the first answer counts.
+async fn query_custom(client: &PromClient, checks: &[Check], judged: &mut VariantData) {
+    for c in checks {
         if let Some(m) = &c.metric {
             match client.query(&m.query).await {
                 Ok(samples) => {
@@ -393,11 +346,6 @@ async fn from_prometheus(
             }
         }
     }
-    let baseline = match &plan.baseline {
-        Some(h) => read(h.clone()).await,
-        None => VariantData::default(),
-    };
-    (judged, baseline)
 }
 
 /// The drift reference: the user's ConfigMap, or the one captured from stable.
@@ -459,9 +407,7 @@ pub async fn capture_stable_reference(
     valid: &ValidSpec,
     status: &ModelDeploymentStatus,
 ) -> Result<Capture, kube::Error> {
-    let from_stable = md.spec.drift.as_ref().is_some_and(|d| {
-        d.reference.config_map_ref.is_none() && d.reference.from_stable == Some(true)
-    });
+    let from_stable = collect_plan::captures_from_stable(md);
     let (true, Some(stable)) = (from_stable, status.stable.as_ref()) else {
         return Ok(Capture::NotWanted);
     };
@@ -499,7 +445,8 @@ pub async fn capture_stable_reference(
         }
     }
     let data = stable_inputs(ctx, md, valid, &stable.hash).await;
-    let Some(reference) = enough_to_capture(data.features, capture_min_samples(md)) else {
+    let min = collect_plan::capture_min_samples(md);
+    let Some(reference) = collect_plan::enough_to_capture(data.features, min) else {
         return Ok(Capture::Waiting);
     };
     let cm = crate::resources::captured_drift_reference(
@@ -520,27 +467,6 @@ pub async fn capture_stable_reference(
     super::lock(&ctx.capture_tried).remove(&key);
     super::lock(&ctx.captured).insert(key, stable.hash.clone());
     Ok(Capture::Written)
-}
-
-/// Observations every feature needs before its distribution is worth keeping.
-fn capture_min_samples(md: &ModelDeployment) -> f64 {
-    md.spec
-        .rollout
-        .as_ref()
-        .map_or(DEFAULT_MIN_SAMPLES, |r| r.analysis.min_samples)
-        .max(1) as f64
-}
-
-/// A reference only once every feature the stable exposes has `min` observations:
-/// a half-filled reference would make the next canary look drifted.
-fn enough_to_capture(
-    features: BTreeMap<String, crate::analysis::histogram::Histogram>,
-    min: f64,
-) -> Option<Reference> {
-    if features.is_empty() || features.values().any(|h| h.total() < min) {
-        return None;
-    }
-    Some(Reference { features })
 }
 
 /// The stable revision's inputs: everything its Ready pods counted since they
@@ -597,26 +523,39 @@ pub async fn analyze(
     valid: &ValidSpec,
     now: Timestamp,
 ) -> Option<AnalysisRun> {
-    let plan = plan(md, status)?;
-    let start = window_start(status, now);
-    // How long the rollout has run, when there is one.
-    let canary_age = status
-        .canary
-        .as_ref()
-        .and_then(|c| c.started_at.as_ref())
-        .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default());
-    let (judged, baseline) = match (md.spec.metrics.source, &ctx.prometheus) {
+    let plan = collect_plan::plan(md, status)?;
+    let (judged, baseline) = read_variants(ctx, md, status, valid, &plan, now).await;
+    let reference = match reference(ctx, md).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "drift reference unavailable");
+            None
+        }
+    };
+    let evidence = Evidence {
+        judged,
+        baseline,
+        reference,
+    };
+    let run = collect_plan::judge(md, status, valid, &plan, &evidence, now);
+    ctx.metrics
+        .record_run(&md.namespace().unwrap_or_default(), &md.name_any(), &run);
+    Some(run)
+}
+
+/// Both variants of the plan, from the source the spec names.
+async fn read_variants(
+    ctx: &Context,
+    md: &ModelDeployment,
+    status: &ModelDeploymentStatus,
+    valid: &ValidSpec,
+    plan: &Plan<'_>,
+    now: Timestamp,
+) -> (VariantData, VariantData) {
+    match (md.spec.metrics.source, &ctx.prometheus) {
         (MetricsSource::Prometheus, Some(client)) => {
-            let since = canary_age.unwrap_or(valid.analysis_interval);
-            from_prometheus(
-                client,
-                &ctx.metrics,
-                md,
-                valid,
-                &plan,
-                since.max(valid.metrics_interval),
-            )
-            .await
+            let window = collect_plan::prometheus_window(status, valid, now);
+            from_prometheus(client, &ctx.metrics, md, valid, plan, window).await
         }
         (MetricsSource::Prometheus, None) => {
             let missing = VariantData {
@@ -625,56 +564,11 @@ pub async fn analyze(
             };
             (missing.clone(), missing)
         }
-        (MetricsSource::Pods, _) => from_pods(ctx, md, valid, &plan, start, now).await,
-    };
-    let reference = match reference(ctx, md).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "drift reference unavailable");
-            None
+        (MetricsSource::Pods, _) => {
+            let start = window_start(status, now);
+            from_pods(ctx, md, valid, plan, start, now).await
         }
-    };
-    let judge = Judge {
-        canary: &judged,
-        stable: &baseline,
-        reference: reference.as_ref(),
-        correction: md
-            .spec
-            .drift
-            .as_ref()
-            .map(|d| d.correction)
-            .unwrap_or_default(),
-        min_samples: plan.min_samples,
-        sequential: SequentialConfig::default(),
-    };
-    let mut run = checks::evaluate(plan.checks, &judge, now);
-    if status.canary.is_some()
-        && let Some(ab) = md.spec.rollout.as_ref().and_then(|r| r.ab_test.as_ref())
-        && md
-            .spec
-            .rollout
-            .as_ref()
-            .is_some_and(|r| r.strategy == crate::api::Strategy::AbTest)
-    {
-        let ran = canary_age.unwrap_or_default();
-        let alpha = crate::analysis::abtest::look_alpha(
-            ab.objective.confidence,
-            ran,
-            valid.analysis_interval,
-            valid.ab_max_duration.unwrap_or(ran),
-        );
-        run.ab = Some(crate::analysis::abtest::compare(
-            ab.objective.metric,
-            ab.objective.goal,
-            alpha,
-            u64::try_from(ab.min_samples).unwrap_or(0),
-            &baseline,
-            &judged,
-        ));
     }
-    ctx.metrics
-        .record_run(&md.namespace().unwrap_or_default(), &md.name_any(), &run);
-    Some(run)
 }
 
 /// Windows of objects that no longer roll out anything are dropped.

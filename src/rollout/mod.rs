@@ -559,18 +559,7 @@ fn summarize_settled(d: &mut Draft<'_>, stable: &RevisionStatus) -> (Phase, Stri
             "Stable",
             String::new(),
         );
-        let message = if replicas == 0 {
-            format!(
-                "revision {} (version {}) is scaled to zero: no pods run",
-                stable.revision, stable.version
-            )
-        } else {
-            format!(
-                "revision {} (version {}) serves all traffic",
-                stable.revision, stable.version
-            )
-        };
-        return (Phase::Stable, message);
+        return (Phase::Stable, serving(stable, replicas));
     }
     let deadline_missed = stable_obs.is_some_and(|o| o.deadline_exceeded);
     if deadline_missed && d.input.status.phase != Some(Phase::Failed) {
@@ -608,6 +597,18 @@ fn summarize_settled(d: &mut Draft<'_>, stable: &RevisionStatus) -> (Phase, Stri
         stable.revision, stable.version
     );
     (Phase::Pending, message)
+}
+
+fn serving(stable: &RevisionStatus, replicas: i32) -> String {
+    let what = if replicas == 0 {
+        "is scaled to zero: no pods run"
+    } else {
+        "serves all traffic"
+    };
+    format!(
+        "revision {} (version {}) {what}",
+        stable.revision, stable.version
+    )
 }
 
 /// `Ready` says whether stable has all its pods available.

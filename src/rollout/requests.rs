@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{PauseReason, RevisionStatus};
+use crate::api::{CanaryStatus, PauseReason, RevisionStatus};
 
 use super::{Draft, EventKind, engine};
 
@@ -124,19 +124,7 @@ pub(super) fn apply(d: &mut Draft<'_>, target: &RevisionStatus) {
     let canary = d.status.canary.clone().filter(|c| c.hash == target.hash);
     let done = |what: String| (EventKind::Normal, what);
     let (kind, message) = match (&request.action, canary) {
-        (RequestAction::Promote, Some(mut c)) => {
-            if c.paused == Some(PauseReason::Inconclusive)
-                && let Some(a) = d.status.analysis.as_mut()
-            {
-                a.inconclusive_in_a_row = 0;
-            }
-            c.paused = None;
-            c.step += 1;
-            c.step_started_at = Some(d.now.clone());
-            let step = c.step;
-            d.status.canary = Some(c);
-            done(format!("step {step} reached by request"))
-        }
+        (RequestAction::Promote, Some(c)) => done(promote_one_step(d, c)),
         (RequestAction::PromoteFull, Some(mut c)) => {
             c.paused = None;
             c.promoting = true;
@@ -149,21 +137,7 @@ pub(super) fn apply(d: &mut Draft<'_>, target: &RevisionStatus) {
             d.status.canary = Some(c);
             done("paused by request".into())
         }
-        (RequestAction::Resume, Some(mut c)) => {
-            match c.paused {
-                Some(PauseReason::Step) => c.step += 1,
-                Some(PauseReason::Inconclusive) => {
-                    if let Some(a) = d.status.analysis.as_mut() {
-                        a.inconclusive_in_a_row = 0;
-                    }
-                }
-                _ => {}
-            }
-            c.paused = None;
-            c.step_started_at = Some(d.now.clone());
-            d.status.canary = Some(c);
-            done("resumed by request".into())
-        }
+        (RequestAction::Resume, Some(c)) => done(resume(d, c)),
         (RequestAction::Abort, Some(c)) => {
             let stable = d.status.stable.clone().unwrap_or_default();
             engine::roll_back(d, &c, &stable, "aborted by request".into());
@@ -185,6 +159,40 @@ pub(super) fn apply(d: &mut Draft<'_>, target: &RevisionStatus) {
         ),
     };
     d.note(kind, "Request", message);
+}
+
+/// Finish the current step (or pause) by request: an inconclusive pause
+/// starts counting inconclusive runs afresh.
+fn promote_one_step(d: &mut Draft<'_>, mut c: CanaryStatus) -> String {
+    if c.paused == Some(PauseReason::Inconclusive)
+        && let Some(a) = d.status.analysis.as_mut()
+    {
+        a.inconclusive_in_a_row = 0;
+    }
+    c.paused = None;
+    c.step += 1;
+    c.step_started_at = Some(d.now.clone());
+    let step = c.step;
+    d.status.canary = Some(c);
+    format!("step {step} reached by request")
+}
+
+/// End a pause by request: a step's pause goes on to the next step, an
+/// inconclusive one starts counting inconclusive runs afresh.
+fn resume(d: &mut Draft<'_>, mut c: CanaryStatus) -> String {
+    match c.paused {
+        Some(PauseReason::Step) => c.step += 1,
+        Some(PauseReason::Inconclusive) => {
+            if let Some(a) = d.status.analysis.as_mut() {
+                a.inconclusive_in_a_row = 0;
+            }
+        }
+        _ => {}
+    }
+    c.paused = None;
+    c.step_started_at = Some(d.now.clone());
+    d.status.canary = Some(c);
+    "resumed by request".into()
 }
 
 fn rollback_to(d: &mut Draft<'_>, revision: i64, target: &RevisionStatus) -> (EventKind, String) {
