@@ -341,7 +341,11 @@ fn names(entry: &str, id: &str) -> bool {
 }
 
 fn allowed() -> Vec<&'static str> {
-    TABLES_OF_DATA.iter().chain(STILL_BEING_SPLIT).copied().collect()
+    TABLES_OF_DATA
+        .iter()
+        .chain(STILL_BEING_SPLIT)
+        .copied()
+        .collect()
 }
 
 /// `file:line file::name (N lines)` for each function over the limit and

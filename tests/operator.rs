@@ -153,7 +153,8 @@ async fn an_object_at_rest_causes_zero_writes() {
             "deployments",
             "services",
             "events",
-            "httproutes"
+            "httproutes",
+            "poddisruptionbudgets"
         ]),
         0,
         "writes at rest: {:?}",
@@ -644,4 +645,54 @@ async fn a_transition_written_but_not_told_is_told_once_after_restarts() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     op.stop().await.unwrap();
     assert!(events(&server, "Deployed").is_empty());
+}
+
+/// One disruption budget over the pods of every revision, one pod at a time
+/// by default; a spec that opts out has its budget deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disruption_budget_covers_the_model_and_goes_when_opted_out() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("budgeted", "1.0.0", json!({}))).await;
+    let pdb = eventually("the budget", WAIT, || {
+        server.get("poddisruptionbudgets", "default", "budgeted")
+    })
+    .await;
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        json!({"modeldeploy.io/name": "budgeted"})
+    );
+    assert_eq!(pdb["metadata"]["ownerReferences"][0]["name"], "budgeted");
+
+    let api: Api<ModelDeployment> = Api::namespaced(server.client(), "default");
+    let patch = |d: serde_json::Value| Patch::Merge(json!({"spec": {"disruption": d}}));
+    api.patch(
+        "budgeted",
+        &PatchParams::default(),
+        &patch(json!({"minAvailable": "50%"})),
+    )
+    .await
+    .unwrap();
+    eventually("minAvailable", WAIT, || {
+        let p = server.get("poddisruptionbudgets", "default", "budgeted")?;
+        (p["spec"]["minAvailable"] == "50%" && p["spec"]["maxUnavailable"].is_null()).then_some(())
+    })
+    .await;
+    api.patch(
+        "budgeted",
+        &PatchParams::default(),
+        &patch(json!({"minAvailable": null, "budget": false})),
+    )
+    .await
+    .unwrap();
+    eventually("the budget deleted", WAIT, || {
+        server
+            .get("poddisruptionbudgets", "default", "budgeted")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
 }

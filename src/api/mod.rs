@@ -1,12 +1,14 @@
 //! The `ModelDeployment` API: types, schema rules, and the checks the schema
 //! cannot express. No I/O.
 
+mod disruption;
 pub mod presets;
 mod quantity;
 pub mod spec;
 pub mod status;
 pub mod validate;
 
+pub use disruption::{Budget, DisruptionSpec};
 pub use quantity::parse_quantity;
 pub use spec::*;
 pub use status::*;

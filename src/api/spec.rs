@@ -122,6 +122,11 @@ pub struct ModelDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardSpec>,
 
+    /// The PodDisruptionBudget over the model's pods; `maxUnavailable: 1`
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<super::DisruptionSpec>,
+
     /// How many old revisions (Deployments scaled to zero and history entries) to keep.
     #[serde(default = "default_revision_history_limit")]
     #[schemars(range(min = 1, max = 100))]

@@ -128,6 +128,36 @@ where
     Ok(())
 }
 
+/// The disruption budget the spec asks for, or none: one it made before is
+/// deleted when the spec opts out.
+pub(super) async fn keep_budget(
+    md: &ModelDeployment,
+    ctx: &Context,
+    ns: &str,
+    valid: &crate::api::ValidSpec,
+) -> Result<()> {
+    let current = ctx.budgets.get(&ObjectRef::new(&md.name_any()).within(ns));
+    match (&valid.budget, current) {
+        (Some(budget), current) => {
+            let desired = resources::disruption_budget(md, budget);
+            apply_if_changed(ctx, ns, desired, current.as_deref()).await
+        }
+        (None, Some(current)) if is_owned_by(current.as_ref(), md) => {
+            info!(name = %current.name_any(), "deleting the disruption budget: spec.disruption.budget is false");
+            let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
+            match api
+                .delete(&current.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (None, _) => Ok(()),
+    }
+}
+
 /// The router's children beside the revisions' Deployments: Services from
 /// the cache, routes read live (other controllers write them too).
 pub(super) async fn route_traffic(

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
@@ -92,6 +93,7 @@ pub struct Context {
     /// Each revision's stored pod template.
     revisions: Store<ControllerRevision>,
     services: Store<Service>,
+    budgets: Store<PodDisruptionBudget>,
     pods: Store<Pod>,
     scraper: crate::metrics::scrape::Scraper,
     notifier: Option<crate::notify::Notifier>,
@@ -136,6 +138,7 @@ struct Caches {
     deployments: Store<Deployment>,
     revisions: Store<ControllerRevision>,
     services: Store<Service>,
+    budgets: Store<PodDisruptionBudget>,
     pods: Store<Pod>,
 }
 
@@ -159,6 +162,7 @@ impl Context {
             deployments: caches.deployments,
             revisions: caches.revisions,
             services: caches.services,
+            budgets: caches.budgets,
             pods: caches.pods,
             scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
             notifier: settings.notifier.clone(),
@@ -300,6 +304,7 @@ async fn run_scope(
             "deployments",
             "controllerrevisions",
             "services",
+            "poddisruptionbudgets",
             "pods",
         ],
         on_synced,
@@ -324,6 +329,7 @@ async fn run_scope(
         .owns_stream(children.deployments)
         .owns_stream(children.revisions)
         .owns_stream(children.services)
+        .owns_stream(children.budgets)
         // Pods belong to ReplicaSets, not to the ModelDeployment: map them
         // back by label, so a crash-looping canary pod is seen at once.
         .watches_stream(children.pods, |pod: Pod| {
@@ -358,6 +364,7 @@ struct ChildStreams {
     deployments: Watching<Deployment>,
     revisions: Watching<ControllerRevision>,
     services: Watching<Service>,
+    budgets: Watching<PodDisruptionBudget>,
     pods: Watching<Pod>,
 }
 
@@ -393,6 +400,13 @@ fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Cac
         "services",
         |s: &mut Service| s.managed_fields_mut().clear(),
     );
+    let (budgets, budget_stream) = owned_cache(
+        scoped(client, ns),
+        &owned,
+        synced,
+        "poddisruptionbudgets",
+        |b: &mut PodDisruptionBudget| b.managed_fields_mut().clear(),
+    );
     let (pods, pod_stream) =
         owned_cache(scoped(client, ns), &owned, synced, "pods", |p: &mut Pod| {
             p.managed_fields_mut().clear();
@@ -402,12 +416,14 @@ fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Cac
         deployments,
         revisions,
         services,
+        budgets,
         pods,
     };
     let streams = ChildStreams {
         deployments: deploy_stream.boxed(),
         revisions: revision_stream.boxed(),
         services: service_stream.boxed(),
+        budgets: budget_stream.boxed(),
         pods: pod_stream.boxed(),
     };
     (caches, streams)

@@ -167,6 +167,7 @@ async fn apply_decision(
         .services
         .get(&ObjectRef::new(&md.name_any()).within(&ns));
     apply_if_changed(ctx, &ns, resources::service(md), service.as_deref()).await?;
+    keep_budget(md, ctx, &ns, valid).await?;
     let mut keep = Vec::with_capacity(decision.workloads.len());
     for w in &decision.workloads {
         let name = resources::deployment_name(&md.name_any(), &w.hash);

@@ -1,6 +1,8 @@
 //! The objects a ModelDeployment wants to exist, built from the spec and the
 //! rollout decision. No I/O: the controller applies what this returns.
 
+mod budget;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, DeploymentSpec};
@@ -15,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::api::{ModelDeployment, ModelDeploymentSpec, ValidSpec, labels};
+pub use budget::disruption_budget;
 
 /// Name of the serving container; also how the operator finds it in pod status.
 pub const MODEL_CONTAINER: &str = "model";

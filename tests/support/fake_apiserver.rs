@@ -165,6 +165,14 @@ impl FakeApiServer {
                 false,
             ),
             res("events.k8s.io", "v1", "events", "Event", true, false),
+            res(
+                "policy",
+                "v1",
+                "poddisruptionbudgets",
+                "PodDisruptionBudget",
+                true,
+                true,
+            ),
             res("coordination.k8s.io", "v1", "leases", "Lease", true, false),
             res(
                 "gateway.networking.k8s.io",
