@@ -1710,8 +1710,9 @@ fn the_notes_say_what_to_do_next_and_warn_without_honor_labels() {
 // ---------------------------------------------------------------------------
 // The chart's lifecycle on the real API server
 
-/// `helm install`, `upgrade` and `uninstall` against the real API server:
-/// the CRD is installed from the template and upgraded with the release, the
+/// `helm install`, `upgrade` and `uninstall` against the real API server
+/// (whose version is the lowest the chart's kubeVersion admits): the CRD is
+/// installed from the template and upgraded with the release, the
 /// built-in roles gain the aggregated rules, and uninstalling leaves the CRD
 /// (crds.keep) while the rest goes.
 #[test]
@@ -1750,6 +1751,15 @@ fn the_chart_installs_upgrades_and_uninstalls_keeping_the_crd() {
         .unwrap();
     runtime.block_on(async {
         let client = cp.admin().await;
+        // kubeVersion claims what this tier runs, no older.
+        let server = client.apiserver_version().await.unwrap();
+        let minor = server.minor.trim_end_matches('+');
+        assert_eq!(
+            yaml(&format!("{CHART}/Chart.yaml"))["kubeVersion"],
+            format!(">={}.{minor}.0-0", server.major),
+            "the chart's kubeVersion and the tested API server ({})",
+            server.git_version
+        );
         let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
         let crd_name = "modeldeployments.modeldeploy.io";
         let crd = crds.get(crd_name).await.expect("the CRD is installed");
