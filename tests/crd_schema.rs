@@ -15,7 +15,7 @@ use schema::{example, invalid_cases, open_api_schema, rejections};
 
 const COMMITTED: [&str; 2] = [
     "crds/modeldeployment.yaml",
-    "charts/modeldeploy/crds/modeldeployment.yaml",
+    "charts/modeldeploy/files/crds/modeldeployment.yaml",
 ];
 
 #[test]

@@ -10,6 +10,10 @@
 //! Where the binaries are missing a test skips with one `SKIPPED:` line (or
 //! fails when `MODELDEPLOY_REQUIRE_TOOLS=1`, as in CI), like the other real
 //! tools in `tools.rs`.
+//!
+//! A binary may ask for an audit log ([`control_plane_with`] and
+//! [`Options::audit`]): every request a service account sends, as the API
+//! server saw and answered it.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -58,6 +62,7 @@ pub struct ControlPlane {
     namespaces: AtomicU64,
     crds: tokio::sync::OnceCell<()>,
     gateway_api: tokio::sync::OnceCell<()>,
+    audit_log: Option<PathBuf>,
     /// Kept so the children are never reaped behind our back; they die with
     /// the harness thread (`PR_SET_PDEATHSIG`).
     _children: Mutex<Vec<Child>>,
@@ -72,6 +77,21 @@ enum Outcome {
 }
 
 static PLANE: OnceLock<Outcome> = OnceLock::new();
+static OPTIONS: OnceLock<Options> = OnceLock::new();
+
+/// How the control plane of a test binary is started (one per binary: every
+/// test of a binary must ask for the same).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Write an audit log (JSON lines, level Metadata: user, verb, resource,
+    /// namespace, name, response code) of every request sent by a service
+    /// account; nothing of the admin's, the controllers' or the kubelet's.
+    /// Read it with [`ControlPlane::audit_events`].
+    pub audit: bool,
+    /// Admission plugins to enable beyond the API server's defaults, e.g.
+    /// `OwnerReferencesPermissionEnforcement` (on in OpenShift).
+    pub admission_plugins: Vec<&'static str>,
+}
 
 /// Whether CI asked for every real tool (`MODELDEPLOY_REQUIRE_TOOLS=1`).
 pub fn tools_required() -> bool {
@@ -92,7 +112,17 @@ pub fn skip(why: &str) {
 /// from there or `PATH`). Returns `None` after printing one line `SKIPPED: ...`
 /// when they are missing; panics instead when `MODELDEPLOY_REQUIRE_TOOLS=1`.
 pub fn control_plane() -> Option<&'static ControlPlane> {
-    match PLANE.get_or_init(start) {
+    control_plane_with(Options::default())
+}
+
+/// [`control_plane`], started with `options`.
+pub fn control_plane_with(options: Options) -> Option<&'static ControlPlane> {
+    let chosen = OPTIONS.get_or_init(|| options.clone());
+    assert_eq!(
+        *chosen, options,
+        "one control plane per test binary: its tests must ask for the same options"
+    );
+    match PLANE.get_or_init(|| start(options)) {
         Outcome::Ready(cp) => Some(cp),
         Outcome::Missing(why) => {
             skip(why);
@@ -330,6 +360,28 @@ impl ControlPlane {
         Some(cmd)
     }
 
+    /// The audit log, when the control plane was started with
+    /// [`Options::audit`].
+    pub fn audit_log(&self) -> Option<&Path> {
+        self.audit_log.as_deref()
+    }
+
+    /// The audit events logged so far (one per request, at the end of its
+    /// answer), oldest first. Empty without [`Options::audit`].
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let Some(path) = &self.audit_log else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{}: an audit line: {e}: {l}", path.display()))
+            })
+            .collect()
+    }
+
     fn ca_file(&self) -> PathBuf {
         self.dir.join("certs").join("apiserver.crt")
     }
@@ -552,7 +604,7 @@ fn find_binaries() -> Result<(PathBuf, PathBuf), String> {
     Ok((assets, etcd))
 }
 
-fn start() -> Outcome {
+fn start(options: Options) -> Outcome {
     let (assets, etcd) = match find_binaries() {
         Ok(found) => found,
         Err(why) => return Outcome::Missing(why),
@@ -589,7 +641,7 @@ fn start() -> Outcome {
                 }
             };
             let handle = runtime.handle().clone();
-            let outcome = runtime.block_on(boot(&assets, &etcd, dir, handle));
+            let outcome = runtime.block_on(boot(&assets, &etcd, dir, handle, &options));
             let _ = tx.send(outcome);
             loop {
                 std::thread::park();
@@ -629,6 +681,7 @@ async fn boot(
     etcd: &Path,
     dir: PathBuf,
     runtime: tokio::runtime::Handle,
+    options: &Options,
 ) -> Outcome {
     let started = Instant::now();
     // Ports are picked free but can be taken by someone else before a
@@ -636,7 +689,7 @@ async fn boot(
     let mut last = String::new();
     for attempt in 1..=3 {
         let attempt_dir = dir.join(format!("attempt-{attempt}"));
-        match boot_once(assets, etcd, &attempt_dir).await {
+        match boot_once(assets, etcd, &attempt_dir, options).await {
             Ok((children, config, server_url, kubeconfig, mut phases)) => {
                 let mark = Instant::now();
                 let kubelet = match Kubelet::start(&config, &runtime, &attempt_dir).await {
@@ -645,6 +698,7 @@ async fn boot(
                 };
                 phases.push(("kubelet", mark.elapsed()));
                 return Outcome::Ready(Box::new(ControlPlane {
+                    audit_log: options.audit.then(|| attempt_dir.join(AUDIT_LOG)),
                     dir: attempt_dir,
                     kubeconfig,
                     server_url,
@@ -764,7 +818,25 @@ type Booted = (
     Vec<(&'static str, Duration)>,
 );
 
-async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, BootError> {
+/// The audit log's name in the state directory.
+const AUDIT_LOG: &str = "audit.log";
+
+/// Service accounts' requests at level Metadata; nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: [\"system:serviceaccounts\"]
+  - level: None
+";
+
+async fn boot_once(
+    assets: &Path,
+    etcd: &Path,
+    dir: &Path,
+    options: &Options,
+) -> Result<Booted, BootError> {
     let failed = |what: String| BootError::Failed(what);
     std::fs::create_dir_all(dir).map_err(|e| failed(format!("create {}: {e}", dir.display())))?;
     let port = super::free_port;
@@ -817,6 +889,24 @@ async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, Boo
 
     let s = |v: &str| v.to_string();
     let d = |p: &Path| p.display().to_string();
+    let mut extra_args = Vec::new();
+    if !options.admission_plugins.is_empty() {
+        extra_args.push(format!(
+            "--enable-admission-plugins={}",
+            options.admission_plugins.join(",")
+        ));
+    }
+    if options.audit {
+        let policy = dir.join("audit-policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY).map_err(|e| failed(format!("{e}")))?;
+        extra_args.extend([
+            format!("--audit-policy-file={}", d(&policy)),
+            format!("--audit-log-path={}", d(&dir.join(AUDIT_LOG))),
+            s("--audit-log-format=json"),
+            // Written as each request ends, so a test reads what was sent.
+            s("--audit-log-mode=blocking"),
+        ]);
+    }
     let mut etcd = Component::start(
         "etcd",
         etcd,
@@ -872,7 +962,10 @@ async fn boot_once(assets: &Path, etcd: &Path, dir: &Path) -> Result<Booted, Boo
             s("--allow-privileged=true"),
             // Nothing scrapes it; one profiler less.
             s("--profiling=false"),
-        ],
+        ]
+        .into_iter()
+        .chain(extra_args)
+        .collect::<Vec<_>>(),
         dir,
     ) {
         Ok(c) => c,

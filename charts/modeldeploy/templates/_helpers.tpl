@@ -32,3 +32,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The image tag: the chart's appVersion when empty. A number is used as
+       written (`--set image.tag=2`, `tag: 1.2`); a whole number read from a
+       values file comes as a float and is printed without an exponent. Quote
+       tags such as "1.10", which YAML reads as the number 1.1. */ -}}
+{{- define "modeldeploy.imageTag" -}}
+{{- $tag := .Values.image.tag -}}
+{{- if and (kindIs "float64" $tag) (eq $tag (floor $tag)) -}}
+{{- $tag | int64 -}}
+{{- else -}}
+{{- $tag | toString | default .Chart.AppVersion -}}
+{{- end -}}
+{{- end -}}
