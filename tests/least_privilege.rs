@@ -14,6 +14,8 @@
 
 mod support;
 
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
@@ -475,6 +477,23 @@ async fn rolled_back(cp: &'static ControlPlane, ns: &str) {
     m.release("2.0.0", &[("ERROR_RATE", "0.2")]).await;
     let s = m.until("rolled back", |s| s["phase"] == "RolledBack").await;
     assert_eq!(s["stable"]["version"], "1.0.0", "{s:#}");
+    // Opting out of the disruption budget deletes it.
+    m.api
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"disruption": {"budget": false}}})),
+        )
+        .await
+        .unwrap();
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(cp.admin().await, &m.ns);
+    let budgets = &budgets;
+    poll(
+        &format!("{ns}: the budget deleted"),
+        WAIT,
+        move || async move { budgets.get_opt(NAME).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
 }
 
 /// The Gateway API router: an HTTPRoute and a Service per variant.
