@@ -8,6 +8,8 @@
 //!   must name a ConfigMap of the same namespace in the examples, with the key;
 //! - a `ConfigMap` must be such a drift reference, and its document must parse
 //!   with the operator's own reference parser;
+//! - a `HorizontalPodAutoscaler` must be autoscaling/v2 and scale an example
+//!   ModelDeployment of its namespace;
 //! - anything else fails: an example kind nothing checks is not allowed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -154,12 +156,47 @@ fn check_model_deployment(doc: &Document, references: &mut BTreeMap<RefKey, Used
     }
 }
 
+/// An HPA is an autoscaling/v2 object that scales a ModelDeployment of the
+/// examples, in its namespace, within sane bounds.
+fn check_autoscaler(doc: &Document, docs: &[Document]) {
+    let at = doc.at();
+    assert_eq!(
+        doc.str("/apiVersion"),
+        Some("autoscaling/v2"),
+        "{at}: apiVersion"
+    );
+    let hpa: k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler =
+        serde_json::from_value(doc.value.clone())
+            .unwrap_or_else(|e| panic!("{at}: not a HorizontalPodAutoscaler: {e}"));
+    let spec = hpa.spec.unwrap_or_else(|| panic!("{at}: no spec"));
+    let target = &spec.scale_target_ref;
+    assert_eq!(
+        (target.api_version.as_deref(), target.kind.as_str()),
+        (Some("modeldeploy.io/v1alpha1"), "ModelDeployment"),
+        "{at}: scaleTargetRef"
+    );
+    let ns = namespace(doc);
+    assert!(
+        docs.iter()
+            .any(|d| d.str("/kind") == Some("ModelDeployment")
+                && namespace(d) == ns
+                && d.str("/metadata/name") == Some(target.name.as_str())),
+        "{at}: scales {ns}/{}, which no example defines",
+        target.name
+    );
+    assert!(
+        spec.min_replicas.unwrap_or(1) >= 1 && spec.min_replicas.unwrap_or(1) <= spec.max_replicas,
+        "{at}: minReplicas must be between 1 and maxReplicas"
+    );
+}
+
 #[test]
 fn every_example_is_accepted_by_the_api_server_and_the_operator() {
     let docs = documents();
     assert!(!docs.is_empty(), "examples/ holds no manifests");
     let mut references = BTreeMap::new();
     let mut config_maps = Vec::new();
+    let mut autoscalers = Vec::new();
     let mut model_deployments = 0;
     for doc in &docs {
         match doc.str("/kind") {
@@ -168,6 +205,7 @@ fn every_example_is_accepted_by_the_api_server_and_the_operator() {
                 model_deployments += 1;
             }
             Some("ConfigMap") => config_maps.push(doc),
+            Some("HorizontalPodAutoscaler") => autoscalers.push(doc),
             other => panic!(
                 "{}: kind {other:?} is not checked by tests/examples.rs; teach it the kind or leave it out",
                 doc.at()
@@ -178,6 +216,10 @@ fn every_example_is_accepted_by_the_api_server_and_the_operator() {
         model_deployments > 0,
         "no ModelDeployment among the examples"
     );
+
+    for doc in autoscalers {
+        check_autoscaler(doc, &docs);
+    }
 
     // Drift references: every ConfigMap is one, and every one named exists.
     let mut found = BTreeSet::new();

@@ -19,8 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use modeldeploy::api::ModelDeployment;
 use serde_json::{Value, json};
 use support::envtest::{ControlPlane, control_plane, poll};
@@ -932,4 +935,244 @@ async fn a_header_matched_ab_test_behind_the_gateway_api_promotes_the_better_var
     assert!(!b.contains_key("1.0.0") && b.contains_key("2.0.0"), "{b:?}");
     story.wait_for_pods(&["2.0.0"]).await;
     story.assert_pods_run_their_revisions();
+}
+
+/// Pods of each version among those serving.
+fn count_by_version(cp: &ControlPlane, ns: &str) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for p in serving(cp, ns) {
+        *by.entry(p.labels["modeldeploy.io/version"].clone())
+            .or_default() += 1;
+    }
+    by
+}
+
+impl Story {
+    /// Until the PodDisruptionBudget's status, from the disruption
+    /// controller, counts `expected` pods and allows `allowed` disruptions.
+    async fn budget_counts(&self, expected: i32, allowed: i32) {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(self.cp.admin().await, &self.ns);
+        let api = &api;
+        poll(
+            &format!("the budget counting {expected} pods, {allowed} disruption(s) allowed"),
+            WAIT,
+            move || async move {
+                let s = api.get(NAME).await.ok()?.status?;
+                (s.expected_pods == expected && s.disruptions_allowed == allowed).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Scaled by someone else (kubectl, an HPA): wait for the pods, and
+    /// measure capacity against the new size from then on.
+    async fn scaled_to(&mut self, replicas: i32, versions: &[&str]) {
+        self.replicas = replicas;
+        self.wait_for_pods(versions).await;
+        self.capacity.fewest.store(i64::MAX, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
+    let steps = json!([{"setWeight": 25}, {"pause": {}}]);
+    let Some(mut story) = Story::stable("scale", 2, canary(errors_check(), steps), json!({})).await
+    else {
+        return;
+    };
+    // The budget covers every model pod, one disruption at a time.
+    story.budget_counts(2, 1).await;
+
+    eprintln!(
+        "PHASE {:?} {}",
+        std::time::SystemTime::now(),
+        "// `kubectl scale` t"
+    );
+    // `kubectl scale` through the scale subresource.
+    let mut kubectl = story.cp.kubectl().expect("kubectl");
+    let out = kubectl
+        .args([
+            "scale",
+            "-n",
+            &story.ns,
+            &format!("mdep/{NAME}"),
+            "--replicas=4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    story.scaled_to(4, &["1.0.0"]).await;
+    let scale = story.api.get_scale(NAME).await.unwrap();
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(4));
+    let scale_status = scale.status.unwrap();
+    assert_eq!(
+        scale_status.selector.as_deref(),
+        Some("modeldeploy.io/name=scorer")
+    );
+    story.until("4 available", |s| s["replicas"] == 4).await;
+    story.budget_counts(4, 1).await;
+
+    eprintln!(
+        "PHASE {:?} {}",
+        std::time::SystemTime::now(),
+        "// The eviction API "
+    );
+    // The eviction API goes by the budget: with one disruption allowed a
+    // pod may go; with `maxUnavailable: 0` none may.
+    let pods: Api<Pod> = Api::namespaced(story.cp.admin().await, &story.ns);
+    eprintln!("STEP 1 {:?}", std::time::SystemTime::now());
+    let names: Vec<String> = serving(story.cp, &story.ns)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    pods.evict(&names[0], &EvictParams::default())
+        .await
+        .unwrap();
+    story.scaled_to(4, &["1.0.0"]).await;
+    eprintln!("STEP 2 {:?}", std::time::SystemTime::now());
+    let budget = |d: Value| Patch::Merge(json!({"spec": {"disruption": d}}));
+    eprintln!("STEP 3 {:?}", std::time::SystemTime::now());
+    let patch = PatchParams::default();
+    eprintln!("STEP 4 {:?}", std::time::SystemTime::now());
+    story
+        .api
+        .patch(NAME, &patch, &budget(json!({"maxUnavailable": 0})))
+        .await
+        .unwrap();
+    story.budget_counts(4, 0).await;
+    eprintln!("STEP 5 {:?}", std::time::SystemTime::now());
+    match pods.evict(&names[1], &EvictParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 429, "{e:?}"),
+        other => panic!("an eviction the budget forbids went through: {other:?}"),
+    }
+    story
+        .api
+        .patch(NAME, &patch, &budget(Value::Null))
+        .await
+        .unwrap();
+    story.budget_counts(4, 1).await;
+    eprintln!("STEP 6 {:?}", std::time::SystemTime::now());
+
+    eprintln!(
+        "PHASE {:?} {}",
+        std::time::SystemTime::now(),
+        "// An HPA resolves"
+    );
+    // An HPA resolves the ModelDeployment as its target and, below its
+    // minimum, scales it up (no metrics needed for that).
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(story.cp.admin().await, &story.ns);
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": NAME},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "modeldeploy.io/v1alpha1",
+                               "kind": "ModelDeployment", "name": NAME},
+            "minReplicas": 5, "maxReplicas": 8,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                         "target": {"type": "Utilization", "averageUtilization": 80}}}]
+        }
+    }))
+    .unwrap();
+    hpas.create(&PostParams::default(), &hpa).await.unwrap();
+    story.scaled_to(5, &["1.0.0"]).await;
+    let hpa = hpas.get(NAME).await.unwrap();
+    let able = hpa
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "AbleToScale");
+    assert_eq!(able.map(|c| c.status), Some("True".to_string()));
+
+    eprintln!(
+        "PHASE {:?} {}",
+        std::time::SystemTime::now(),
+        "// A rollout under t"
+    );
+    // A rollout under the HPA: the canary takes its share of 5, and when
+    // the HPA raises the floor mid-rollout both shares follow, same step.
+    story.release("2.0.0", &[]).await;
+    let s = story
+        .until("paused at 25%", |s| s["phase"] == "Paused")
+        .await;
+    let step = s["canary"]["step"].clone();
+    poll("v1 and v2 pods", WAIT, || {
+        let by = count_by_version(story.cp, &story.ns);
+        async move { (by.get("2.0.0") == Some(&1) && by.get("1.0.0") == Some(&4)).then_some(()) }
+    })
+    .await;
+    hpas.patch(
+        NAME,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"minReplicas": 8}})),
+    )
+    .await
+    .unwrap();
+    poll("v1 and v2 pods after the HPA raised the floor", WAIT, || {
+        let by = count_by_version(story.cp, &story.ns);
+        async move { (by.get("2.0.0") == Some(&2) && by.get("1.0.0") == Some(&6)).then_some(()) }
+    })
+    .await;
+    story.replicas = 8;
+    let s = story.status().await;
+    assert_eq!(s["canary"]["step"], step, "the step did not move: {s:#}");
+    assert_eq!(s["phase"], "Paused");
+    story.assert_pods_run_their_revisions();
+    modeldeploy::cli::send_request(
+        &story.api,
+        NAME,
+        &modeldeploy::rollout::Request::new("go", modeldeploy::rollout::RequestAction::Promote),
+    )
+    .await
+    .unwrap();
+    story
+        .until("v2 promoted", |s| {
+            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
+        })
+        .await;
+    story.scaled_to(8, &["2.0.0"]).await;
+    story.budget_counts(8, 1).await;
+    story.assert_pods_run_their_revisions();
+
+    eprintln!(
+        "PHASE {:?} {}",
+        std::time::SystemTime::now(),
+        "// Scaled to zero by"
+    );
+    // Scaled to zero by hand, the HPA gone: no pods, and status says so.
+    hpas.delete(NAME, &Default::default()).await.unwrap();
+    let mut kubectl = story.cp.kubectl().expect("kubectl");
+    let out = kubectl
+        .args([
+            "scale",
+            "-n",
+            &story.ns,
+            &format!("mdep/{NAME}"),
+            "--replicas=0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    story.load = None;
+    story.capacity.armed.store(false, Ordering::SeqCst);
+    story.replicas = 0;
+    story.wait_for_pods_count(0).await;
+    let s = story
+        .until("scaled to zero", |s| {
+            s["replicas"] == 0 && s["phase"] == "Stable"
+        })
+        .await;
+    assert!(
+        s["message"].as_str().unwrap().contains("scaled to zero"),
+        "{s:#}"
+    );
+    story.budget_counts(0, 0).await;
 }
