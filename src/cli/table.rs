@@ -41,8 +41,13 @@ fn row(md: &ModelDeployment, now: Timestamp) -> Vec<String> {
     let canary = status.and_then(|s| s.canary.as_ref()).map_or_else(
         || "-".to_string(),
         |c| {
+            let shadow = if c.mirror > 0 {
+                format!(" shadow {}%", c.mirror)
+            } else {
+                String::new()
+            };
             format!(
-                "{} {}% step {}/{}",
+                "{} {}%{shadow} step {}/{}",
                 c.version,
                 c.weight,
                 c.step,
