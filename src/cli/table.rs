@@ -185,6 +185,25 @@ scorer   Progressing   1.0.0    2.0.0 20% step 1/3   5m
     }
 
     #[test]
+    fn a_shadowed_canary_shows_the_share_it_gets_a_copy_of() {
+        let shadowed = md(
+            "risk",
+            "fraud-scorer",
+            "2026-03-01T11:57:00Z",
+            json!({"phase": "Progressing",
+                   "stable": {"revision": 1, "version": "2.4.0", "image": "m:2", "hash": "a"},
+                   "canary": {"revision": 2, "version": "3.0.0", "image": "m:3", "hash": "b",
+                              "weight": 0, "setWeight": 0, "step": 1,
+                              "setMirror": 100, "mirror": 100}}),
+        );
+        assert!(
+            render_table(&[shadowed], false, now()).contains(
+                "fraud-scorer   Progressing   2.4.0    3.0.0 0% shadow 100% step 1/3   3m"
+            ),
+        );
+    }
+
+    #[test]
     fn all_namespaces_adds_the_namespace_column_first() {
         let out = render_table(&objects(), true, now());
         let lines: Vec<&str> = out.lines().collect();
