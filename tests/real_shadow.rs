@@ -293,7 +293,10 @@ async fn a_bad_shadow_is_rolled_back_while_every_user_request_is_answered_by_v1(
     let last = &s["history"][1];
     assert_eq!(last["outcome"], "RolledBack", "{s:#}");
     let reason = last["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("errors"), "{reason}");
+    assert!(
+        reason.contains("errors") && reason.contains("as a shadow"),
+        "{reason}"
+    );
     story.pods(&[("1.0.0", REPLICAS as usize)]).await;
     poll("the copies end", WAIT, || {
         let r = story.route();

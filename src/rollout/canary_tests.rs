@@ -1173,9 +1173,13 @@ fn a_bad_shadow_never_takes_live_traffic_and_is_rolled_back() {
     assert_eq!(seen.last().unwrap().1, (100, 0, None), "copies end");
     assert_eq!(sim.sizes()[&2], 0, "no pods kept: it served no one");
     assert_eq!(sim.sizes()[&1], 10);
-    assert_eq!(
-        sim.status.history.last().unwrap().outcome,
-        Outcome::RolledBack
+    let last = sim.status.history.last().unwrap();
+    assert_eq!(last.outcome, Outcome::RolledBack);
+    assert!(
+        last.reason
+            .contains("as a shadow: it answered no user request"),
+        "{}",
+        last.reason
     );
 }
 
@@ -1213,4 +1217,50 @@ fn a_good_shadow_goes_on_to_live_traffic_and_is_promoted() {
         sim.status.history.last().unwrap().outcome,
         Outcome::Promoted
     );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Along random shadow rollouts (verdicts, crashing or missing pods,
+    /// requests): copies go only to a revision that serves no live traffic,
+    /// never beyond the step's share, and never before its pods are all up.
+    #[test]
+    fn a_shadow_never_serves_while_it_gets_copies(events in proptest::collection::vec(event(), 1..30)) {
+        let mut sim = Sim::settled(shadow_spec("1.0.0"));
+        sim.slow = true;
+        sim.spec = shadow_spec("2.0.0");
+        for (i, ev) in events.into_iter().enumerate() {
+            sim.t += 30;
+            let (mut run, mut pods, mut req) = (None, None, None);
+            match ev {
+                Event::Interval(Some(v), decisive) => {
+                    let valid = validate(&sim.spec).unwrap();
+                    if analysis_due(&sim.spec, &valid, &sim.status, sim.now()) {
+                        let mut r = run_with(v, sim.now());
+                        r.decisive = decisive && v == CheckVerdict::Fail;
+                        run = Some(r);
+                    }
+                }
+                Event::Interval(None, _) => {}
+                Event::PodsFail => pods = Some("OOMKilled"),
+                Event::Break => { sim.broken.insert(revision_hash(&sim.spec)); }
+                Event::Req(k) => {
+                    let action = [RequestAction::Promote, RequestAction::Pause, RequestAction::Resume, RequestAction::Abort, RequestAction::Retry][usize::from(k % 5)].clone();
+                    req = Some(Request::new(format!("req-{i}"), action));
+                }
+                Event::NewVersion => sim.spec = shadow_spec(&format!("{}.0.0", i + 3)),
+            }
+            let seen = sim.observed.clone();
+            let copying = sim.status.canary.as_ref().filter(|c| c.mirror > 0).map(|c| c.hash.clone());
+            let d = sim.tick(run, pods, req.as_ref()).clone();
+            if let Some(c) = &d.status.canary {
+                prop_assert!(c.mirror == 0 || (c.weight == 0 && d.canary_weight == 0), "{c:?}");
+                prop_assert!(c.mirror <= c.set_mirror, "{c:?}");
+                // Copies start once the pods the decision saw are all up.
+                let up = seen.get(&c.hash).map_or(0, |o| o.available_replicas);
+                prop_assert!(c.mirror == 0 || copying.as_ref() == Some(&c.hash) || up >= weights::canary_replicas(&sim.spec, c), "{c:?}");
+            }
+        }
+    }
 }

@@ -248,6 +248,12 @@ fn promote(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionStatus, judged:
 /// Canary traffic to zero at once; the stable revision serves everything.
 pub(super) fn roll_back(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionStatus, why: String) {
     let rev = c.revision_status();
+    // Say so when users were never affected: it only got copies.
+    let why = if c.mirror > 0 && c.weight == 0 {
+        format!("{why} (as a shadow: it answered no user request)")
+    } else {
+        why
+    };
     d.history(&rev, Outcome::RolledBack, why.clone());
     d.note(
         EventKind::Warning,
