@@ -212,12 +212,18 @@ impl Story {
     }
 
     async fn until(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let md = self.until_md(what, check).await;
+        serde_json::to_value(md.status.unwrap_or_default()).unwrap()
+    }
+
+    /// The object, once its status passes `check`.
+    async fn until_md(&self, what: &str, check: impl Fn(&Value) -> bool) -> ModelDeployment {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let md = self.api.get(NAME).await.unwrap();
-            let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
+            let s = serde_json::to_value(md.status.clone().unwrap_or_default()).unwrap();
             if check(&s) {
-                return s;
+                return md;
             }
             if tokio::time::Instant::now() >= deadline {
                 self.op.print_log_tail(60);
@@ -243,31 +249,22 @@ impl Story {
     }
 
     /// The shadow phase, as status, the stored route, the pods and the
-    /// plugin show it.
+    /// plugin show it. Read at once when status first says so: a bad shadow
+    /// is rolled back within a few analysis intervals.
     async fn assert_shadowed(&self) {
-        let s = self
-            .until("the shadow gets copies", |s| s["canary"]["mirror"] == 100)
+        let md = self
+            .until_md("the shadow gets copies", |s| s["canary"]["mirror"] == 100)
             .await;
-        assert_eq!(s["canary"]["weight"], 0, "{s:#}");
-        assert_eq!(s["canary"]["setMirror"], 100, "{s:#}");
-        let message = s["message"].as_str().unwrap_or_default();
-        assert!(message.contains("shadowed"), "{message}");
-        let md = self.api.get(NAME).await.unwrap();
-        let shown = modeldeploy::cli::render_status(&md);
-        assert!(
-            shown.contains("weight 0%") && shown.contains("shadowed: gets a copy of 100%"),
-            "{shown}"
-        );
-        assert_eq!(
-            self.route().await,
-            (100, 0, Some(("scorer-canary".into(), 100))),
-            "every request to stable, a copy of each to the canary"
-        );
         // The shadow carries the copies: as many pods as all traffic needs,
-        // beside a whole stable.
-        let pods = self
-            .pods(&[("1.0.0", REPLICAS as usize), ("2.0.0", REPLICAS as usize)])
-            .await;
+        // beside a whole stable. Its pods were available before the copies
+        // started.
+        let pods = serving(self.cp, &self.ns);
+        let count = |v: &str| pods.iter().filter(|p| version_of(p) == v).count();
+        assert_eq!(
+            (count("1.0.0"), count("2.0.0")),
+            (REPLICAS as usize, REPLICAS as usize),
+            "{pods:?}"
+        );
         for p in pods.iter().filter(|p| version_of(p) == "2.0.0") {
             assert_eq!(p.image, "modeldeploy-demo:2.0.0");
             assert_eq!(
@@ -275,6 +272,24 @@ impl Story {
                 Some("2.0.0")
             );
         }
+        let s = serde_json::to_value(md.status.as_ref().unwrap()).unwrap();
+        assert_eq!(s["canary"]["weight"], 0, "{s:#}");
+        assert_eq!(s["canary"]["setMirror"], 100, "{s:#}");
+        let message = s["message"].as_str().unwrap_or_default();
+        assert!(message.contains("shadowed"), "{message}");
+        let shown = modeldeploy::cli::render_status(&md);
+        assert!(
+            shown.contains("weight 0%") && shown.contains("shadowed: gets a copy of 100%"),
+            "{shown}"
+        );
+        // Every request to stable, a copy of each to the canary: the route
+        // was applied before the status said so.
+        let copying = (100, 0, Some(("scorer-canary".to_string(), 100)));
+        poll("the stored route with the mirror filter", WAIT, || {
+            let seen = self.routes.seen().contains(&copying);
+            async move { seen.then_some(()) }
+        })
+        .await;
     }
 }
 
