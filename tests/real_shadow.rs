@@ -278,6 +278,7 @@ impl Story {
         let message = s["message"].as_str().unwrap_or_default();
         assert!(message.contains("shadowed"), "{message}");
         let shown = modeldeploy::cli::render_status(&md);
+        println!("{shown}");
         assert!(
             shown.contains("weight 0%") && shown.contains("shadowed: gets a copy of 100%"),
             "{shown}"
