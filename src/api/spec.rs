@@ -532,13 +532,14 @@ pub enum Strategy {
 #[x_kube(validation = Rule::new("self.strategy != 'canary' || (has(self.steps) && size(self.steps) > 0)").message("spec.rollout.steps must list at least one step when strategy is canary"))]
 #[x_kube(validation = Rule::new("self.strategy != 'abTest' || has(self.abTest)").message("spec.rollout.abTest is required when strategy is abTest"))]
 #[x_kube(validation = Rule::new("!has(self.abTest) || !has(self.abTest.match) || self.traffic.router == 'gatewayAPI'").message("spec.rollout.abTest.match (header/cookie matching) needs spec.rollout.traffic.router: gatewayAPI; the replicas router can only split by weight"))]
+#[x_kube(validation = Rule::new("self.traffic.router == 'gatewayAPI' || !has(self.steps) || !self.steps.exists(s, has(s.setMirror))").message("spec.rollout.steps[].setMirror (shadow traffic) needs spec.rollout.traffic.router: gatewayAPI; the replicas router cannot copy requests, use gatewayAPI"))]
 pub struct RolloutSpec {
     #[serde(default)]
     pub strategy: Strategy,
     #[serde(default)]
     pub traffic: TrafficSpec,
     /// Canary steps, Argo Rollouts style: each item sets exactly one of
-    /// `setWeight`, `pause` or `analysis`.
+    /// `setWeight`, `pause`, `analysis` or `setMirror`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = Rule::new("self.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()").message("spec.rollout.steps: setWeight values must not decrease from one step to the next"))]
     #[schemars(length(max = 64))]
@@ -649,7 +650,7 @@ pub struct ParentRef {
 /// One canary step.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.analysis) ? 1 : 0) == 1").message("spec.rollout.steps[]: each step sets exactly one of setWeight, pause or analysis"))]
+#[x_kube(validation = Rule::new("(has(self.setWeight) ? 1 : 0) + (has(self.pause) ? 1 : 0) + (has(self.analysis) ? 1 : 0) + (has(self.setMirror) ? 1 : 0) == 1").message("spec.rollout.steps[]: each step sets exactly one of setWeight, pause or analysis (or setMirror, for shadow traffic)"))]
 pub struct CanaryStep {
     /// Percent of traffic the canary gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -661,6 +662,21 @@ pub struct CanaryStep {
     /// Wait until the analysis passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStep>,
+    /// Shadow traffic (gatewayAPI router only): copy this share of live
+    /// requests to the new revision, whose answers are thrown away, while
+    /// stable keeps serving all of them. A later `setWeight` ends the copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mirror: Option<MirrorStep>,
+}
+
+/// A `setMirror` step: the share of live requests copied to the new revision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorStep {
+    /// Percent of requests copied (1..100). The new revision runs as many pods
+    /// as this share of traffic would need.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.rollout.steps[].setMirror.percent must be within 1..100"))]
+    pub percent: i32,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

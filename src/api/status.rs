@@ -182,6 +182,19 @@ pub struct CanaryStatus {
     /// All steps are done: the canary scales to full size and takes over.
     #[serde(default)]
     pub promoting: bool,
+    /// Percent of live requests the current `setMirror` step asks to copy
+    /// to this revision (shadow traffic), until a `setWeight` step ends it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub set_mirror: i32,
+    /// Percent of live requests actually copied to this revision, once its
+    /// pods can carry them; its answers are thrown away. Non-zero means the
+    /// revision is shadowed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mirror: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 impl CanaryStatus {

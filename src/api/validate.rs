@@ -14,6 +14,7 @@ use super::quantity::parse_quantity;
 use super::spec::{
     AbTestSpec, CanaryStep, Check, DriftCheck, DriftMethod, ErrorRateCheck, LatencyCheck,
     MetricCheck, MetricsPreset, ModelDeploymentSpec, ObjectiveMetric, PodOverrides, QualityCheck,
+    RolloutSpec, Router,
 };
 
 /// A spec the operator refuses, naming the field at fault.
@@ -107,6 +108,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
     let scale_down_delay =
         parse_duration("spec.rollout.scaleDownDelay", &rollout.scale_down_delay)?;
     let pause_durations = validate_steps(&rollout.steps)?;
+    validate_mirror_steps(&rollout)?;
     validate_checks(
         "spec.rollout.analysis.checks",
         &rollout.analysis.checks,
@@ -155,11 +157,12 @@ fn validate_steps(steps: &[CanaryStep]) -> Result<Vec<Option<Duration>>, Invalid
             step.set_weight.is_some(),
             step.pause.is_some(),
             step.analysis.is_some(),
+            step.set_mirror.is_some(),
         ];
         if kinds.iter().filter(|k| **k).count() != 1 {
             return Err(invalid(
                 format!("spec.rollout.steps[{i}]"),
-                "each step sets exactly one of setWeight, pause or analysis",
+                "each step sets exactly one of setWeight, pause or analysis (or setMirror, for shadow traffic)",
             ));
         }
         if let Some(w) = step.set_weight {
@@ -189,6 +192,38 @@ fn validate_steps(steps: &[CanaryStep]) -> Result<Vec<Option<Duration>>, Invalid
         pause_durations.push(pause);
     }
     Ok(pause_durations)
+}
+
+/// Shadow traffic needs a router that can copy requests, and goes to a
+/// revision that serves no one yet: before the first `setWeight` above 0.
+fn validate_mirror_steps(rollout: &RolloutSpec) -> Result<(), InvalidSpec> {
+    let mut serving = false;
+    for (i, step) in rollout.steps.iter().enumerate() {
+        serving |= step.set_weight.is_some_and(|w| w > 0);
+        let Some(mirror) = &step.set_mirror else {
+            continue;
+        };
+        let field = format!("spec.rollout.steps[{i}].setMirror");
+        if rollout.traffic.router != Router::GatewayApi {
+            return Err(invalid(
+                field,
+                "shadow traffic needs spec.rollout.traffic.router: gatewayAPI; the replicas router cannot copy requests, use gatewayAPI",
+            ));
+        }
+        if !(1..=100).contains(&mirror.percent) {
+            return Err(invalid(
+                format!("{field}.percent"),
+                format!("{} is outside 1..100", mirror.percent),
+            ));
+        }
+        if serving {
+            return Err(invalid(
+                field,
+                "a shadow copies requests to a revision that serves none: put setMirror before the first setWeight above 0",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The objective must be one the metrics can feed; returns `maxDuration`.
@@ -863,6 +898,49 @@ mod tests {
         assert_eq!(refused(&s).field, "spec.rollout.steps[1].pause.duration");
         s.rollout.as_mut().unwrap().steps[1] = CanaryStep::default();
         assert_eq!(refused(&s).field, "spec.rollout.steps[1]");
+    }
+
+    #[test]
+    fn a_mirror_step_needs_the_gateway_api_router_and_no_live_traffic_yet() {
+        let mirror = |percent| CanaryStep {
+            set_mirror: Some(MirrorStep { percent }),
+            ..Default::default()
+        };
+        let weight = |w| CanaryStep {
+            set_weight: Some(w),
+            ..Default::default()
+        };
+        let mut s = spec();
+        s.rollout = Some(RolloutSpec {
+            steps: vec![weight(0), mirror(100), weight(50)],
+            ..Default::default()
+        });
+        let e = refused(&s);
+        assert_eq!(e.field, "spec.rollout.steps[1].setMirror");
+        assert!(
+            e.message
+                .contains("spec.rollout.traffic.router: gatewayAPI"),
+            "{e}"
+        );
+        let rollout = s.rollout.as_mut().unwrap();
+        rollout.traffic = crate::api::TrafficSpec {
+            router: Router::GatewayApi,
+            gateway_api: Some(crate::api::GatewayApiSpec {
+                parent_refs: Vec::new(),
+                hostnames: Vec::new(),
+            }),
+        };
+        assert!(validate(&s).is_ok());
+        s.rollout.as_mut().unwrap().steps = vec![weight(10), mirror(100)];
+        assert!(refused(&s).message.contains("before the first setWeight"));
+        s.rollout.as_mut().unwrap().steps = vec![mirror(0)];
+        assert_eq!(refused(&s).field, "spec.rollout.steps[0].setMirror.percent");
+        s.rollout.as_mut().unwrap().steps = vec![CanaryStep {
+            set_mirror: Some(MirrorStep { percent: 50 }),
+            set_weight: Some(10),
+            ..Default::default()
+        }];
+        assert_eq!(refused(&s).field, "spec.rollout.steps[0]");
     }
 
     #[test]

@@ -80,13 +80,14 @@ fn write_revisions(out: &mut String, md: &ModelDeployment, status: &ModelDeploym
     if let Some(c) = &status.canary {
         let _ = writeln!(
             out,
-            "Canary:      revision {} version {}, step {}/{}, weight {}% (step asks {}%){}{}",
+            "Canary:      revision {} version {}, step {}/{}, weight {}% (step asks {}%){}{}{}",
             c.revision,
             c.version,
             c.step,
             step_count(md),
             c.weight,
             c.set_weight,
+            shadowed(c),
             if c.promoting { ", promoting" } else { "" },
             c.paused
                 .map_or(String::new(), |p| format!(", paused ({p:?})"))
@@ -99,6 +100,17 @@ fn write_revisions(out: &mut String, md: &ModelDeployment, status: &ModelDeploym
             "Rolled back: revision {} version {} (kubectl modeldeploy retry {name} to try again)",
             rb.revision, rb.version
         );
+    }
+}
+
+/// `, shadowed: ...` while the canary gets copies of live requests.
+pub(super) fn shadowed(c: &crate::api::CanaryStatus) -> String {
+    match (c.mirror, c.set_mirror) {
+        (0, 0) => String::new(),
+        (m, asked) if m == asked => {
+            format!(", shadowed: gets a copy of {m}% of requests, answers dropped")
+        }
+        (m, asked) => format!(", shadowed: {m}% of requests copied (step asks {asked}%)"),
     }
 }
 
@@ -330,5 +342,35 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("Deployed"), "{out}");
+    }
+
+    #[test]
+    fn status_shows_a_shadowed_revision() {
+        let md: ModelDeployment = serde_json::from_value(json!({
+            "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "scorer", "namespace": "risk"},
+            "spec": {"model": {"version": "2.0.0", "image": "m:2"},
+                     "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}},
+                     "rollout": {"steps": [{"setMirror": {"percent": 100}}, {"analysis": {}}]}},
+            "status": {
+                "phase": "Progressing",
+                "stable": {"revision": 1, "version": "1.0.0", "image": "m:1", "hash": "a"},
+                "canary": {"revision": 2, "version": "2.0.0", "image": "m:2", "hash": "b",
+                           "weight": 0, "setWeight": 0, "step": 1,
+                           "setMirror": 100, "mirror": 100}
+            }
+        }))
+        .unwrap();
+        let out = render_status(&md);
+        assert!(
+            out.contains("weight 0% (step asks 0%), shadowed: gets a copy of 100% of requests"),
+            "{out}"
+        );
+        let mut starting = md.status.clone().unwrap().canary.unwrap();
+        starting.mirror = 0;
+        assert_eq!(
+            shadowed(&starting),
+            ", shadowed: 0% of requests copied (step asks 100%)"
+        );
     }
 }

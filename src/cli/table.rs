@@ -41,8 +41,13 @@ fn row(md: &ModelDeployment, now: Timestamp) -> Vec<String> {
     let canary = status.and_then(|s| s.canary.as_ref()).map_or_else(
         || "-".to_string(),
         |c| {
+            let shadow = if c.mirror > 0 {
+                format!(" shadow {}%", c.mirror)
+            } else {
+                String::new()
+            };
             format!(
-                "{} {}% step {}/{}",
+                "{} {}%{shadow} step {}/{}",
                 c.version,
                 c.weight,
                 c.step,
@@ -176,6 +181,25 @@ NAME     PHASE         STABLE   CANARY               AGE
 fraud    Stable        2.0.0    -                    4h30m
 scorer   Progressing   1.0.0    2.0.0 20% step 1/3   5m
 "
+        );
+    }
+
+    #[test]
+    fn a_shadowed_canary_shows_the_share_it_gets_a_copy_of() {
+        let shadowed = md(
+            "risk",
+            "fraud-scorer",
+            "2026-03-01T11:57:00Z",
+            json!({"phase": "Progressing",
+                   "stable": {"revision": 1, "version": "2.4.0", "image": "m:2", "hash": "a"},
+                   "canary": {"revision": 2, "version": "3.0.0", "image": "m:3", "hash": "b",
+                              "weight": 0, "setWeight": 0, "step": 1,
+                              "setMirror": 100, "mirror": 100}}),
+        );
+        assert!(
+            render_table(&[shadowed], false, now()).contains(
+                "fraud-scorer   Progressing   2.4.0    3.0.0 0% shadow 100% step 1/3   3m"
+            ),
         );
     }
 

@@ -178,6 +178,7 @@ pub(super) async fn route_traffic(
             .as_ref()
             .map_or(stable.hash.as_str(), |c| c.hash.as_str()),
         canary_weight: decision.canary_weight,
+        mirror_percent: decision.status.canary.as_ref().map_or(0, |c| c.mirror),
     };
     for child in router.children(md, split) {
         let applied = match child {

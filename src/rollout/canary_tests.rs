@@ -1077,3 +1077,190 @@ fn scaled_to_zero_mid_rollout_keeps_a_pod_per_revision_until_it_ends() {
     assert_eq!(sim.status.phase, Some(Phase::Progressing));
     assert_eq!(sim.sizes()[&3], 1);
 }
+
+/// A shadow on the gateway router: copies of half the requests, judged twice,
+/// then live traffic.
+fn shadow_spec(version: &str) -> ModelDeploymentSpec {
+    canary_spec(
+        version,
+        json!({"rollout": {
+            "traffic": {"router": "gatewayAPI", "gatewayAPI": {"parentRefs": [{"name": "gw"}]}},
+            "steps": [{"setMirror": {"percent": 50}}, {"analysis": {"passes": 2}},
+                      {"setWeight": 50}, {"analysis": {}}]
+        }}),
+    )
+}
+
+/// The route the controller would apply for the last decision.
+fn route_now(sim: &Sim) -> crate::routers::gateway_api::HTTPRoute {
+    let d = sim.last.as_ref().unwrap();
+    let stable = d.status.stable.as_ref().unwrap();
+    let mut md = crate::api::ModelDeployment::new("scorer", sim.spec.clone());
+    md.metadata.namespace = Some("ns".into());
+    let split = crate::routers::Split {
+        stable_hash: &stable.hash,
+        canary_hash: d.status.canary.as_ref().map_or(&stable.hash, |c| &c.hash),
+        canary_weight: d.canary_weight,
+        mirror_percent: d.status.canary.as_ref().map_or(0, |c| c.mirror),
+    };
+    crate::routers::for_spec(&sim.spec)
+        .children(&md, split)
+        .into_iter()
+        .find_map(|c| match c {
+            crate::routers::Child::HttpRoute(r) => Some(*r),
+            crate::routers::Child::Service(_) => None,
+        })
+        .unwrap()
+}
+
+/// (stable weight, canary weight, mirrored percent) of the route.
+fn route_shares(sim: &Sim) -> (i32, i32, Option<i32>) {
+    let route = route_now(sim);
+    let rule = &route.spec.rules[0];
+    let mirror = rule
+        .filters
+        .iter()
+        .find_map(|f| f.request_mirror.as_ref())
+        .map(|m| {
+            assert_eq!(m.backend_ref.name, "scorer-canary");
+            m.percent.unwrap_or(100)
+        });
+    (
+        rule.backend_refs[0].weight,
+        rule.backend_refs[1].weight,
+        mirror,
+    )
+}
+
+#[test]
+fn a_bad_shadow_never_takes_live_traffic_and_is_rolled_back() {
+    let mut sim = Sim::settled(shadow_spec("1.0.0"));
+    sim.spec = shadow_spec("2.0.0");
+    sim.tick(None, None, None);
+    assert_eq!(
+        sim.sizes(),
+        BTreeMap::from([(1, 10), (2, 5)]),
+        "the shadow runs the pods half the traffic needs; stable stays whole"
+    );
+    let c = sim.status.canary.clone().unwrap();
+    assert_eq!((c.set_mirror, c.mirror, c.weight), (50, 0, 0));
+    assert_eq!(
+        route_shares(&sim),
+        (100, 0, None),
+        "no copies before its pods are up"
+    );
+    sim.tick(None, None, None);
+    let c = sim.status.canary.clone().unwrap();
+    assert_eq!((c.mirror, c.weight, c.step), (50, 0, 1), "setMirror done");
+    assert_eq!(route_shares(&sim), (100, 0, Some(50)));
+    assert!(
+        sim.status.message.as_deref().unwrap().contains("shadowed"),
+        "{:?}",
+        sim.status.message
+    );
+    let mut seen = Vec::new();
+    while sim.status.phase == Some(Phase::Progressing) && seen.len() < 10 {
+        let d = sim.interval(CheckVerdict::Fail);
+        seen.push((d.canary_weight, route_shares(&sim)));
+    }
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    assert_eq!(seen.len(), 3, "failureLimit 3 runs, judged on the copies");
+    assert!(
+        seen.iter()
+            .all(|(w, (stable, canary, _))| (*w, *stable, *canary) == (0, 100, 0)),
+        "a shadow never takes live traffic: {seen:?}"
+    );
+    assert_eq!(seen.last().unwrap().1, (100, 0, None), "copies end");
+    assert_eq!(sim.sizes()[&2], 0, "no pods kept: it served no one");
+    assert_eq!(sim.sizes()[&1], 10);
+    let last = sim.status.history.last().unwrap();
+    assert_eq!(last.outcome, Outcome::RolledBack);
+    assert!(
+        last.reason
+            .contains("as a shadow: it answered no user request"),
+        "{}",
+        last.reason
+    );
+}
+
+#[test]
+fn a_good_shadow_goes_on_to_live_traffic_and_is_promoted() {
+    let mut sim = Sim::settled(shadow_spec("1.0.0"));
+    sim.start(shadow_spec("2.0.0"));
+    assert_eq!(route_shares(&sim), (100, 0, Some(50)));
+    sim.interval(CheckVerdict::Pass);
+    assert_eq!(
+        sim.status.canary.as_ref().unwrap().step,
+        1,
+        "one pass of two"
+    );
+    sim.interval(CheckVerdict::Pass);
+    let c = sim.status.canary.clone().unwrap();
+    assert_eq!(
+        (c.step, c.set_weight, c.weight, c.set_mirror, c.mirror),
+        (3, 50, 50, 0, 0),
+        "setWeight ends the copies; the shadow's pods already carry 50%"
+    );
+    assert_eq!(
+        route_shares(&sim),
+        (50, 50, None),
+        "live traffic, no copies"
+    );
+    for _ in 0..10 {
+        sim.interval(CheckVerdict::Pass);
+        if sim.status.phase == Some(Phase::Stable) {
+            break;
+        }
+    }
+    assert_eq!(sim.status.stable.as_ref().unwrap().version, "2.0.0");
+    assert_eq!(
+        sim.status.history.last().unwrap().outcome,
+        Outcome::Promoted
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Along random shadow rollouts (verdicts, crashing or missing pods,
+    /// requests): copies go only to a revision that serves no live traffic,
+    /// never beyond the step's share, and never before its pods are all up.
+    #[test]
+    fn a_shadow_never_serves_while_it_gets_copies(events in proptest::collection::vec(event(), 1..30)) {
+        let mut sim = Sim::settled(shadow_spec("1.0.0"));
+        sim.slow = true;
+        sim.spec = shadow_spec("2.0.0");
+        for (i, ev) in events.into_iter().enumerate() {
+            sim.t += 30;
+            let (mut run, mut pods, mut req) = (None, None, None);
+            match ev {
+                Event::Interval(Some(v), decisive) => {
+                    let valid = validate(&sim.spec).unwrap();
+                    if analysis_due(&sim.spec, &valid, &sim.status, sim.now()) {
+                        let mut r = run_with(v, sim.now());
+                        r.decisive = decisive && v == CheckVerdict::Fail;
+                        run = Some(r);
+                    }
+                }
+                Event::Interval(None, _) => {}
+                Event::PodsFail => pods = Some("OOMKilled"),
+                Event::Break => { sim.broken.insert(revision_hash(&sim.spec)); }
+                Event::Req(k) => {
+                    let action = [RequestAction::Promote, RequestAction::Pause, RequestAction::Resume, RequestAction::Abort, RequestAction::Retry][usize::from(k % 5)].clone();
+                    req = Some(Request::new(format!("req-{i}"), action));
+                }
+                Event::NewVersion => sim.spec = shadow_spec(&format!("{}.0.0", i + 3)),
+            }
+            let seen = sim.observed.clone();
+            let copying = sim.status.canary.as_ref().filter(|c| c.mirror > 0).map(|c| c.hash.clone());
+            let d = sim.tick(run, pods, req.as_ref()).clone();
+            if let Some(c) = &d.status.canary {
+                prop_assert!(c.mirror == 0 || (c.weight == 0 && d.canary_weight == 0), "{c:?}");
+                prop_assert!(c.mirror <= c.set_mirror, "{c:?}");
+                // Copies start once the pods the decision saw are all up.
+                let up = seen.get(&c.hash).map_or(0, |o| o.available_replicas);
+                prop_assert!(c.mirror == 0 || copying.as_ref() == Some(&c.hash) || up >= weights::canary_replicas(&sim.spec, c), "{c:?}");
+            }
+        }
+    }
+}

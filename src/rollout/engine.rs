@@ -21,6 +21,7 @@ pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &Revi
         superseded => start(d, superseded, stable, target, !strategy.judged()),
     };
     c.weight = weights::achieved(d.input.spec, &c, stable, d.input.observed);
+    c.mirror = weights::mirrored(d.input.spec, &c, d.input.observed);
     let rollout = d.input.spec.rollout.as_ref();
     let outcome = unhealthy(d, &c)
         .map_or(Ok(()), Err)
@@ -29,6 +30,9 @@ pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &Revi
     if let Err(why) = outcome {
         return roll_back(d, &c, stable, why);
     }
+    // A step may have moved the shares: report what is carried now.
+    c.weight = weights::achieved(d.input.spec, &c, stable, d.input.observed);
+    c.mirror = weights::mirrored(d.input.spec, &c, d.input.observed);
     if c.promoting {
         if available(
             d.input.observed.get(&c.hash),
@@ -130,7 +134,8 @@ fn judge(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec) -> Resu
 /// new revision takes traffic, and its pods' deadline while they start.
 fn look_again(d: &mut Draft<'_>, c: &CanaryStatus) {
     let input = d.input;
-    if c.weight > 0 {
+    // A shadow is judged on the requests copied to it.
+    if c.weight > 0 || c.mirror > 0 {
         d.requeue_within(input.valid.analysis_interval);
     }
     let size = weights::canary_replicas(input.spec, c);
@@ -195,6 +200,8 @@ fn start(
         started_at: Some(d.now.clone()),
         paused: None,
         promoting: replace,
+        set_mirror: 0,
+        mirror: 0,
     }
 }
 
@@ -241,6 +248,12 @@ fn promote(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionStatus, judged:
 /// Canary traffic to zero at once; the stable revision serves everything.
 pub(super) fn roll_back(d: &mut Draft<'_>, c: &CanaryStatus, stable: &RevisionStatus, why: String) {
     let rev = c.revision_status();
+    // Say so when users were never affected: it only got copies.
+    let why = if c.mirror > 0 && c.weight == 0 {
+        format!("{why} (as a shadow: it answered no user request)")
+    } else {
+        why
+    };
     d.history(&rev, Outcome::RolledBack, why.clone());
     d.note(
         EventKind::Warning,

@@ -247,8 +247,9 @@ pub fn analysis_due(
     now: Timestamp,
 ) -> bool {
     if let Some(c) = &status.canary {
-        // A paused canary still takes traffic, so it is still judged.
-        if c.weight == 0 {
+        // A paused canary still takes traffic, so it is still judged; a
+        // shadow is judged on the copies it gets.
+        if c.weight == 0 && c.mirror == 0 {
             return false;
         }
         let last = status.analysis.as_ref().and_then(|a| a.last_time.as_ref());
@@ -484,6 +485,12 @@ fn summarize_rollout(
             c.revision, stable.revision
         );
         (Phase::Promoting, message)
+    } else if c.mirror > 0 && c.weight == 0 {
+        let message = format!(
+            "revision {} at step {} is shadowed: it gets a copy of {}% of requests and its answers are dropped; revision {} serves all traffic",
+            c.revision, c.step, c.mirror, stable.revision
+        );
+        (Phase::Progressing, message)
     } else {
         let message = format!(
             "revision {} at step {} with {}% of traffic; revision {} serves the rest",

@@ -24,15 +24,30 @@ fn fleet(spec: &ModelDeploymentSpec) -> i32 {
 }
 
 /// Pods the canary runs at its current step: its weight's share of the fleet,
-/// at least one while it has any weight, all of them while promoting.
+/// at least one while it has any weight, all of them while promoting. A
+/// shadow runs as if it served the share copied to it: it carries that load.
 pub fn canary_replicas(spec: &ModelDeploymentSpec, c: &CanaryStatus) -> i32 {
     if c.promoting {
         return fleet(spec);
     }
-    if c.set_weight <= 0 {
+    let share = c.set_weight.max(c.set_mirror);
+    if share <= 0 {
         return 0;
     }
-    routers::for_spec(spec).canary_pods(fleet(spec), c.set_weight)
+    routers::for_spec(spec).canary_pods(fleet(spec), share)
+}
+
+/// The share of requests actually copied to a shadow: what its step asks
+/// once its pods are all available (no copies to pods that are not there).
+pub fn mirrored(spec: &ModelDeploymentSpec, c: &CanaryStatus, observed: &Observed) -> i32 {
+    if c.promoting || c.set_mirror <= 0 {
+        return 0;
+    }
+    if available(observed.get(&c.hash), canary_replicas(spec, c)) {
+        c.set_mirror
+    } else {
+        c.mirror.min(c.set_mirror)
+    }
 }
 
 /// Pods the stable revision runs once the current step is reached.

@@ -32,6 +32,10 @@ pub struct Split<'a> {
     pub canary_hash: &'a str,
     /// Percent of traffic the canary should get.
     pub canary_weight: i32,
+    /// Percent of requests copied to the canary, whose answers are dropped
+    /// (shadow traffic, `setMirror` steps); 0 for none. Only routers that can
+    /// copy requests are allowed such steps (`api::validate`).
+    pub mirror_percent: i32,
 }
 
 /// One API resource a router writes, for its RBAC rule.

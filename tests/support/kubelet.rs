@@ -287,6 +287,7 @@ impl Kubelet {
                     weight: 1,
                     selector: Some(selector.clone()),
                 }],
+                mirrors: vec![],
             }],
         }));
         self.start_load(namespace, route, None, options).await
@@ -1221,6 +1222,11 @@ pub struct LoadStats {
     pub answers: BTreeMap<String, BTreeMap<String, u64>>,
     /// Non-2xx answers and connection errors per pod name.
     pub errors: BTreeMap<String, u64>,
+    /// Copies sent by an HTTPRoute `RequestMirror` filter: 2xx answers per
+    /// pod name by version. Never in `answers`: no client sees them.
+    pub mirrored: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Copies without a 2xx answer, per pod name.
+    pub mirror_errors: BTreeMap<String, u64>,
 }
 
 impl LoadStats {
@@ -1284,6 +1290,9 @@ struct Rule {
     /// at all matches every request.
     matches: Vec<Vec<(String, String)>>,
     backends: Vec<Backend>,
+    /// `RequestMirror` filters: each copies `weight` percent of the rule's
+    /// requests to its Service; the copy's answer is dropped.
+    mirrors: Vec<Backend>,
 }
 
 #[derive(Debug, Clone)]
@@ -1381,7 +1390,36 @@ async fn refresh_route(
                         selector,
                     });
                 }
-                rules.push(Rule { matches, backends });
+                let mut mirrors = Vec::new();
+                for f in rule["filters"].as_array().into_iter().flatten() {
+                    if f["type"] != "RequestMirror" {
+                        continue;
+                    }
+                    let m = &f["requestMirror"];
+                    let service = m["backendRef"]["name"].as_str().unwrap_or_default();
+                    // `percent`, or `fraction` (denominator 100 by default), or all.
+                    let percent = m["percent"].as_u64().unwrap_or_else(|| {
+                        let n = m["fraction"]["numerator"].as_u64();
+                        let d = m["fraction"]["denominator"].as_u64().unwrap_or(100);
+                        n.map_or(100, |n| n * 100 / d.max(1))
+                    });
+                    let selector = services
+                        .get_opt(service)
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|s| s.spec?.selector);
+                    mirrors.push(Backend {
+                        service: service.to_string(),
+                        weight: percent,
+                        selector,
+                    });
+                }
+                rules.push(Rule {
+                    matches,
+                    backends,
+                    mirrors,
+                });
             }
             *table.lock().unwrap() = RouteTable { rules };
             if let Some(tx) = read.take() {
@@ -1392,6 +1430,61 @@ async fn refresh_route(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// A Ready pod (with a process) of `b`'s Service, round robin per Service.
+fn ready_pod(
+    kubelet: &Kubelet,
+    namespace: &str,
+    b: &Backend,
+    turn: &mut HashMap<String, usize>,
+) -> Option<RunningPod> {
+    let selector = b.selector.as_ref()?;
+    let ready: Vec<RunningPod> = kubelet
+        .running(namespace)
+        .into_iter()
+        .filter(|p| {
+            p.ready && !p.status_only && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+        })
+        .collect();
+    if ready.is_empty() {
+        return None;
+    }
+    let i = turn.entry(b.service.clone()).or_default();
+    *i = i.wrapping_add(1);
+    Some(ready[*i % ready.len()].clone())
+}
+
+/// A mirrored copy of a request: its answer is only counted, never given to
+/// the client, and no feedback follows (the client acted on stable's answer).
+async fn send_copy(
+    http: reqwest::Client,
+    stats: Arc<Mutex<LoadStats>>,
+    pod: RunningPod,
+    features: Vec<f64>,
+    headers: BTreeMap<String, String>,
+) {
+    let mut req = http
+        .post(format!("{}/predict", pod.url()))
+        .json(&PredictRequest { features });
+    for (k, v) in &headers {
+        req = req.header(k, v);
+    }
+    let answer = match req.send().await {
+        Ok(r) if r.status().is_success() => r.json::<PredictResponse>().await.ok(),
+        _ => None,
+    };
+    let mut s = stats.lock().unwrap();
+    match answer {
+        Some(p) => {
+            *s.mirrored
+                .entry(pod.name.clone())
+                .or_default()
+                .entry(p.version)
+                .or_default() += 1;
+        }
+        None => *s.mirror_errors.entry(pod.name.clone()).or_default() += 1,
     }
 }
 
@@ -1444,9 +1537,13 @@ async fn run_load(
             continue;
         };
         // Rule, then backend by weight, then a Ready pod round robin.
-        let backend = {
+        let (backend, mirrors) = {
             let t = table.lock().unwrap();
-            t.rule(&options.headers).and_then(|r| {
+            let mirrors = t
+                .rule(&options.headers)
+                .map(|r| r.mirrors.clone())
+                .unwrap_or_default();
+            let backend = t.rule(&options.headers).and_then(|r| {
                 let total: u64 = r.backends.iter().map(|b| b.weight).sum();
                 if total == 0 {
                     return None;
@@ -1463,29 +1560,27 @@ async fn run_load(
                         }
                     })
                     .cloned()
-            })
+            });
+            (backend, mirrors)
         };
-        let target = backend.and_then(|b| {
-            let selector = b.selector?;
-            let ready: Vec<RunningPod> = kubelet
-                .running(&namespace)
-                .into_iter()
-                .filter(|p| {
-                    p.ready
-                        && !p.status_only
-                        && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-                })
-                .collect();
-            if ready.is_empty() {
-                return None;
-            }
-            let i = turn.entry(b.service).or_default();
-            *i = i.wrapping_add(1);
-            Some(ready[*i % ready.len()].clone())
-        });
+        let target = backend.and_then(|b| ready_pod(&kubelet, &namespace, &b, &mut turn));
         let features: Vec<f64> = (0..options.features)
             .map(|_| rng.normal() + options.feature_shift)
             .collect();
+        // The gateway copies a request it forwards, to each mirror by its share.
+        for m in mirrors.iter().filter(|_| target.is_some()) {
+            if rng.next_u64() % 100 < m.weight
+                && let Some(pod) = ready_pod(&kubelet, &namespace, m, &mut turn)
+            {
+                tokio::spawn(send_copy(
+                    http.clone(),
+                    stats.clone(),
+                    pod,
+                    features.clone(),
+                    options.headers.clone(),
+                ));
+            }
+        }
         {
             let mut s = stats.lock().unwrap();
             s.sent += 1;

@@ -250,6 +250,16 @@ pub fn invalid_cases() -> Vec<Invalid> {
             server: &["spec.rollout", "abTest.match", "gatewayAPI"],
         },
         Invalid {
+            what: "shadow traffic with the replicas router",
+            mutate: |o| o["spec"]["rollout"]["steps"][0] = json!({"setMirror": {"percent": 100}}),
+            client: &["setMirror", "spec.rollout.traffic.router: gatewayAPI"],
+            server: &[
+                "spec.rollout",
+                "setMirror",
+                "spec.rollout.traffic.router: gatewayAPI",
+            ],
+        },
+        Invalid {
             what: "duplicate check names",
             mutate: |o| o["spec"]["rollout"]["analysis"]["checks"][1]["name"] = json!("errors"),
             client: &["check names must be unique"],

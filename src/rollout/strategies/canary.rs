@@ -52,11 +52,15 @@ fn advance_steps(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec)
             return;
         };
         let done = if let Some(w) = step.set_weight {
-            if c.set_weight != w {
+            // Live traffic ends a shadow's copies at once.
+            if c.set_weight != w || c.set_mirror != 0 {
                 c.set_weight = w;
+                (c.set_mirror, c.mirror) = (0, 0);
                 c.step_started_at = Some(d.now.clone());
             }
             weights::reached(input.spec, c, input.observed, d.status.stable.as_ref())
+        } else if let Some(m) = &step.set_mirror {
+            mirror_step(d, c, m.percent)
         } else if step.pause.is_some() {
             match input.valid.pause_durations.get(index).copied().flatten() {
                 Some(duration) => {
@@ -108,9 +112,23 @@ fn advance_steps(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec)
     }
 }
 
+/// A `setMirror` step copies `percent` of requests to the canary while its
+/// weight stays as it is (0: validation puts shadows before live traffic);
+/// done once its pods carry the copies.
+fn mirror_step(d: &mut Draft<'_>, c: &mut CanaryStatus, percent: i32) -> bool {
+    if c.set_mirror != percent {
+        c.set_mirror = percent;
+        c.step_started_at = Some(d.now.clone());
+    }
+    let input = d.input;
+    weights::reached(input.spec, c, input.observed, d.status.stable.as_ref())
+}
+
 fn describe_step(step: &crate::api::CanaryStep) -> String {
     if let Some(w) = step.set_weight {
         format!("setWeight {w}")
+    } else if let Some(m) = &step.set_mirror {
+        format!("setMirror {}%", m.percent)
     } else if let Some(p) = &step.pause {
         match &p.duration {
             Some(d) => format!("pause {d}"),

@@ -1,7 +1,9 @@
 //! The `gatewayAPI` router: stable keeps all its pods, the canary gets enough
 //! pods to carry its share, and an HTTPRoute splits traffic exactly between a
 //! Service per variant (or sends matching requests to the new revision). The
-//! route moves only once the canary's pods can carry its weight.
+//! route moves only once the canary's pods can carry its weight. For shadow
+//! traffic (`setMirror`) the route keeps all traffic on stable and copies a
+//! share of it to the canary with a `RequestMirror` filter.
 //!
 //! RBAC: HTTPRoutes in `gateway.networking.k8s.io`, besides Services.
 
@@ -58,11 +60,12 @@ impl TrafficRouter for GatewayApi {
         vec![
             Child::Service(Box::new(variant_service(md, STABLE, split.stable_hash))),
             Child::Service(Box::new(variant_service(md, CANARY, split.canary_hash))),
-            Child::HttpRoute(Box::new(http_route(
+            Child::HttpRoute(Box::new(shadowed_route(
                 md,
                 gateway,
                 split.canary_weight,
                 &matches,
+                split.mirror_percent,
             ))),
         ]
     }

@@ -94,8 +94,54 @@ impl From<&ParentRef> for RouteParentRef {
 pub struct RouteRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RouteMatch>,
+    /// Rendered only for shadow traffic (a `RequestMirror` to the canary);
+    /// filters other writers add decode with their `type` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<RouteFilter>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_refs: Vec<RouteBackend>,
+}
+
+/// A rule's filter; of its kinds only `RequestMirror` is known here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteFilter {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<RequestMirror>,
+}
+
+/// The filter type that copies requests; the answers of the copy are dropped.
+pub const REQUEST_MIRROR: &str = "RequestMirror";
+
+/// Copies `percent` of the rule's requests to `backend_ref` (Gateway API
+/// v1.3 and later; `fraction` is the other way to say it, never rendered).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMirror {
+    #[serde(default)]
+    pub backend_ref: MirrorBackend,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
+}
+
+/// A mirror's `backendRef`: a [`RouteBackend`] without a weight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorBackend {
+    /// Never rendered; the server defaults it to `""`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Never rendered; the server defaults it to `Service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -197,6 +243,14 @@ impl HttpRouteSpec {
                 b.group.get_or_insert_with(String::new);
                 b.kind.get_or_insert_with(|| "Service".into());
             }
+            for m in rule
+                .filters
+                .iter_mut()
+                .filter_map(|f| f.request_mirror.as_mut())
+            {
+                m.backend_ref.group.get_or_insert_with(String::new);
+                m.backend_ref.kind.get_or_insert_with(|| "Service".into());
+            }
         }
         spec
     }
@@ -244,6 +298,57 @@ pub fn http_route(
     canary_weight: i32,
     matches: &[HttpMatch],
 ) -> HTTPRoute {
+    shadowed_route(md, gateway, canary_weight, matches, 0)
+}
+
+/// A header and cookie match as the Gateway API writes it.
+fn route_match(m: &HttpMatch) -> RouteMatch {
+    let mut headers: Vec<HeaderMatch> = m
+        .headers
+        .iter()
+        .map(|(k, v)| HeaderMatch {
+            type_: "Exact".into(),
+            name: k.clone(),
+            value: v.clone(),
+        })
+        .collect();
+    headers.extend(m.cookies.iter().map(|(k, v)| HeaderMatch {
+        type_: "RegularExpression".into(),
+        name: "Cookie".into(),
+        value: cookie_pattern(k, v),
+    }));
+    RouteMatch {
+        path: None,
+        headers,
+    }
+}
+
+/// The `RequestMirror` filter copying `percent` of a rule's requests to the
+/// canary's Service.
+fn mirror_to_canary(md: &ModelDeployment, percent: i32) -> RouteFilter {
+    RouteFilter {
+        type_: REQUEST_MIRROR.into(),
+        request_mirror: Some(RequestMirror {
+            backend_ref: MirrorBackend {
+                name: variant_service_name(&md.name_any(), CANARY),
+                port: Some(md.spec.model.port),
+                ..MirrorBackend::default()
+            },
+            percent: Some(percent.clamp(0, 100)),
+        }),
+    }
+}
+
+/// [`http_route`], and with `mirror` above 0 every rule also copies that
+/// percent of its requests to the canary (shadow traffic): the weights, and
+/// so every answer users get, stay as they are.
+pub fn shadowed_route(
+    md: &ModelDeployment,
+    gateway: &GatewayApiSpec,
+    canary_weight: i32,
+    matches: &[HttpMatch],
+    mirror: i32,
+) -> HTTPRoute {
     let name = md.name_any();
     let port = md.spec.model.port;
     let backend = |variant: &str, weight: i32| RouteBackend {
@@ -257,42 +362,27 @@ pub fn http_route(
     let weight = canary_weight.clamp(0, 100);
     let mut rules = Vec::new();
     if !matches.is_empty() && weight > 0 {
-        let route_matches = matches
-            .iter()
-            .map(|m| {
-                let mut headers: Vec<HeaderMatch> = m
-                    .headers
-                    .iter()
-                    .map(|(k, v)| HeaderMatch {
-                        type_: "Exact".into(),
-                        name: k.clone(),
-                        value: v.clone(),
-                    })
-                    .collect();
-                headers.extend(m.cookies.iter().map(|(k, v)| HeaderMatch {
-                    type_: "RegularExpression".into(),
-                    name: "Cookie".into(),
-                    value: cookie_pattern(k, v),
-                }));
-                RouteMatch {
-                    path: None,
-                    headers,
-                }
-            })
-            .collect();
         rules.push(RouteRule {
-            matches: route_matches,
+            matches: matches.iter().map(route_match).collect(),
+            filters: Vec::new(),
             backend_refs: vec![backend(CANARY, 1)],
         });
         rules.push(RouteRule {
             matches: Vec::new(),
+            filters: Vec::new(),
             backend_refs: vec![backend(STABLE, 1)],
         });
     } else {
         rules.push(RouteRule {
             matches: Vec::new(),
+            filters: Vec::new(),
             backend_refs: vec![backend(STABLE, 100 - weight), backend(CANARY, weight)],
         });
+    }
+    if mirror > 0 {
+        for rule in &mut rules {
+            rule.filters.push(mirror_to_canary(md, mirror));
+        }
     }
     let mut route = HTTPRoute::new(
         &name,
@@ -398,6 +488,67 @@ mod tests {
         let route = http_route(&md(), &gateway(), 0, &[m]);
         assert_eq!(route.spec.rules.len(), 1);
         assert_eq!(route.spec.rules[0].backend_refs[1].weight, 0);
+    }
+
+    #[test]
+    fn a_shadow_keeps_every_request_on_stable_and_copies_a_share_to_the_canary() {
+        let route = shadowed_route(&md(), &gateway(), 0, &[], 40);
+        let v = serde_json::to_value(&route.spec).unwrap();
+        assert_eq!(
+            v["rules"],
+            json!([{
+                "filters": [{"type": "RequestMirror", "requestMirror": {
+                    "backendRef": {"name": "scorer-canary", "port": 9000},
+                    "percent": 40}}],
+                "backendRefs": [
+                    {"name": "scorer-stable", "port": 9000, "weight": 100},
+                    {"name": "scorer-canary", "port": 9000, "weight": 0}]}])
+        );
+        // Without copies the route is the plain one, applied hash included.
+        let plain = shadowed_route(&md(), &gateway(), 0, &[], 0);
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            serde_json::to_value(http_route(&md(), &gateway(), 0, &[])).unwrap()
+        );
+        assert_ne!(
+            route.annotations().get(crate::resources::APPLIED_HASH),
+            plain.annotations().get(crate::resources::APPLIED_HASH),
+            "starting or ending the copies is a change to apply"
+        );
+    }
+
+    #[test]
+    fn a_mirror_read_back_with_server_defaults_matches_the_rendered_one() {
+        let rendered = shadowed_route(&md(), &gateway(), 0, &[], 100);
+        let live: HTTPRoute = serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "scorer"},
+            "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                     "name": "public", "namespace": "gateways"}],
+                     "hostnames": ["scorer.example.com"],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                "filters": [{"type": "RequestMirror", "requestMirror": {
+                                    "backendRef": {"group": "", "kind": "Service",
+                                                   "name": "scorer-canary", "port": 9000},
+                                    "percent": 100}}],
+                                "backendRefs": [
+                                    {"group": "", "kind": "Service", "name": "scorer-stable",
+                                     "port": 9000, "weight": 100},
+                                    {"group": "", "kind": "Service", "name": "scorer-canary",
+                                     "port": 9000, "weight": 0}]}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            live.spec.with_server_defaults(),
+            rendered.spec.with_server_defaults()
+        );
+        // Other writers' filters decode by their type only.
+        let edited = decode(EDITED);
+        assert_eq!(
+            edited.spec.rules[0].filters[0].type_,
+            "RequestHeaderModifier"
+        );
+        assert!(edited.spec.rules[0].filters[0].request_mirror.is_none());
     }
 
     #[test]
