@@ -1054,6 +1054,17 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
         .patch(NAME, &patch, &budget(Value::Null))
         .await
         .unwrap();
+    {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(story.cp.admin().await, &story.ns);
+        let api = &api;
+        poll("the operator applied maxUnavailable 1", WAIT, move || async move {
+            let p = api.get(NAME).await.ok()?;
+            eprintln!("PDB {:?} {:?}", p.spec.as_ref().map(|s| s.max_unavailable.clone()), p.status.as_ref().map(|s| (s.expected_pods, s.disruptions_allowed, s.observed_generation)));
+            (p.spec?.max_unavailable == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))).then_some(())
+        })
+        .await;
+    }
+    eprintln!("STEP 5b {:?}", std::time::SystemTime::now());
     story.budget_counts(4, 1).await;
     eprintln!("STEP 6 {:?}", std::time::SystemTime::now());
 
