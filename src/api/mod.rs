@@ -1,12 +1,14 @@
 //! The `ModelDeployment` API: types, schema rules, and the checks the schema
 //! cannot express. No I/O.
 
+pub mod gates;
 pub mod presets;
 mod quantity;
 pub mod spec;
 pub mod status;
 pub mod validate;
 
+pub use gates::{GateKind, GatePhase, GateStatus};
 pub use quantity::parse_quantity;
 pub use spec::*;
 pub use status::*;

@@ -182,6 +182,9 @@ pub struct CanaryStatus {
     /// All steps are done: the canary scales to full size and takes over.
     #[serde(default)]
     pub promoting: bool,
+    /// The rollout's gates reached so far (`spec.rollout.gates`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<super::gates::GateStatus>,
 }
 
 impl CanaryStatus {

@@ -46,6 +46,8 @@ pub struct ValidSpec {
     pub guard_interval: Option<Duration>,
     pub ab_max_duration: Option<Duration>,
     pub pod: RawPodFields,
+    /// `rollout.gates`, decoded.
+    pub gates: super::gates::ValidGates,
 }
 
 /// The `template` fields the CRD carries as raw objects, decoded into their
@@ -126,6 +128,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
         None => (None, None),
     };
     let ab_max_duration = validate_ab_test(rollout.ab_test.as_ref(), &names, preset)?;
+    let gates = super::gates::validate(rollout.gates.as_ref())?;
 
     Ok(ValidSpec {
         names,
@@ -138,6 +141,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
         guard_interval,
         ab_max_duration,
         pod,
+        gates,
     })
 }
 
