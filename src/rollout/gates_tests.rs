@@ -170,7 +170,10 @@ fn a_pre_rollout_gate_holds_the_revision_at_zero_pods_until_it_passes() {
     assert!(sim.notes.iter().any(|n| n.reason == "GatePassed"));
     sim.tick(None, false);
     let d = sim.tick(None, false);
-    assert_eq!(d.canary_weight, 50, "stable gave up pods once canary's were up");
+    assert_eq!(
+        d.canary_weight, 50,
+        "stable gave up pods once canary's were up"
+    );
 }
 
 #[test]
