@@ -218,6 +218,19 @@ fn overdue(d: &Draft<'_>, c: &CanaryStatus) -> Result<(), String> {
 /// whose Job cannot be made or read.
 const JOB_GRACE: Duration = Duration::from_secs(120);
 
+/// What a rollout held by a `pause` step without duration says: a manual
+/// approval gate, and who may approve it. `kubectl modeldeploy promote`
+/// writes a request annotation, so whoever may patch the ModelDeployment may
+/// approve (and `abort` to reject).
+pub fn approval(name: &str) -> String {
+    format!(
+        "{WAITING_FOR_APPROVAL}: anyone allowed to patch ModelDeployments in this namespace approves with `kubectl modeldeploy promote {name}` (or rejects with `kubectl modeldeploy abort {name}`)"
+    )
+}
+
+/// How status and the plugin name a manual approval gate.
+pub const WAITING_FOR_APPROVAL: &str = "waiting for approval";
+
 /// The status message while a gate holds the rollout.
 pub(super) fn waiting(c: &CanaryStatus) -> Option<String> {
     let g = c.gates.iter().find(|g| g.phase == GatePhase::Running)?;

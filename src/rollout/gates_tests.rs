@@ -301,3 +301,28 @@ fn a_job_gate_that_never_reports_fails_after_its_deadline() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_pause_without_duration_says_it_waits_for_approval_and_who_gives_it() {
+    let mut sim = Sim::rolling_out(json!({}));
+    sim.spec = {
+        let mut s = spec("2.0.0", json!({}));
+        s.rollout.as_mut().unwrap().steps.push(crate::api::CanaryStep {
+            pause: Some(crate::api::PauseStep { duration: None }),
+            ..Default::default()
+        });
+        s
+    };
+    for _ in 0..6 {
+        sim.t += 30;
+        sim.tick(None, true);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::Paused));
+    let message = sim.status.message.clone().unwrap();
+    assert!(
+        message.contains("waiting for approval")
+            && message.contains("patch ModelDeployments")
+            && message.contains("kubectl modeldeploy promote scorer"),
+        "{message}"
+    );
+}

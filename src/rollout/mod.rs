@@ -462,9 +462,7 @@ fn summarize_rollout(
     );
     if let Some(reason) = c.paused {
         let why = match reason {
-            crate::api::PauseReason::Step => {
-                "a pause step waits for `kubectl modeldeploy promote`".to_string()
-            }
+            crate::api::PauseReason::Step => gates::approval(d.input.name),
             crate::api::PauseReason::UserRequest => {
                 "paused by `kubectl modeldeploy pause`".to_string()
             }
