@@ -158,18 +158,12 @@ async fn last_log_line(ctx: &Context, ns: &str, job: &str) -> String {
     let Some(pod) = pods.last() else {
         return "(the Job has no pods left)".into();
     };
-    let terminated = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref())
-        .and_then(|t| t.message.clone());
-    if let Some(line) = terminated.as_deref().and_then(last_line) {
+    let (container, message) = failed_container(pod);
+    if let Some(line) = message.as_deref().and_then(last_line) {
         return line;
     }
     let params = kube::api::LogParams {
+        container,
         tail_lines: Some(5),
         ..Default::default()
     };
@@ -177,8 +171,29 @@ async fn last_log_line(ctx: &Context, ns: &str, job: &str) -> String {
         .logs(&pod.name_any(), &params)
         .await
     {
-        Ok(log) => last_line(&log).unwrap_or_else(|| "(the log is empty)".into()),
+        Ok(log) => last_line(&log).unwrap_or_else(|| "(the log is empty or cannot be read)".into()),
         Err(e) => format!("(cannot read the log of pod {}: {e})", pod.name_any()),
+    }
+}
+
+/// The container that failed (the first one if none says so) and its
+/// termination message.
+fn failed_container(pod: &Pod) -> (Option<String>, Option<String>) {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    let terminated = |c: &k8s_openapi::api::core::v1::ContainerStatus| {
+        c.state.as_ref().and_then(|s| s.terminated.clone())
+    };
+    let failed = statuses
+        .iter()
+        .find(|c| terminated(c).is_some_and(|t| t.exit_code != 0))
+        .or(statuses.first());
+    match failed {
+        Some(c) => (Some(c.name.clone()), terminated(c).and_then(|t| t.message)),
+        None => (None, None),
     }
 }
 
@@ -267,5 +282,31 @@ pub(super) async fn prune_jobs(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failed_containers_termination_message_gives_the_last_line() {
+        let pod: Pod = serde_json::from_value(json!({"status": {"containerStatuses": [
+            {"name": "sidecar", "image": "s", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"terminated": {"exitCode": 0, "message": "bye"}}},
+            {"name": "eval", "image": "e", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"terminated": {"exitCode": 1,
+                       "message": "loading holdout\nf1 0.81 below 0.85\n\n"}}}
+        ]}}))
+        .unwrap();
+        let (container, message) = failed_container(&pod);
+        assert_eq!(container.as_deref(), Some("eval"));
+        assert_eq!(
+            message.as_deref().and_then(last_line).as_deref(),
+            Some("f1 0.81 below 0.85")
+        );
+        assert_eq!(failed_container(&Pod::default()), (None, None));
+        let long = "x".repeat(MAX_DETAIL + 50);
+        assert_eq!(last_line(&long).unwrap().chars().count(), MAX_DETAIL + 3);
     }
 }

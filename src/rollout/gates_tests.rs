@@ -307,10 +307,14 @@ fn a_pause_without_duration_says_it_waits_for_approval_and_who_gives_it() {
     let mut sim = Sim::rolling_out(json!({}));
     sim.spec = {
         let mut s = spec("2.0.0", json!({}));
-        s.rollout.as_mut().unwrap().steps.push(crate::api::CanaryStep {
-            pause: Some(crate::api::PauseStep { duration: None }),
-            ..Default::default()
-        });
+        s.rollout
+            .as_mut()
+            .unwrap()
+            .steps
+            .push(crate::api::CanaryStep {
+                pause: Some(crate::api::PauseStep { duration: None }),
+                ..Default::default()
+            });
         s
     };
     for _ in 0..6 {
