@@ -243,9 +243,37 @@ async fn pre_promotion_jobs_decide_promotion_or_rollback() {
     stage.until_serving("bad", "1.0.0").await;
     let job = stage.job(&bad_job).await.expect("the failed Job is kept");
     assert_eq!(
-        job.metadata.owner_references.unwrap()[0].kind,
+        job.metadata.owner_references.as_ref().unwrap()[0].kind,
         "ModelDeployment"
     );
+    // `kubectl modeldeploy retry` runs the gate again, with a new Job.
+    stage
+        .api
+        .patch(
+            "bad",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "modeldeploy.io/request": r#"{"id":"retry-1","action":"retry"}"#}}})),
+        )
+        .await
+        .unwrap();
+    stage
+        .until("bad", "rolled back again after the retry", |s| {
+            s["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|h| h["outcome"] == "RolledBack")
+                .count()
+                == 2
+        })
+        .await;
+    let again = stage.job(&bad_job).await.expect("the retry's Job");
+    assert_ne!(
+        again.metadata.uid, job.metadata.uid,
+        "a new Job for the retry"
+    );
+    stage.until_serving("bad", "1.0.0").await;
 
     let s = stage
         .until("good", "promoted after its gate", |s| {
@@ -297,6 +325,19 @@ async fn a_pre_rollout_job_holds_traffic_until_it_succeeds() {
             .contains("before it gets any traffic"),
         "{s:#}"
     );
+    let made = stage.job(&job).await;
+    let uid = match made {
+        Some(j) => j.metadata.uid,
+        None => {
+            support::envtest::poll("the gate's Job", WAIT, || async {
+                stage.job(&job).await.map(|j| j.metadata.uid)
+            })
+            .await
+        }
+    };
+    // A restarted operator finds the Job it made instead of making another.
+    stage.op.restart();
+    stage.op.wait_ready(WAIT).await;
     // Until the Job completes: no pod of v2, no weight.
     let mut looked = 0;
     loop {
@@ -323,6 +364,10 @@ async fn a_pre_rollout_job_holds_traffic_until_it_succeeds() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(looked > 5, "the gate held for a while ({looked} looks)");
+    let jobs: Api<Job> = Api::namespaced(stage.cp.admin().await, &stage.ns);
+    let all = jobs.list(&Default::default()).await.unwrap().items;
+    assert_eq!(all.len(), 1, "one Job for the gate");
+    assert_eq!(all[0].metadata.uid, uid, "the same Job after the restart");
     let env = stage.job_pod_env(&job).expect("the Job's pod ran");
     assert_eq!(env["GATE"], "preRollout");
     stage
