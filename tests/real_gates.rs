@@ -290,6 +290,37 @@ async fn pre_promotion_jobs_decide_promotion_or_rollback() {
     assert_eq!(env["REVISION"], "2");
     assert_eq!(env["MODEL_SERVICE"], "good");
     assert_eq!(env["GATE"], "prePromotion");
+
+    // Gate Jobs go with their revision: keep one old revision, release two
+    // more, and revision 2 (with its Job) is pruned.
+    for version in ["3.0.0", "4.0.0"] {
+        stage
+            .api
+            .patch(
+                "good",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"spec": {"revisionHistoryLimit": 1, "model": model(version)}}),
+                ),
+            )
+            .await
+            .unwrap();
+        stage
+            .until("good", &format!("{version} promoted"), |s| {
+                s["phase"] == "Stable" && s["stable"]["version"] == version
+            })
+            .await;
+    }
+    support::envtest::poll("revision 2's gate Job deleted", WAIT, || async {
+        stage.job(&good_job).await.is_none().then_some(())
+    })
+    .await;
+    let s = stage.status("good").await;
+    let newest = format!("good-{}-pre-promote", hash_of(&s, "stable"));
+    assert!(
+        stage.job(&newest).await.is_some(),
+        "the serving revision keeps its Job"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
