@@ -536,3 +536,53 @@ async fn a_webhook_host_that_is_not_allowed_is_an_invalid_spec() {
     );
     assert!(s.get("canary").is_none_or(|c| c.is_null()), "{s:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_shapes_are_refused_at_admission() {
+    let Some(cp) = control_plane() else { return };
+    cp.install_crds().await;
+    let ns = cp.namespace("gates-cel").await;
+    let api: Api<ModelDeployment> = Api::namespaced(cp.admin().await, &ns);
+    let job = job_gate(&["--version"])["job"].clone();
+    for (name, gate, expected) in [
+        (
+            "both",
+            json!({"job": job, "webhook": {"url": "http://a.example/x"}}),
+            "each gate sets exactly one of job or webhook",
+        ),
+        (
+            "neither",
+            json!({}),
+            "each gate sets exactly one of job or webhook",
+        ),
+        (
+            "scheme",
+            json!({"webhook": {"url": "ftp://a.example/x"}}),
+            "must start with http:// or https://",
+        ),
+        (
+            "timeout",
+            json!({"webhook": {"url": "http://a.example/x", "timeout": "soon"}}),
+            "must be a duration",
+        ),
+    ] {
+        let md: ModelDeployment = serde_json::from_value(json!({
+            "apiVersion": "modeldeploy.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "model": model("1.0.0"),
+                "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}},
+                "rollout": {"steps": [{"setWeight": 50}], "gates": {"preRollout": gate}},
+            }
+        }))
+        .unwrap();
+        match api.create(&PostParams::default(), &md).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{name}: {}", s.message);
+                assert!(s.message.contains(expected), "{name}: {}", s.message);
+            }
+            other => panic!("{name}: the API server accepted it: {other:?}"),
+        }
+    }
+}
