@@ -259,6 +259,15 @@ fn validate_job(field: &str, job: &JobGate) -> Result<ValidGate, InvalidSpec> {
             "must list at least one container",
         ));
     }
+    let containers = template.spec.iter().flat_map(|s| s.containers.iter());
+    for (i, c) in containers.enumerate() {
+        if c.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+            return Err(invalid(
+                format!("{field}.template.spec.containers[{i}].image"),
+                "must be set",
+            ));
+        }
+    }
     if let Some(policy) = template
         .spec
         .as_ref()
@@ -423,6 +432,12 @@ mod tests {
         assert_eq!(
             e.field,
             "spec.rollout.gates.prePromotion.job.template.spec.restartPolicy"
+        );
+        let no_image = gates(json!({"preRollout": {"job": {"template": {"spec": {
+            "containers": [{"name": "c", "image": "i"}, {"name": "d"}]}}}}}));
+        assert_eq!(
+            validate(Some(&no_image)).unwrap_err().field,
+            "spec.rollout.gates.preRollout.job.template.spec.containers[1].image"
         );
         let bad = gates(json!({"preRollout": {"job": {"template": {"spec": {"containers": 3}}}}}));
         let e = validate(Some(&bad)).unwrap_err();

@@ -96,6 +96,10 @@ async fn job_outcome(
                 info!(job = %name, gate = g.gate.as_str(), "created the gate's Job");
                 GateOutcome::Running(format!("Job {name} was created"))
             }
+            // A template the API server refuses will not get better by waiting.
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                GateOutcome::Failed(format!("the API server refused Job {name}: {}", s.message))
+            }
             Err(e) => GateOutcome::Running(format!("cannot create Job {name}: {e}")),
         };
     };
