@@ -263,7 +263,10 @@ async fn call_webhook(
     }
 }
 
-/// A revision beyond the history limit takes its gate Jobs with it.
+/// A revision beyond the history limit takes its gate Jobs with it. Only
+/// while the spec has gates: an operator without the Jobs rule (a chart
+/// without it) then sends no Job request at all for objects without gates;
+/// Jobs left after gates are removed from the spec go with the object.
 pub(super) async fn prune_jobs(
     ctx: &Context,
     md: &ModelDeployment,
@@ -271,6 +274,9 @@ pub(super) async fn prune_jobs(
     deployments: &[Arc<Deployment>],
     keep: &[String],
 ) {
+    if md.spec.rollout.as_ref().is_none_or(|r| r.gates.is_none()) {
+        return;
+    }
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     for gone in deployments.iter().filter(|d| !keep.contains(&d.name_any())) {
         let Some(hash) = gone.labels().get(labels::HASH) else {
