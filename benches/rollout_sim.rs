@@ -506,6 +506,7 @@ impl World {
             analysis: analysis.as_ref(),
             canary_pods_failure: None,
             request: None,
+            gate: None,
             now,
         });
         self.apply(&d.workloads);

@@ -80,6 +80,10 @@ struct OperatorArgs {
     /// connections when many objects change together.
     #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = 128)]
     max_concurrent_reconciles: u16,
+    /// Hosts webhook gates may call, comma separated: `host`, `host:port` or
+    /// `*.domain`. A gate whose URL matches none is refused as InvalidSpec.
+    #[arg(long, env = "WEBHOOK_ALLOW", value_delimiter = ',', default_value = "")]
+    webhook_allow: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -137,6 +141,7 @@ async fn run_operator(args: OperatorArgs) -> ExitCode {
         },
         webhook_url: args.webhook_url.filter(|u| !u.is_empty()),
         max_concurrent_reconciles: args.max_concurrent_reconciles,
+        webhook_allow: args.webhook_allow,
     };
     match operator::run(
         client,

@@ -29,6 +29,8 @@ pub struct OperatorConfig {
     pub webhook_url: Option<String>,
     /// Reconciles running at once; 0 means no limit.
     pub max_concurrent_reconciles: u16,
+    /// Host patterns webhook gates may call (`--webhook-allow`).
+    pub webhook_allow: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,14 @@ fn settings(config: &OperatorConfig) -> Result<Settings, String> {
         Some(url) => Some(crate::notify::Notifier::start(url)?),
         None => None,
     };
+    let webhook_allow = config
+        .webhook_allow
+        .iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            crate::api::gates::HostPattern::parse(p).map_err(|e| format!("--webhook-allow: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(Settings {
         namespaces: config.namespaces.clone(),
         instance: config.identity.clone(),
@@ -98,6 +108,7 @@ fn settings(config: &OperatorConfig) -> Result<Settings, String> {
         scrape: config.scrape.clone(),
         notifier,
         max_concurrent_reconciles: config.max_concurrent_reconciles,
+        webhook_allow,
     })
 }
 

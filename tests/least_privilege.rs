@@ -41,12 +41,29 @@ type Access = (String, String, String);
 
 /// Granted verbs the stories need not send (a race may, or may not, make
 /// them), each with the reason it is granted.
-const GRANTED_UNUSED: &[(&str, &str, &str, &str)] = &[(
-    "apps",
-    "controllerrevisions",
-    "get",
-    "a create answered 409 while the watch lags behind reads the stored revision (a race)",
-)];
+const GRANTED_UNUSED: &[(&str, &str, &str, &str)] = &[
+    (
+        "apps",
+        "controllerrevisions",
+        "get",
+        "a create answered 409 while the watch lags behind reads the stored revision (a race)",
+    ),
+    // Gates have their own stories on the real API server (tests/real_gates.rs).
+    ("batch", "jobs", "get", "job gates: a gate Job's outcome"),
+    ("batch", "jobs", "create", "job gates: a gate's Job"),
+    (
+        "batch",
+        "jobs",
+        "delete",
+        "job gates: pruned with its revision, or left by an earlier rollout",
+    ),
+    (
+        "",
+        "pods/log",
+        "get",
+        "job gates: the last log line of a failed gate Job's pod",
+    ),
+];
 
 /// Verbs the stories send that the API server checks without an audit event
 /// of their own: a server-side apply that creates its object is logged as a

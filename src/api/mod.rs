@@ -2,6 +2,7 @@
 //! cannot express. No I/O.
 
 mod disruption;
+pub mod gates;
 pub mod presets;
 mod quantity;
 pub mod spec;
@@ -9,6 +10,7 @@ pub mod status;
 pub mod validate;
 
 pub use disruption::{Budget, DisruptionSpec};
+pub use gates::{GateKind, GatePhase, GateStatus};
 pub use quantity::parse_quantity;
 pub use spec::*;
 pub use status::*;

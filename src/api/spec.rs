@@ -559,6 +559,10 @@ pub struct RolloutSpec {
     #[x_kube(validation = Rule::new(DURATION_RULE).message("spec.rollout.scaleDownDelay must be a duration such as 30s"))]
     #[schemars(length(max = 32))]
     pub scale_down_delay: String,
+    /// Jobs or webhooks that must pass before the new revision gets traffic
+    /// (`preRollout`) or is promoted (`prePromotion`); see docs/gates.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<super::gates::GatesSpec>,
 }
 
 impl Default for RolloutSpec {
@@ -572,6 +576,7 @@ impl Default for RolloutSpec {
             analysis: AnalysisSpec::default(),
             progress_deadline: default_progress_deadline(),
             scale_down_delay: default_scale_down_delay(),
+            gates: None,
         }
     }
 }

@@ -191,6 +191,9 @@ pub struct CanaryStatus {
     /// revision is shadowed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub mirror: i32,
+    /// The rollout's gates reached so far (`spec.rollout.gates`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<super::gates::GateStatus>,
 }
 
 fn is_zero(n: &i32) -> bool {

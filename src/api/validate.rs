@@ -49,6 +49,8 @@ pub struct ValidSpec {
     pub pod: RawPodFields,
     /// The PodDisruptionBudget to keep, if any.
     pub budget: Option<super::Budget>,
+    /// `rollout.gates`, decoded.
+    pub gates: super::gates::ValidGates,
 }
 
 /// The `template` fields the CRD carries as raw objects, decoded into their
@@ -131,6 +133,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
     };
     let ab_max_duration = validate_ab_test(rollout.ab_test.as_ref(), &names, preset)?;
     let budget = super::disruption::budget(spec.disruption.as_ref())?;
+    let gates = super::gates::validate(rollout.gates.as_ref())?;
 
     Ok(ValidSpec {
         names,
@@ -144,6 +147,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
         ab_max_duration,
         pod,
         budget,
+        gates,
     })
 }
 

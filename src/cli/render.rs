@@ -28,6 +28,7 @@ pub fn render_status(md: &ModelDeployment) -> String {
     let mut out = String::new();
     write_summary(&mut out, md, &status);
     write_revisions(&mut out, md, &status);
+    write_gates(&mut out, md, &status);
     if let Some(a) = &status.analysis {
         write_analysis(&mut out, a);
     }
@@ -111,6 +112,42 @@ pub(super) fn shadowed(c: &crate::api::CanaryStatus) -> String {
             format!(", shadowed: gets a copy of {m}% of requests, answers dropped")
         }
         (m, asked) => format!(", shadowed: {m}% of requests copied (step asks {asked}%)"),
+    }
+}
+
+/// The rollout's gates, and a manual approval it waits for with who may give it.
+fn write_gates(out: &mut String, md: &ModelDeployment, status: &ModelDeploymentStatus) {
+    let Some(c) = &status.canary else {
+        return;
+    };
+    for g in &c.gates {
+        let phase = match g.phase {
+            crate::api::GatePhase::Running => "running",
+            crate::api::GatePhase::Passed => "passed",
+        };
+        let what = g
+            .job
+            .as_ref()
+            .map_or("webhook".to_string(), |j| format!("Job {j}"));
+        let message = g
+            .message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "Gate:        {} {phase} ({what}){message}",
+            g.gate.as_str()
+        );
+    }
+    if c.paused == Some(crate::api::PauseReason::Step) {
+        let name = md.metadata.name.as_deref().unwrap_or("?");
+        let ns = md.metadata.namespace.as_deref().unwrap_or("default");
+        let _ = writeln!(
+            out,
+            "Approval:    {}: anyone allowed to patch ModelDeployments in {ns} can run `kubectl modeldeploy promote {name} -n {ns}` (or `abort`)",
+            crate::rollout::gates::WAITING_FOR_APPROVAL
+        );
     }
 }
 
@@ -342,6 +379,40 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("Deployed"), "{out}");
+        assert!(
+            !out.contains("Approval:") && !out.contains("Gate:"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn status_shows_gates_and_a_pending_approval_with_who_may_give_it() {
+        let md: ModelDeployment = serde_json::from_value(json!({
+            "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "scorer", "namespace": "risk"},
+            "spec": {"model": {"version": "2.0.0", "image": "m:2"},
+                     "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}},
+                     "rollout": {"steps": [{"setWeight": 20}, {"pause": {}}]}},
+            "status": {
+                "phase": "Paused",
+                "stable": {"revision": 1, "version": "1.0.0", "image": "m:1", "hash": "a"},
+                "canary": {"revision": 2, "version": "2.0.0", "image": "m:2", "hash": "b",
+                           "weight": 20, "setWeight": 20, "step": 1, "paused": "Step",
+                           "gates": [{"gate": "preRollout", "phase": "Passed",
+                                      "job": "scorer-b-pre-rollout",
+                                      "message": "Job scorer-b-pre-rollout succeeded"}]}
+            }
+        }))
+        .unwrap();
+        let out = render_status(&md);
+        assert!(
+            out.contains("Gate:        preRollout passed (Job scorer-b-pre-rollout)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Approval:    waiting for approval: anyone allowed to patch ModelDeployments in risk can run `kubectl modeldeploy promote scorer -n risk`"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod apply;
 pub mod collect;
+mod gates;
 mod observe;
 mod reconcile;
 mod status;
@@ -113,6 +114,8 @@ pub struct Context {
     reported_undecodable: Mutex<HashMap<ObjectRef<Watched>, String>>,
     /// The newest transition told per object (by uid and number).
     announced: Mutex<HashMap<ObjectRef<ModelDeployment>, (String, i64)>>,
+    /// Hosts webhook gates may call.
+    webhook_allow: Vec<crate::api::gates::HostPattern>,
 }
 
 /// What to watch and how to report.
@@ -131,6 +134,8 @@ pub struct Settings {
     /// Reconciles running at once (0: no limit). Each holds API connections
     /// and cache snapshots, so this bounds memory under a burst of changes.
     pub max_concurrent_reconciles: u16,
+    /// Hosts webhook gates may call (`--webhook-allow`); none when empty.
+    pub webhook_allow: Vec<crate::api::gates::HostPattern>,
 }
 
 /// The caches the reconciles read, besides the ModelDeployments'.
@@ -176,6 +181,7 @@ impl Context {
             failures: Mutex::default(),
             reported_undecodable: Mutex::default(),
             announced: Mutex::default(),
+            webhook_allow: settings.webhook_allow.clone(),
         }
     }
 }

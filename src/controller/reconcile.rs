@@ -48,7 +48,7 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
     // After a restart: what an earlier life wrote but may not have told.
     announce(md, ctx, &status).await;
     let now = Timestamp::now();
-    let valid = match validate(&md.spec) {
+    let valid = match validate(&md.spec).and_then(|v| gates::allowed(v, &ctx.webhook_allow)) {
         Ok(v) => v,
         Err(invalid) => return refuse(md, ctx, &status, &invalid, now).await,
     };
@@ -63,6 +63,7 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
         analysis: seen.analysis.as_ref(),
         canary_pods_failure: seen.canary_pods_failure.as_deref(),
         request: seen.request.as_ref(),
+        gate: seen.gate.as_ref(),
         now,
     });
     apply_decision(md, ctx, &valid, &decision, &seen).await?;
@@ -113,6 +114,7 @@ pub(super) struct Seen {
     revisions: rollout::Observed,
     request: Option<rollout::Request>,
     canary_pods_failure: Option<String>,
+    gate: Option<crate::rollout::gates::GateSeen>,
     capture: collect::Capture,
     analysis: Option<crate::analysis::AnalysisRun>,
 }
@@ -140,7 +142,9 @@ async fn observe(
     } else {
         None
     };
+    let gate = gates::observe(md, ctx, status, valid, now).await;
     Seen {
+        gate,
         request: pending_request(md),
         canary_pods_failure: canary_health(md, ctx, status, valid, now),
         deployments,
@@ -182,6 +186,7 @@ async fn apply_decision(
     route_traffic(md, ctx, &ns, decision).await?;
     // A revision beyond the history limit goes with its stored template.
     delete_stale(ctx, &ns, &seen.deployments, &keep).await?;
+    gates::prune_jobs(ctx, md, &ns, &seen.deployments, &keep).await;
     delete_stale(ctx, &ns, &seen.stored, &keep).await
 }
 

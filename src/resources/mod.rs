@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use crate::api::{ModelDeployment, ModelDeploymentSpec, ValidSpec, labels};
 pub use budget::disruption_budget;
 
+pub mod gate_job;
+
 /// Name of the serving container; also how the operator finds it in pod status.
 pub const MODEL_CONTAINER: &str = "model";
 /// Annotation holding the hash of what the operator last applied to an object,

@@ -120,6 +120,7 @@ impl Sim {
             analysis: run.as_ref(),
             canary_pods_failure: pods,
             request,
+            gate: None,
             now: self.now(),
         });
         // Deciding again on its own output changes nothing.
@@ -133,6 +134,7 @@ impl Sim {
             analysis: run.as_ref(),
             canary_pods_failure: None,
             request,
+            gate: None,
             now: self.now(),
         });
         assert_eq!(

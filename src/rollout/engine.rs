@@ -26,7 +26,12 @@ pub(super) fn progress(d: &mut Draft<'_>, stable: &RevisionStatus, target: &Revi
     let outcome = unhealthy(d, &c)
         .map_or(Ok(()), Err)
         .and_then(|()| rollout.map_or(Ok(()), |r| judge(d, &mut c, r)))
-        .and_then(|()| strategy.advance(d, &mut c, rollout));
+        .and_then(|()| super::gates::judge(d, &mut c))
+        .and_then(|held| match held {
+            // A preRollout gate keeps the revision at zero pods and traffic.
+            true => Ok(()),
+            false => strategy.advance(d, &mut c, rollout),
+        });
     if let Err(why) = outcome {
         return roll_back(d, &c, stable, why);
     }
@@ -202,6 +207,7 @@ fn start(
         promoting: replace,
         set_mirror: 0,
         mirror: 0,
+        gates: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod announce;
 pub mod conditions;
 mod engine;
+pub mod gates;
 mod guard;
 pub mod requests;
 mod strategies;
@@ -72,6 +73,8 @@ pub struct Input<'a> {
     pub canary_pods_failure: Option<&'a str>,
     /// A `kubectl modeldeploy` request; one already carried out is ignored.
     pub request: Option<&'a Request>,
+    /// What the controller saw of the gate the status says is running.
+    pub gate: Option<&'a gates::GateSeen>,
     pub now: Timestamp,
 }
 
@@ -460,9 +463,7 @@ fn summarize_rollout(
     );
     if let Some(reason) = c.paused {
         let why = match reason {
-            crate::api::PauseReason::Step => {
-                "a pause step waits for `kubectl modeldeploy promote`".to_string()
-            }
+            crate::api::PauseReason::Step => gates::approval(d.input.name),
             crate::api::PauseReason::UserRequest => {
                 "paused by `kubectl modeldeploy pause`".to_string()
             }
@@ -479,6 +480,8 @@ fn summarize_rollout(
             c.revision, c.step, c.weight
         );
         (Phase::Paused, message)
+    } else if let Some(message) = gates::waiting(c) {
+        (Phase::Progressing, message)
     } else if c.promoting {
         let message = format!(
             "revision {} passed its rollout and scales up to take over from revision {}",
@@ -718,3 +721,6 @@ mod tests;
 
 #[cfg(test)]
 mod canary_tests;
+
+#[cfg(test)]
+mod gates_tests;

@@ -34,6 +34,7 @@ fn run(
         analysis: None,
         canary_pods_failure: None,
         request: None,
+        gate: None,
         now,
     })
 }

@@ -60,6 +60,7 @@ fn ab_test(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec) -> Re
         });
         let safe = run.verdict() == CheckVerdict::Pass || rollout.analysis.checks.is_empty();
         match cmp.winner {
+            Some(Winner::Candidate) if safe && super::super::gates::hold_promotion(d, c) => {}
             Some(Winner::Candidate) if safe => {
                 c.promoting = true;
                 c.step_started_at = Some(d.now.clone());

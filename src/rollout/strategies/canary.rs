@@ -36,7 +36,7 @@ fn advance_steps(d: &mut Draft<'_>, c: &mut CanaryStatus, rollout: &RolloutSpec)
     loop {
         let index = usize::try_from(c.step).unwrap_or(0);
         let Some(step) = rollout.steps.get(index) else {
-            if ready_to_promote(d, rollout) {
+            if ready_to_promote(d, rollout) && !super::super::gates::hold_promotion(d, c) {
                 c.promoting = true;
                 c.step_started_at = Some(d.now.clone());
                 d.note(
