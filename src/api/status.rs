@@ -104,7 +104,8 @@ pub struct ModelDeploymentStatus {
     /// Newest last; at most `revisionHistoryLimit` entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
-    /// `Ready`, `Progressing`, `Degraded`, `DataDrift`.
+    /// `Ready`, `Progressing`, `Degraded`, `DataDrift`, and kstatus's
+    /// `Reconciling` (= `Progressing`) and `Stalled` (= `Degraded`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The newest transition's events, written with the status that records

@@ -1266,3 +1266,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn kstatus_reads_reconciling_while_rolling_out_and_stalled_after_a_rollback() {
+    let is = |sim: &Sim, t: &str| conditions::is_true(&sim.status.conditions, t);
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    assert!(!is(&sim, conditions::RECONCILING) && !is(&sim, conditions::STALLED));
+    sim.start(canary_spec("2.0.0", json!({})));
+    assert!(is(&sim, conditions::RECONCILING) && !is(&sim, conditions::STALLED));
+    for _ in 0..3 {
+        sim.interval(CheckVerdict::Fail);
+    }
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    assert!(!is(&sim, conditions::RECONCILING));
+    assert!(is(&sim, conditions::STALLED), "a GitOps health check sees the rollback");
+    let stalled = conditions::get(&sim.status.conditions, conditions::STALLED).unwrap();
+    assert_eq!(stalled.reason, "RolledBack");
+}

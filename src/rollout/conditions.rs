@@ -7,6 +7,10 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const DATA_DRIFT: &str = "DataDrift";
+/// kstatus's names (Flux, `kubectl wait`): the same as `Progressing`, and
+/// as `Degraded`.
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
 
 /// Set (or add) a condition. The transition time moves only when the status flips.
 pub fn set(

@@ -431,6 +431,19 @@ fn set_progress(
         generation,
         &now,
     );
+    // The same two facts under the names kstatus reads (Flux's health
+    // checks, kubectl wait, cli-utils): Reconciling while a revision rolls
+    // out, Stalled once one was rolled back or missed its deadline, so a
+    // GitOps health check reports the rollback instead of a healthy object.
+    conditions::set(
+        cs,
+        conditions::RECONCILING,
+        progressing,
+        reason,
+        message_of(cs, conditions::PROGRESSING),
+        generation,
+        &now,
+    );
     conditions::set(
         cs,
         conditions::DEGRADED,
@@ -440,6 +453,24 @@ fn set_progress(
         generation,
         &now,
     );
+    conditions::set(
+        cs,
+        conditions::STALLED,
+        degraded,
+        degraded_reason,
+        message_of(cs, conditions::DEGRADED),
+        generation,
+        &now,
+    );
+}
+
+fn message_of(
+    cs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> String {
+    conditions::get(cs, type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
 /// A revision is rolling out: progressing, paused or promoting.
