@@ -71,8 +71,12 @@ fn example_files() -> Vec<PathBuf> {
 }
 
 fn documents() -> Vec<Document> {
+    documents_of(example_files())
+}
+
+fn documents_of(files: Vec<PathBuf>) -> Vec<Document> {
     let mut out = Vec::new();
-    for path in example_files() {
+    for path in files {
         let file = path
             .strip_prefix(env!("CARGO_MANIFEST_DIR"))
             .unwrap_or(&path)
@@ -283,4 +287,30 @@ fn every_example_is_accepted_by_the_api_server_and_the_operator() {
             key.2
         );
     }
+}
+
+/// The quickstart's manifest (`e2e/quickstart/model.yaml`, applied by
+/// `e2e/quickstart.sh`) holds to the same rules as the examples, and its load
+/// generator is a Deployment that runs the same image.
+#[test]
+fn the_quickstart_manifest_is_accepted_like_an_example() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/quickstart/model.yaml");
+    let docs = documents_of(vec![path]);
+    let mut references = BTreeMap::new();
+    let mut kinds = Vec::new();
+    for doc in &docs {
+        match doc.str("/kind") {
+            Some("ModelDeployment") => check_model_deployment(doc, &mut references),
+            Some("Deployment") => {
+                let d: k8s_openapi::api::apps::v1::Deployment =
+                    serde_json::from_value(doc.value.clone())
+                        .unwrap_or_else(|e| panic!("{}: not a Deployment: {e}", doc.at()));
+                let image = d.spec.unwrap().template.spec.unwrap().containers[0].image.clone();
+                assert_eq!(image.as_deref(), Some("modeldeploy:dev"), "{}", doc.at());
+            }
+            other => panic!("{}: unexpected kind {other:?}", doc.at()),
+        }
+        kinds.push(doc.str("/kind").unwrap_or_default().to_string());
+    }
+    assert_eq!(kinds, ["ModelDeployment", "Deployment"]);
 }
