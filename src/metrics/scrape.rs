@@ -207,6 +207,8 @@ impl Scraper {
     }
 
     fn classify(&self, e: reqwest::Error) -> ScrapeError {
+        // The collector names the pod's URL already.
+        let e = e.without_url();
         if e.is_timeout() {
             ScrapeError::Timeout(self.config.timeout)
         } else if e.is_connect() {
