@@ -85,7 +85,9 @@ for target in "${selected[@]}"; do
     "$(stat bitmap_cvg "$stats")" "$crashes" "$hangs"
   if [[ $crashes != 0 || $hangs != 0 ]]; then
     findings=1
-    ls "$out"/default/crashes/id:* "$out"/default/hangs/id:* 2>/dev/null | sed 's/^/  finding: fuzz\//'
+    for finding in "$out"/default/crashes/id:* "$out"/default/hangs/id:*; do
+      [[ -e $finding ]] && echo "  finding: fuzz/$finding"
+    done
   fi
 done
 exit "$findings"
