@@ -22,7 +22,8 @@ cd "$(dirname "$0")"
 TARGETS=(exposition spec request reference)
 
 usage() {
-  echo "usage: fuzz/run.sh {${TARGETS[*]// /|}|all} SECONDS" >&2
+  local IFS='|'
+  echo "usage: fuzz/run.sh {${TARGETS[*]}|all} SECONDS" >&2
   exit 2
 }
 
