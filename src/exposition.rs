@@ -552,7 +552,7 @@ impl<'a> Parser<'a, '_> {
                     Ok(None) => return self.after_eof(i).map(|()| self.visited),
                     Err(e) => Err(e),
                 },
-                Some(_) => self.sample(i, &mut visitor)?,
+                Some(_) => Ok(self.sample(i, &mut visitor)?),
             };
             i = next.map_err(|reason| ParseError::Syntax {
                 line: self.line,
@@ -665,34 +665,18 @@ impl<'a> Parser<'a, '_> {
         }
     }
 
-    /// Parses the sample line at `i` (a non-blank, non-`#` byte). The outer
-    /// result is a limit error, the inner one a syntax error; `Ok(Ok(next))`
-    /// gives the start of the next line.
+    /// Parses the sample line at `i` (a non-blank, non-`#` byte) and gives
+    /// the start of the next line. A sample of an unwanted family is skipped
+    /// after its name.
     fn sample<F: FnMut(Sample<'a>)>(
         &mut self,
         i: usize,
         visitor: &mut F,
-    ) -> Result<Step<usize>, ParseError> {
-        let b = self.b;
-        let text = self.text;
-        // Metric name.
-        if !is_name_start(b[i]) {
-            return Ok(Err(SyntaxError::InvalidMetricName));
-        }
-        let mut j = i + 1;
-        while j < b.len() && is_name_char(b[j]) {
-            j += 1;
-        }
-        let Some(name) = text.get(i..j) else {
-            return Ok(Err(SyntaxError::InvalidMetricName));
-        };
-        match b.get(j) {
-            Some(b'{' | b' ' | b'\t') => {}
-            _ => return Ok(Err(SyntaxError::UnexpectedAfterName)),
-        }
+    ) -> Result<usize, ParseError> {
+        let (name, j) = self.metric_name(i).map_err(|r| self.syntax(r))?;
         let fam = self.resolve(name);
         if !fam.wanted {
-            return Ok(Ok(line_end(b, j) + 1));
+            return Ok(line_end(self.b, j) + 1);
         }
         if self.visited >= self.options.limits.max_samples {
             return Err(ParseError::TooManySamples {
@@ -700,60 +684,8 @@ impl<'a> Parser<'a, '_> {
                 limit: self.options.limits.max_samples,
             });
         }
-        // Labels.
-        let mut labels = Labels::default();
-        if b[j] == b'{' {
-            match self.labels(j + 1) {
-                Ok((raw_end, count, next)) => {
-                    if count > self.options.limits.max_labels {
-                        return Err(ParseError::TooManyLabels {
-                            line: self.line,
-                            limit: self.options.limits.max_labels,
-                        });
-                    }
-                    let Some(raw) = text.get(j + 1..raw_end) else {
-                        return Ok(Err(SyntaxError::ExpectedCommaOrBrace));
-                    };
-                    labels = Labels { raw, len: count };
-                    j = next;
-                }
-                Err(e) => return Ok(Err(e)),
-            }
-        }
-        // Value.
-        // A blank is required after a bare name (checked above); after `}`
-        // Go's parser does not require one either.
-        let k = skip_blanks(b, j);
-        let v_end = token_end(b, k);
-        if v_end == k {
-            return Ok(Err(SyntaxError::MissingValue));
-        }
-        let Some(value) = parse_float(&b[k..v_end]) else {
-            return Ok(Err(SyntaxError::InvalidValue));
-        };
-        // Timestamp, exemplar, end of line.
-        let mut timestamp = None;
-        let mut k = skip_blanks(b, v_end);
-        let t_end = token_end(b, k);
-        if t_end > k && b[k] != b'#' {
-            let ts = match self.options.format {
-                TextFormat::Prometheus => parse_int(&b[k..t_end]),
-                TextFormat::OpenMetrics => parse_float(&b[k..t_end]).and_then(seconds_to_ms),
-            };
-            let Some(ts) = ts else {
-                return Ok(Err(SyntaxError::InvalidTimestamp));
-            };
-            timestamp = Some(ts);
-            k = skip_blanks(b, t_end);
-        }
-        let next = match b.get(k) {
-            None => b.len(),
-            Some(b'\n') => k + 1,
-            Some(b'\r') if matches!(b.get(k + 1), None | Some(b'\n')) => k + 2,
-            // An OpenMetrics exemplar: `# {labels} value [timestamp]`, skipped.
-            Some(b'#') if matches!(b.get(k + 1), Some(b' ' | b'\t')) => line_end(b, k) + 1,
-            Some(_) => return Ok(Err(SyntaxError::TrailingCharacters)),
-        };
+        let (labels, j) = self.sample_labels(j)?;
+        let (value, timestamp, next) = self.value_to_line_end(j).map_err(|r| self.syntax(r))?;
         self.visited += 1;
         visitor(Sample {
             family: fam.name,
@@ -763,7 +695,87 @@ impl<'a> Parser<'a, '_> {
             value,
             timestamp,
         });
-        Ok(Ok(next))
+        Ok(next)
+    }
+
+    fn syntax(&self, reason: SyntaxError) -> ParseError {
+        ParseError::Syntax {
+            line: self.line,
+            reason,
+        }
+    }
+
+    /// The metric name starting at `i`, and the index of the `{` or blank
+    /// that must follow it.
+    #[inline]
+    fn metric_name(&self, i: usize) -> Step<(&'a str, usize)> {
+        let b = self.b;
+        if !is_name_start(b[i]) {
+            return Err(SyntaxError::InvalidMetricName);
+        }
+        let mut j = i + 1;
+        while j < b.len() && is_name_char(b[j]) {
+            j += 1;
+        }
+        let name = self.text.get(i..j).ok_or(SyntaxError::InvalidMetricName)?;
+        match b.get(j) {
+            Some(b'{' | b' ' | b'\t') => Ok((name, j)),
+            _ => Err(SyntaxError::UnexpectedAfterName),
+        }
+    }
+
+    /// The label set at `j` (none unless `j` is a `{`), and the index after it.
+    #[inline]
+    fn sample_labels(&self, j: usize) -> Result<(Labels<'a>, usize), ParseError> {
+        if self.b[j] != b'{' {
+            return Ok((Labels::default(), j));
+        }
+        let (raw_end, count, next) = self.labels(j + 1).map_err(|r| self.syntax(r))?;
+        if count > self.options.limits.max_labels {
+            return Err(ParseError::TooManyLabels {
+                line: self.line,
+                limit: self.options.limits.max_labels,
+            });
+        }
+        let raw = self
+            .text
+            .get(j + 1..raw_end)
+            .ok_or_else(|| self.syntax(SyntaxError::ExpectedCommaOrBrace))?;
+        Ok((Labels { raw, len: count }, next))
+    }
+
+    /// The value, the optional timestamp and the end of the line after a
+    /// sample's name or labels at `j`: (value, timestamp, start of the next line).
+    #[inline]
+    fn value_to_line_end(&self, j: usize) -> Step<(f64, Option<i64>, usize)> {
+        let b = self.b;
+        // A blank is required after a bare name (checked by `metric_name`);
+        // after `}` Go's parser does not require one either.
+        let k = skip_blanks(b, j);
+        let v_end = token_end(b, k);
+        if v_end == k {
+            return Err(SyntaxError::MissingValue);
+        }
+        let value = parse_float(&b[k..v_end]).ok_or(SyntaxError::InvalidValue)?;
+        let (timestamp, k) = self.timestamp(skip_blanks(b, v_end))?;
+        Ok((value, timestamp, sample_line_end(b, k)?))
+    }
+
+    /// The timestamp token at `k`, if there is one (`#` opens an exemplar),
+    /// and the index after it and its trailing blanks.
+    #[inline]
+    fn timestamp(&self, k: usize) -> Step<(Option<i64>, usize)> {
+        let b = self.b;
+        let t_end = token_end(b, k);
+        if t_end == k || b[k] == b'#' {
+            return Ok((None, k));
+        }
+        let ts = match self.options.format {
+            TextFormat::Prometheus => parse_int(&b[k..t_end]),
+            TextFormat::OpenMetrics => parse_float(&b[k..t_end]).and_then(seconds_to_ms),
+        };
+        let ts = ts.ok_or(SyntaxError::InvalidTimestamp)?;
+        Ok((Some(ts), skip_blanks(b, t_end)))
     }
 
     /// Validates a label set starting after `{`. Returns (index of `}`,
@@ -818,6 +830,20 @@ impl<'a> Parser<'a, '_> {
                 _ => return Err(SyntaxError::ExpectedCommaOrBrace),
             }
         }
+    }
+}
+
+/// Where the next line starts once a sample's value and timestamp are read
+/// up to `k`: only the line's end or an OpenMetrics exemplar may follow.
+#[inline]
+fn sample_line_end(b: &[u8], k: usize) -> Step<usize> {
+    match b.get(k) {
+        None => Ok(b.len()),
+        Some(b'\n') => Ok(k + 1),
+        Some(b'\r') if matches!(b.get(k + 1), None | Some(b'\n')) => Ok(k + 2),
+        // An OpenMetrics exemplar: `# {labels} value [timestamp]`, skipped.
+        Some(b'#') if matches!(b.get(k + 1), Some(b' ' | b'\t')) => Ok(line_end(b, k) + 1),
+        Some(_) => Err(SyntaxError::TrailingCharacters),
     }
 }
 

@@ -3,6 +3,7 @@
 //! is a pod IP, a port and a plain path, so nothing in a ModelDeployment can
 //! make the operator request another host or URL.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,17 +49,25 @@ impl Target {
     }
 
     pub fn url(&self) -> String {
+        format!("http://{}{}", self.authority(), self.path)
+    }
+
+    /// `ip:port`, the IPv6 address in brackets.
+    pub fn authority(&self) -> String {
         match self.ip {
-            IpAddr::V4(ip) => format!("http://{ip}:{}{}", self.port, self.path),
-            IpAddr::V6(ip) => format!("http://[{ip}]:{}{}", self.port, self.path),
+            IpAddr::V4(ip) => format!("{ip}:{}", self.port),
+            IpAddr::V6(ip) => format!("[{ip}]:{}", self.port),
         }
     }
 }
 
+/// Why a pod's metrics could not be read. The message names the cause (the
+/// collector prefixes the pod's URL), so an Inconclusive check says why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScrapeError {
-    #[error("timed out")]
-    Timeout,
+    /// The whole request, body included, took longer than the timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("HTTP status {0}")]
@@ -69,6 +78,10 @@ pub enum ScrapeError {
     NotText,
     #[error("metrics path is not a plain path")]
     BadPath,
+    /// Two pods answer at one address: their metrics cannot be told apart,
+    /// and reading both would count one server twice.
+    #[error("pods {0} and {1} share the address {2}: their metrics cannot be told apart")]
+    SharedAddress(String, String, String),
     #[error("{0}")]
     Other(String),
 }
@@ -77,12 +90,13 @@ impl ScrapeError {
     /// A static label for the scrape-error metric.
     pub fn reason(&self) -> &'static str {
         match self {
-            ScrapeError::Timeout => "timeout",
+            ScrapeError::Timeout(_) => "timeout",
             ScrapeError::Connect(_) => "connect",
             ScrapeError::Status(_) => "http_status",
             ScrapeError::TooLarge(_) => "too_large",
             ScrapeError::NotText => "not_text",
             ScrapeError::BadPath => "bad_path",
+            ScrapeError::SharedAddress(..) => "shared_address",
             ScrapeError::Other(_) => "other",
         }
     }
@@ -152,7 +166,7 @@ impl Scraper {
             )
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| self.classify(e))?;
         if !response.status().is_success() {
             return Err(ScrapeError::Status(response.status().as_u16()));
         }
@@ -163,7 +177,7 @@ impl Scraper {
         let mut body = Vec::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(classify)?;
+            let chunk = chunk.map_err(|e| self.classify(e))?;
             if body.len() + chunk.len() > max {
                 return Err(ScrapeError::TooLarge(max));
             }
@@ -172,27 +186,79 @@ impl Scraper {
         String::from_utf8(body).map_err(|_| ScrapeError::NotText)
     }
 
-    /// Fetch every target, at most `concurrency` at once overall.
+    /// Fetch every target, at most `concurrency` at once overall. Targets of
+    /// different pods at one address are not fetched (see
+    /// [`ScrapeError::SharedAddress`]).
     pub async fn fetch_all(&self, targets: &[Target]) -> Vec<Result<String, ScrapeError>> {
-        let fetches = targets.iter().cloned().map(|t| {
+        let shared = shared_addresses(targets);
+        let fetches = targets.iter().cloned().zip(shared).map(|(t, shared)| {
             let scraper = self.clone();
-            async move { scraper.fetch(&t).await }
+            async move {
+                match shared {
+                    Some(e) => Err(e),
+                    None => scraper.fetch(&t).await,
+                }
+            }
         });
         futures::stream::iter(fetches)
             .buffered(self.config.concurrency.max(1))
             .collect()
             .await
     }
+
+    fn classify(&self, e: reqwest::Error) -> ScrapeError {
+        // The collector names the pod's URL already.
+        let e = e.without_url();
+        if e.is_timeout() {
+            ScrapeError::Timeout(self.config.timeout)
+        } else if e.is_connect() {
+            ScrapeError::Connect(causes(&e))
+        } else {
+            ScrapeError::Other(causes(&e))
+        }
+    }
 }
 
-fn classify(e: reqwest::Error) -> ScrapeError {
-    if e.is_timeout() {
-        ScrapeError::Timeout
-    } else if e.is_connect() {
-        ScrapeError::Connect(e.to_string())
-    } else {
-        ScrapeError::Other(e.to_string())
+/// For each target, the error that refuses it when a target of another pod
+/// has the same address. A pod IP belongs to one pod; two pods reporting one
+/// (a stale cache after the IP was reused, host-network pods) cannot be told
+/// apart, so neither is read rather than one server counted twice.
+fn shared_addresses(targets: &[Target]) -> Vec<Option<ScrapeError>> {
+    let mut pods_at: HashMap<(IpAddr, u16), Vec<&str>> = HashMap::new();
+    for t in targets {
+        let pods = pods_at.entry((t.ip, t.port)).or_default();
+        if !pods.contains(&t.pod_uid.as_str()) {
+            pods.push(&t.pod_uid);
+        }
     }
+    targets
+        .iter()
+        .map(|t| {
+            let other = pods_at[&(t.ip, t.port)].iter().find(|p| **p != t.pod_uid)?;
+            Some(ScrapeError::SharedAddress(
+                t.pod_uid.clone(),
+                other.to_string(),
+                t.authority(),
+            ))
+        })
+        .collect()
+}
+
+/// The error and its sources, `: `-separated: reqwest's own message only
+/// says which request failed; the cause ("connection refused", "invalid HTTP
+/// version") is in the chain.
+fn causes(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -290,7 +356,7 @@ mod tests {
         });
         assert_eq!(
             scraper.fetch(&target(addr, "/metrics")).await,
-            Err(ScrapeError::Timeout)
+            Err(ScrapeError::Timeout(Duration::from_millis(200)))
         );
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
