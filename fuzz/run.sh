@@ -9,9 +9,8 @@
 # dictionary for SECONDS of fuzzing, and prints one line of statistics per
 # target. Findings land in fuzz/out/TARGET/default/{crashes,hangs}; the
 # script exits 1 when there are any. Keep each one with a name saying what it
-# is: in fuzz/regressions/TARGET/ once fixed, in fuzz/known/TARGET/ while the
-# fix is reported elsewhere; `cargo test --test fuzz_regressions` replays
-# them without AFL (known/ with --ignored).
+# is in fuzz/regressions/TARGET/ with its fix; `cargo test --test
+# fuzz_regressions` replays them without AFL.
 #
 # Without cargo-afl the script skips with one line, or fails when
 # MODELDEPLOY_REQUIRE_TOOLS=1. Install: `cargo install cargo-afl --locked`

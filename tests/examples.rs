@@ -305,7 +305,9 @@ fn the_quickstart_manifest_is_accepted_like_an_example() {
                 let d: k8s_openapi::api::apps::v1::Deployment =
                     serde_json::from_value(doc.value.clone())
                         .unwrap_or_else(|e| panic!("{}: not a Deployment: {e}", doc.at()));
-                let image = d.spec.unwrap().template.spec.unwrap().containers[0].image.clone();
+                let image = d.spec.unwrap().template.spec.unwrap().containers[0]
+                    .image
+                    .clone();
                 assert_eq!(image.as_deref(), Some("modeldeploy:dev"), "{}", doc.at());
             }
             other => panic!("{}: unexpected kind {other:?}", doc.at()),

@@ -218,6 +218,37 @@ impl CounterWindow {
         self.dropped
     }
 
+    /// [`CounterWindow::observe`], unless the scrape holds more counter
+    /// series than one pod may keep: then none of it is taken, so no check
+    /// judges a part of a pod's series (say, its successes without the
+    /// errors listed after them). The error says why, for the run's message.
+    pub fn observe_whole<S: SampleView>(
+        &mut self,
+        pod_uid: &str,
+        pod_started: Option<i64>,
+        samples: &[S],
+    ) -> Result<(), String> {
+        let series = samples
+            .iter()
+            .filter(|s| s.value().is_finite() && s.value() >= 0.0 && is_monotonic(*s))
+            .count();
+        if series > self.max_series_per_pod {
+            return Err(format!(
+                "exposes {series} counter series of the judged metrics, more than the {} one pod is judged on; none of them is judged",
+                self.max_series_per_pod
+            ));
+        }
+        let dropped = self.dropped;
+        self.observe(pod_uid, pod_started, samples);
+        if self.dropped > dropped {
+            return Err(format!(
+                "its series changed past the {} one pod is judged on; the new ones are not judged",
+                self.max_series_per_pod
+            ));
+        }
+        Ok(())
+    }
+
     /// One scrape of one pod. Any counter lower than before means the pod's
     /// process restarted, and then every counter of the pod did: all of them
     /// keep what they had counted and start again from zero, including those

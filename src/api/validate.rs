@@ -71,16 +71,63 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Parse a Go-style duration (`300ms`, `2m`, `1h30m`) as `metav1.Duration` does.
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration, InvalidSpec> {
-    let parsed: kube::core::Duration = value.parse().map_err(|e| {
-        invalid(
-            field,
-            format!("{value:?} is not a duration such as 30s, 2m or 1h30m ({e})"),
-        )
-    })?;
-    if parsed.is_negative() {
+    if value.starts_with('-') {
         return Err(invalid(field, format!("{value:?} must not be negative")));
     }
-    Ok(parsed.into())
+    let seconds = duration_seconds(value).ok_or_else(|| {
+        invalid(
+            field,
+            format!("{value:?} is not a duration such as 30s, 2m or 1h30m"),
+        )
+    })?;
+    if seconds > MAX_DURATION_SECONDS {
+        return Err(invalid(
+            field,
+            format!(
+                "{value:?} is longer than {}h",
+                MAX_DURATION_SECONDS / 3600.0
+            ),
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Longer than any rollout waits (ten years): refused, and far from where
+/// the arithmetic of durations overflows.
+const MAX_DURATION_SECONDS: f64 = 87_600.0 * 3600.0;
+
+/// Seconds in a Go-style duration (`1h30m`, `1.5s`, `250ms`): one or more
+/// numbers, each with a unit. Summed in floating point, so no input can
+/// overflow; `None` if it does not parse.
+fn duration_seconds(value: &str) -> Option<f64> {
+    const UNITS: [(&str, f64); 6] = [
+        ("ns", 1e-9),
+        ("us", 1e-6),
+        ("ms", 1e-3),
+        ("h", 3600.0),
+        ("m", 60.0),
+        ("s", 1.0),
+    ];
+    let mut rest = value;
+    let mut total = 0.0;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..number_len];
+        if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+            return None;
+        }
+        let amount: f64 = number.parse().ok()?;
+        rest = &rest[number_len..];
+        let (unit, scale) = UNITS.iter().find(|(u, _)| rest.starts_with(u))?;
+        rest = &rest[unit.len()..];
+        total += amount * scale;
+    }
+    total.is_finite().then_some(total)
 }
 
 fn parse_interval(field: &str, value: &str) -> Result<Duration, InvalidSpec> {
@@ -972,5 +1019,32 @@ mod tests {
             ..Default::default()
         }];
         assert_eq!(refused(&s).field, "spec.model.env[0].name");
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn go_style_durations_parse_and_huge_ones_are_refused_not_panicked_on() {
+        let d = |v: &str| parse_duration("spec.x", v);
+        assert_eq!(d("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(d("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(d("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(d("0s").unwrap(), Duration::ZERO);
+        for bad in ["", "10", "s", "1x", "1.s", ".5s", "1h 30m", "-1s"] {
+            let e = d(bad).unwrap_err();
+            assert_eq!(e.field, "spec.x", "{bad:?}");
+        }
+        // What the fuzzer found: numbers past what nanoseconds can hold.
+        for huge in [
+            "2000000000000000000m",
+            "50000000000000000000s",
+            "999999h999999h999999h999999h",
+        ] {
+            let e = d(huge).unwrap_err();
+            assert!(e.message.contains("longer than"), "{huge}: {e}");
+        }
     }
 }

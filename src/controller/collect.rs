@@ -105,7 +105,10 @@ async fn scrape_into(
         let mut samples = Vec::new();
         match exposition::parse_with(&text, filter, &Options::default(), |s| samples.push(s)) {
             Ok(_) => {
-                window.observe(&target.pod_uid, start, &samples);
+                if let Err(why) = window.observe_whole(&target.pod_uid, start, &samples) {
+                    problems.push(format!("pod {}: {why}", target.url()));
+                    continue;
+                }
                 latest.extend(
                     samples
                         .into_iter()

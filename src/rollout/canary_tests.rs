@@ -1279,7 +1279,10 @@ fn kstatus_reads_reconciling_while_rolling_out_and_stalled_after_a_rollback() {
     }
     assert_eq!(sim.status.phase, Some(Phase::RolledBack));
     assert!(!is(&sim, conditions::RECONCILING));
-    assert!(is(&sim, conditions::STALLED), "a GitOps health check sees the rollback");
+    assert!(
+        is(&sim, conditions::STALLED),
+        "a GitOps health check sees the rollback"
+    );
     let stalled = conditions::get(&sim.status.conditions, conditions::STALLED).unwrap();
     assert_eq!(stalled.reason, "RolledBack");
 }
