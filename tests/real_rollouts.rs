@@ -964,6 +964,18 @@ impl Story {
         .await;
     }
 
+    /// `kubectl scale mdep/NAME --replicas=N`, with the real kubectl.
+    fn kubectl_scale(&self, replicas: i32) {
+        let mut kubectl = self.cp.kubectl().expect("kubectl");
+        let out = kubectl
+            .args(["scale", "-n", &self.ns, &format!("mdep/{NAME}")])
+            .arg(format!("--replicas={replicas}"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kubectl scale: {stderr}");
+    }
+
     /// Scaled by someone else (kubectl, an HPA): wait for the pods, and
     /// measure capacity against the new size from then on.
     async fn scaled_to(&mut self, replicas: i32, versions: &[&str]) {
@@ -984,22 +996,7 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
     story.budget_counts(2, 1).await;
 
     // `kubectl scale` through the scale subresource.
-    let mut kubectl = story.cp.kubectl().expect("kubectl");
-    let out = kubectl
-        .args([
-            "scale",
-            "-n",
-            &story.ns,
-            &format!("mdep/{NAME}"),
-            "--replicas=4",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    story.kubectl_scale(4);
     story.scaled_to(4, &["1.0.0"]).await;
     let scale = story.api.get_scale(NAME).await.unwrap();
     assert_eq!(scale.spec.and_then(|s| s.replicas), Some(4));
@@ -1113,22 +1110,7 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
 
     // Scaled to zero by hand, the HPA gone: no pods, and status says so.
     hpas.delete(NAME, &Default::default()).await.unwrap();
-    let mut kubectl = story.cp.kubectl().expect("kubectl");
-    let out = kubectl
-        .args([
-            "scale",
-            "-n",
-            &story.ns,
-            &format!("mdep/{NAME}"),
-            "--replicas=0",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    story.kubectl_scale(0);
     story.load = None;
     story.capacity.armed.store(false, Ordering::SeqCst);
     story.replicas = 0;
