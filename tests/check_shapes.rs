@@ -47,7 +47,7 @@ const BAD: &[(&str, &str, &str)] = &[
     (
         r#"{"latency": {"quantile": 0.99, "max": ""}}"#,
         "latency.max",
-        "above 0",
+        "not a duration",
     ),
     (
         r#"{"latency": {"quantile": 0.99, "max": "soon"}}"#,

@@ -49,20 +49,13 @@ fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> 
 /// Scrape one revision's Ready pods into its window. Samples are read where
 /// they lie in the scraped text; only those named in `keep` (gauges that
 /// custom checks read as they are) are copied out and returned.
-async fn scrape_into(
-    ctx: &Context,
+/// Where each pod's metrics are read, and when each pod started.
+fn targets_of(
     md: &ModelDeployment,
     pods: &[Arc<Pod>],
-    filter: &FamilyFilter,
-    keep: &[String],
-    window: &mut CounterWindow,
+    port: u16,
     problems: &mut Vec<String>,
-) -> Vec<OwnedSample> {
-    let port = md.spec.metrics.port.unwrap_or(md.spec.model.port);
-    let Ok(port) = u16::try_from(port) else {
-        problems.push("metrics port out of range".into());
-        return Vec::new();
-    };
+) -> (Vec<Target>, Vec<Option<i64>>) {
     let mut targets = Vec::new();
     let mut starts = Vec::new();
     for p in pods {
@@ -85,6 +78,24 @@ async fn scrape_into(
             Err(e) => problems.push(e.to_string()),
         }
     }
+    (targets, starts)
+}
+
+async fn scrape_into(
+    ctx: &Context,
+    md: &ModelDeployment,
+    pods: &[Arc<Pod>],
+    filter: &FamilyFilter,
+    keep: &[String],
+    window: &mut CounterWindow,
+    problems: &mut Vec<String>,
+) -> Vec<OwnedSample> {
+    let port = md.spec.metrics.port.unwrap_or(md.spec.model.port);
+    let Ok(port) = u16::try_from(port) else {
+        problems.push("metrics port out of range".into());
+        return Vec::new();
+    };
+    let (targets, starts) = targets_of(md, pods, port, problems);
     let mut latest = Vec::new();
     for ((target, start), result) in targets
         .iter()
