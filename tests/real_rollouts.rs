@@ -1010,7 +1010,9 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
 
     // The eviction API goes by the budget: with one disruption allowed a
     // pod may go.
-    let pods: Api<Pod> = Api::namespaced(story.cp.admin().await, &story.ns);
+    // Without retries: a refused eviction (429) is the answer, not a cue to
+    // retry with backoff.
+    let pods: Api<Pod> = Api::namespaced(story.cp.admin_without_retries().await, &story.ns);
     let names: Vec<String> = serving(story.cp, &story.ns)
         .into_iter()
         .map(|p| p.name)

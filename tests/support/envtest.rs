@@ -140,6 +140,16 @@ impl ControlPlane {
         kube::Client::try_from(self.config.clone()).expect("admin client")
     }
 
+    /// [`ControlPlane::admin`] without kube's default retries: a 429 (an
+    /// eviction a disruption budget refuses) comes back at once instead of
+    /// being retried with backoff for minutes.
+    #[allow(dead_code)]
+    pub async fn admin_without_retries(&self) -> kube::Client {
+        let mut config = self.config.clone();
+        config.default_retry = false;
+        kube::Client::try_from(config).expect("admin client")
+    }
+
     /// The admin kubeconfig file (for kubectl, helm and the operator binary).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
