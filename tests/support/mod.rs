@@ -5,6 +5,7 @@ pub mod envtest;
 pub mod fake_apiserver;
 pub mod kubelet;
 pub mod real_operator;
+pub mod real_story;
 pub mod story;
 pub mod tools;
 
