@@ -10,7 +10,7 @@ mod support;
 
 use modeldeploy_demo::Behaviour;
 use serde_json::{Value, json};
-use support::story::{Member, StatusLog, Story, WAIT, canary_spec, ip_by_version};
+use support::story::{Member, StatusLog, Story, WAIT, canary_spec, deployments_of, ip_by_version};
 use support::{PodHealth, eventually, free_port};
 
 fn shadow_spec(port: u16) -> Value {
@@ -128,6 +128,21 @@ async fn a_failing_shadow_is_rolled_back_without_ever_taking_traffic() {
         (story.replicas_of("2.0.0") == Some(0)).then_some(())
     })
     .await;
+    // The canary's Service stays on the rolled-back shadow: a gateway that
+    // has not re-read the route yet must not copy requests to stable's pods.
+    let shadow_hash = deployments_of(&story.server, name)
+        .into_iter()
+        .find(|d| d["metadata"]["labels"]["modeldeploy.io/version"] == "2.0.0")
+        .map(|d| d["metadata"]["labels"]["modeldeploy.io/hash"].clone())
+        .expect("the shadow's Deployment");
+    let service = story
+        .server
+        .get("services", "default", &format!("{name}-canary"))
+        .expect("the canary's Service");
+    assert_eq!(
+        service["spec"]["selector"]["modeldeploy.io/hash"], shadow_hash,
+        "{service:#}"
+    );
     let statuses = log.all();
     assert!(
         statuses

@@ -170,13 +170,23 @@ pub(super) async fn route_traffic(
         return Ok(());
     };
     let router = crate::routers::for_spec(&md.spec);
+    let selected_now = router.canary_service(&md.name_any()).and_then(|name| {
+        let current = ctx.services.get(&ObjectRef::new(&name).within(ns))?;
+        current
+            .spec
+            .as_ref()?
+            .selector
+            .as_ref()?
+            .get(labels::HASH)
+            .cloned()
+    });
     let split = crate::routers::Split {
         stable_hash: &stable.hash,
-        canary_hash: decision
-            .status
-            .canary
-            .as_ref()
-            .map_or(stable.hash.as_str(), |c| c.hash.as_str()),
+        canary_hash: crate::routers::canary_service_hash(
+            decision.status.canary.as_ref().map(|c| c.hash.as_str()),
+            selected_now.as_deref(),
+            &stable.hash,
+        ),
         canary_weight: decision.canary_weight,
         mirror_percent: decision.status.canary.as_ref().map_or(0, |c| c.mirror),
     };

@@ -28,7 +28,7 @@ pub enum Child {
 #[derive(Debug, Clone, Copy)]
 pub struct Split<'a> {
     pub stable_hash: &'a str,
-    /// The revision rolled out, or stable's own hash when none is.
+    /// The revision the canary's Service selects: see [`canary_service_hash`].
     pub canary_hash: &'a str,
     /// Percent of traffic the canary should get.
     pub canary_weight: i32,
@@ -71,6 +71,25 @@ pub trait TrafficRouter: Sync {
 
     /// Why its children cannot be applied when the cluster lacks their API.
     fn missing_api(&self) -> &'static str;
+
+    /// The Service of its children that selects the canary's pods, if any.
+    fn canary_service(&self, _md_name: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The revision the canary's Service selects: the canary while there is one.
+/// Without one it stays where it is (`selected_now`): traffic is withdrawn
+/// from the canary by the route, and a gateway reads routes and Services at
+/// different moments, so re-pointing the Service to stable in the same breath
+/// would send copies and weighted requests of a route it has not re-read yet
+/// to stable's pods. A new Service selects stable.
+pub fn canary_service_hash<'a>(
+    canary: Option<&'a str>,
+    selected_now: Option<&'a str>,
+    stable: &'a str,
+) -> &'a str {
+    canary.or(selected_now).unwrap_or(stable)
 }
 
 /// Pods of the two revisions, as the Deployment controller reports them.
@@ -97,5 +116,21 @@ pub fn for_router(router: Router) -> &'static dyn TrafficRouter {
     match router {
         Router::Replicas => &replicas::Replicas,
         Router::GatewayApi => &gateway_api::GatewayApi,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canary_service_follows_a_canary_and_stays_when_it_goes() {
+        // A rollout starts: the Service moves to the canary.
+        assert_eq!(canary_service_hash(Some("c2"), Some("s1"), "s1"), "c2");
+        // Rolled back: it stays on the canary the route still copies to.
+        assert_eq!(canary_service_hash(None, Some("c2"), "s1"), "c2");
+        // A new Service, or a promotion (the canary became stable).
+        assert_eq!(canary_service_hash(None, None, "s1"), "s1");
+        assert_eq!(canary_service_hash(None, Some("c2"), "c2"), "c2");
     }
 }

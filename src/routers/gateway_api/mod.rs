@@ -77,6 +77,10 @@ impl TrafficRouter for GatewayApi {
         }]
     }
 
+    fn canary_service(&self, md_name: &str) -> Option<String> {
+        Some(variant_service_name(md_name, CANARY))
+    }
+
     fn missing_api(&self) -> &'static str {
         "spec.rollout.traffic.router is gatewayAPI but the cluster has no HTTPRoute (gateway.networking.k8s.io/v1) API: install the Gateway API CRDs"
     }
