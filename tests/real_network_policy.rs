@@ -22,24 +22,21 @@ use support::kubelet::LoadOptions;
 use support::real_operator::{OperatorOptions, RealOperator};
 use support::real_story::*;
 
-/// Where the operator says it runs, and its pods' labels, as the chart's
-/// Deployment tells it (POD_NAMESPACE, OPERATOR_POD_LABELS). The operator
-/// here is a process, not a pod: only the policy's peer is checked.
-const OPERATOR_NAMESPACE: &str = "modeldeploy-system";
+/// The operator's pods' labels, as the chart's Deployment tells it
+/// (OPERATOR_POD_LABELS); its namespace is the chart's release namespace
+/// (POD_NAMESPACE). The operator here is a process, not a pod: only the
+/// policy's peer is checked.
 const OPERATOR_POD_LABELS: &str =
     "app.kubernetes.io/name=modeldeploy,app.kubernetes.io/instance=netpol";
 
-/// [`Story::stable`] with the operator told its namespace and pod labels,
+/// [`Story::stable`] with the operator told its pod labels,
 /// and `spec.networkPolicy` set from the start.
 async fn stable_behind_a_policy(network_policy: Value) -> Option<Story> {
     let cp = support::envtest::control_plane()?;
     cp.install_crds().await;
     let ns = cp.namespace("netpol").await;
     let options = OperatorOptions {
-        env: vec![
-            ("POD_NAMESPACE".into(), OPERATOR_NAMESPACE.into()),
-            ("OPERATOR_POD_LABELS".into(), OPERATOR_POD_LABELS.into()),
-        ],
+        env: vec![("OPERATOR_POD_LABELS".into(), OPERATOR_POD_LABELS.into())],
         ..OperatorOptions::watching(&[&ns])
     };
     let op = RealOperator::start(cp, options).await?;
@@ -144,7 +141,7 @@ async fn the_policy_covers_every_revision_lets_in_the_operator_and_goes_with_the
     assert_eq!(rules.len(), 1, "{spec:#}");
     let mut expected_from = from.as_array().unwrap().clone();
     expected_from.push(json!({
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}},
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": story.op.namespace()}},
         "podSelector": {"matchLabels": {
             "app.kubernetes.io/name": "modeldeploy", "app.kubernetes.io/instance": "netpol"}},
     }));
