@@ -51,7 +51,8 @@ struct OperatorArgs {
     leader_election: bool,
     #[arg(long, env = "LEASE_NAME", default_value = "modeldeploy-leader")]
     lease_name: String,
-    /// Namespace of the Lease; the operator's own namespace in a cluster.
+    /// The operator's own namespace: where its Lease lives, and whose pods
+    /// every `spec.networkPolicy` lets in.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Seconds a lease holds without renewal.
@@ -84,6 +85,11 @@ struct OperatorArgs {
     /// `*.domain`. A gate whose URL matches none is refused as InvalidSpec.
     #[arg(long, env = "WEBHOOK_ALLOW", value_delimiter = ',', default_value = "")]
     webhook_allow: Vec<String>,
+    /// Labels of the operator's own pods, `key=value,...`: every
+    /// `spec.networkPolicy` lets these pods of the operator's namespace
+    /// (POD_NAMESPACE) in, to scrape metrics; all its pods when empty.
+    #[arg(long, env = "OPERATOR_POD_LABELS", default_value = "")]
+    operator_pod_labels: String,
 }
 
 fn main() -> ExitCode {
@@ -120,6 +126,7 @@ async fn run_operator(args: OperatorArgs) -> ExitCode {
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("modeldeploy-{}", std::process::id()))
     });
+    let operator_namespace = args.lease_namespace.clone();
     let config = OperatorConfig {
         namespaces: args
             .namespaces
@@ -142,6 +149,8 @@ async fn run_operator(args: OperatorArgs) -> ExitCode {
         webhook_url: args.webhook_url.filter(|u| !u.is_empty()),
         max_concurrent_reconciles: args.max_concurrent_reconciles,
         webhook_allow: args.webhook_allow,
+        operator_namespace,
+        operator_pod_labels: args.operator_pod_labels,
     };
     match operator::run(
         client,

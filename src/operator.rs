@@ -31,6 +31,10 @@ pub struct OperatorConfig {
     pub max_concurrent_reconciles: u16,
     /// Host patterns webhook gates may call (`--webhook-allow`).
     pub webhook_allow: Vec<String>,
+    /// The operator's namespace (`POD_NAMESPACE`); `default` when empty.
+    pub operator_namespace: String,
+    /// Labels of the operator's pods, `key=value,...` (`--operator-pod-labels`).
+    pub operator_pod_labels: String,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +105,14 @@ fn settings(config: &OperatorConfig) -> Result<Settings, String> {
             crate::api::gates::HostPattern::parse(p).map_err(|e| format!("--webhook-allow: {e}"))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let operator_peer = crate::resources::OperatorPeer {
+        namespace: Some(config.operator_namespace.trim())
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .to_string(),
+        pod_labels: crate::api::network::parse_labels(&config.operator_pod_labels)
+            .map_err(|e| format!("--operator-pod-labels: {e}"))?,
+    };
     Ok(Settings {
         namespaces: config.namespaces.clone(),
         instance: config.identity.clone(),
@@ -109,6 +121,7 @@ fn settings(config: &OperatorConfig) -> Result<Settings, String> {
         notifier,
         max_concurrent_reconciles: config.max_concurrent_reconciles,
         webhook_allow,
+        operator_peer,
     })
 }
 

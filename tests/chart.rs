@@ -232,6 +232,16 @@ fn bad_values_are_refused() {
             json!("true"),
             "/serviceMonitor/honorLabels",
         ),
+        (
+            "/networkPolicy/apiServer",
+            json!({"ports": [443], "cidrs": ["10.0.0.1"]}),
+            "/networkPolicy/apiServer/cidrs/0",
+        ),
+        (
+            "/networkPolicy/enabled",
+            json!("yes"),
+            "/networkPolicy/enabled",
+        ),
         ("/extraArgs", json!("--log-json"), "/extraArgs"),
         ("/extraArgs", json!([""]), "/extraArgs/0"),
         ("/extraEnv", json!([{"value": "x"}]), "/extraEnv/0"),
@@ -423,6 +433,31 @@ fn value_cases() -> Vec<(&'static str, Vec<(&'static str, Value)>)> {
         (
             "as a subchart",
             vec![("/global", json!({"imageRegistry": "registry.example"}))],
+        ),
+        (
+            "network policy",
+            vec![("/networkPolicy/enabled", json!(true))],
+        ),
+        (
+            "network policy, namespaced, with Prometheus and a pinned API server",
+            vec![
+                ("/networkPolicy/enabled", json!(true)),
+                ("/clusterInstall", json!(false)),
+                ("/watchNamespaces", json!(["risk", "ml-serving"])),
+                (
+                    "/prometheus/url",
+                    json!("http://prometheus.monitoring:9090"),
+                ),
+                (
+                    "/networkPolicy/apiServer",
+                    json!({"ports": [6443], "cidrs": ["10.0.0.1/32"]}),
+                ),
+                ("/networkPolicy/metricsFrom", json!([])),
+                (
+                    "/networkPolicy/extraEgress",
+                    json!([{"ports": [{"port": 443, "protocol": "TCP"}]}]),
+                ),
+            ],
         ),
         (
             "names and pod metadata",
@@ -1557,6 +1592,102 @@ fn a_pdb_keeps_the_standby_only_with_more_than_one_replica() {
             "{off:?}"
         );
     }
+}
+
+#[test]
+fn the_network_policy_guards_the_operator_and_lets_it_reach_what_it_calls() {
+    let Some(objects) = render(&[]) else {
+        return;
+    };
+    assert!(
+        of_kind(&objects, "NetworkPolicy").is_empty(),
+        "off by default"
+    );
+    let objects = render(&[
+        ("/networkPolicy/enabled", json!(true)),
+        ("/watchNamespaces", json!(["risk", "ml-serving"])),
+        (
+            "/prometheus/url",
+            json!("http://prometheus.monitoring:9090"),
+        ),
+    ])
+    .unwrap();
+    let policy = one(&objects, "NetworkPolicy");
+    let deployment = one(&objects, "Deployment");
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    assert_eq!(&policy["spec"]["podSelector"]["matchLabels"], selector);
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    // Ingress: only the metrics port, only from the configured source.
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["ports"][0]["name"], "metrics");
+    let ingress = policy["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"port": "metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    // Egress: the API server, DNS, the model pods of each watched namespace
+    // on the ports every revision names, and Prometheus.
+    let egress = policy["spec"]["egress"].as_array().unwrap();
+    let ports = |rule: &Value| -> Vec<Value> {
+        rule["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].clone())
+            .collect()
+    };
+    assert_eq!(ports(&egress[0]), [json!(443), json!(6443)]);
+    assert_eq!(ports(&egress[1]), [json!(53), json!(53)]);
+    assert_eq!(ports(&egress[2]), [json!("http"), json!("metrics")]);
+    let namespaces: Vec<&Value> = egress[2]["to"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|peer| {
+            assert_eq!(
+                peer["podSelector"]["matchLabels"]["app.kubernetes.io/managed-by"],
+                "modeldeploy"
+            );
+            &peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        })
+        .collect();
+    assert_eq!(namespaces, [&json!("risk"), &json!("ml-serving")]);
+    assert_eq!(ports(&egress[3]), [json!(9090)]);
+    // What the operator lets into the model pods is its own pods' labels.
+    let env = container["env"].as_array().unwrap();
+    let told = env
+        .iter()
+        .find(|e| e["name"] == "OPERATOR_POD_LABELS")
+        .expect("the operator is told its pod labels");
+    let expected: Vec<String> = selector
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
+    let mut got: Vec<String> = told["value"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(String::from)
+        .collect();
+    got.sort();
+    let mut expected = expected;
+    expected.sort();
+    assert_eq!(got, expected);
+    // No metrics source: no ingress rule at all (a rule without `from`
+    // would let everyone in).
+    let objects = render(&[
+        ("/networkPolicy/enabled", json!(true)),
+        ("/networkPolicy/metricsFrom", json!([])),
+    ])
+    .unwrap();
+    assert_eq!(one(&objects, "NetworkPolicy")["spec"]["ingress"], json!([]));
 }
 
 #[test]

@@ -9,11 +9,13 @@
 //! The stories run at once, one namespace each, under one operator installed
 //! with `clusterInstall=false` (a Role per watched namespace), leader election
 //! and `driftReference.fromStable=true`: a canary promoted twice (the oldest
-//! revision pruned beyond `revisionHistoryLimit`), one rolled back, one
-//! behind the Gateway API, and a `fromStable` drift reference captured.
+//! revision pruned beyond `revisionHistoryLimit`), one rolled back (behind a
+//! `spec.networkPolicy`, removed afterwards), one behind the Gateway API, and
+//! a `fromStable` drift reference captured.
 
 mod support;
 
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -488,9 +490,20 @@ async fn promoted_twice_and_pruned(cp: &'static ControlPlane, ns: &str) {
     .await;
 }
 
-/// A canary failing its error check: rolled back.
+/// A canary failing its error check: rolled back. Behind a NetworkPolicy
+/// (`spec.networkPolicy`), which goes with the field.
 async fn rolled_back(cp: &'static ControlPlane, ns: &str) {
-    let m = Model::stable(cp, ns, json!({"rollout": canary(errors())})).await;
+    let spec = json!({"rollout": canary(errors()),
+        "networkPolicy": {"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}});
+    let m = Model::stable(cp, ns, spec).await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(cp.admin().await, &m.ns);
+    let policies = &policies;
+    poll(
+        &format!("{ns}: the NetworkPolicy"),
+        WAIT,
+        move || async move { policies.get_opt(NAME).await.ok()?.map(|_| ()) },
+    )
+    .await;
     m.release("2.0.0", &[("ERROR_RATE", "0.2")]).await;
     let s = m.until("rolled back", |s| s["phase"] == "RolledBack").await;
     assert_eq!(s["stable"]["version"], "1.0.0", "{s:#}");
@@ -499,7 +512,9 @@ async fn rolled_back(cp: &'static ControlPlane, ns: &str) {
         .patch(
             NAME,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"disruption": {"budget": false}}})),
+            &Patch::Merge(
+                json!({"spec": {"disruption": {"budget": false}, "networkPolicy": null}}),
+            ),
         )
         .await
         .unwrap();
@@ -509,6 +524,12 @@ async fn rolled_back(cp: &'static ControlPlane, ns: &str) {
         &format!("{ns}: the budget deleted"),
         WAIT,
         move || async move { budgets.get_opt(NAME).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    poll(
+        &format!("{ns}: the NetworkPolicy deleted"),
+        WAIT,
+        move || async move { policies.get_opt(NAME).await.ok()?.is_none().then_some(()) },
     )
     .await;
 }

@@ -3,6 +3,7 @@
 
 mod disruption;
 pub mod gates;
+pub mod network;
 pub mod presets;
 mod quantity;
 pub mod spec;
@@ -11,6 +12,7 @@ pub mod validate;
 
 pub use disruption::{Budget, DisruptionSpec};
 pub use gates::{GateKind, GatePhase, GateStatus};
+pub use network::{NetworkPeer, NetworkPolicySpec};
 pub use quantity::parse_quantity;
 pub use spec::*;
 pub use status::*;

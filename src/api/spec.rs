@@ -127,6 +127,11 @@ pub struct ModelDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption: Option<super::DisruptionSpec>,
 
+    /// A NetworkPolicy letting only the named namespaces and pods, and the
+    /// operator, call the model's pods; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<super::NetworkPolicySpec>,
+
     /// How many old revisions (Deployments scaled to zero and history entries) to keep.
     #[serde(default = "default_revision_history_limit")]
     #[schemars(range(min = 1, max = 100))]
@@ -295,7 +300,7 @@ fn bounded_entries<const ENTRIES: u64>(schema: &mut schemars::Schema) {
 /// probes, tolerations): lists below the field get `maxItems` 64 and strings
 /// `maxLength` 32768, unless already bounded. The field itself is bounded by
 /// its own attribute.
-fn bounded_inside(schema: &mut schemars::Schema) {
+pub(super) fn bounded_inside(schema: &mut schemars::Schema) {
     fn walk(node: &mut serde_json::Value, root: bool) {
         let Some(obj) = node.as_object_mut() else {
             return;

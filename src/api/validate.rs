@@ -51,6 +51,9 @@ pub struct ValidSpec {
     pub budget: Option<super::Budget>,
     /// `rollout.gates`, decoded.
     pub gates: super::gates::ValidGates,
+    /// Who `spec.networkPolicy` lets in besides the operator; `None`: no
+    /// NetworkPolicy.
+    pub network_peers: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
 }
 
 /// The `template` fields the CRD carries as raw objects, decoded into their
@@ -181,6 +184,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
     let ab_max_duration = validate_ab_test(rollout.ab_test.as_ref(), &names, preset)?;
     let budget = super::disruption::budget(spec.disruption.as_ref())?;
     let gates = super::gates::validate(rollout.gates.as_ref())?;
+    let network_peers = super::network::peers(spec.network_policy.as_ref())?;
 
     Ok(ValidSpec {
         names,
@@ -195,6 +199,7 @@ pub fn validate(spec: &ModelDeploymentSpec) -> Result<ValidSpec, InvalidSpec> {
         pod,
         budget,
         gates,
+        network_peers,
     })
 }
 

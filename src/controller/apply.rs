@@ -158,6 +158,38 @@ pub(super) async fn keep_budget(
     }
 }
 
+/// The NetworkPolicy `spec.networkPolicy` asks for, or none: one it made
+/// before is deleted when the user removes the field.
+pub(super) async fn keep_network_policy(
+    md: &ModelDeployment,
+    ctx: &Context,
+    ns: &str,
+    valid: &crate::api::ValidSpec,
+) -> Result<()> {
+    let current = ctx
+        .network_policies
+        .get(&ObjectRef::new(&md.name_any()).within(ns));
+    match (&valid.network_peers, current) {
+        (Some(peers), current) => {
+            let desired = resources::network_policy(md, peers, &ctx.operator_peer);
+            apply_if_changed(ctx, ns, desired, current.as_deref()).await
+        }
+        (None, Some(current)) if is_owned_by(current.as_ref(), md) => {
+            info!(name = %current.name_any(), "deleting the NetworkPolicy: spec.networkPolicy is gone");
+            let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+            match api
+                .delete(&current.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (None, _) => Ok(()),
+    }
+}
+
 /// The router's children beside the revisions' Deployments: Services from
 /// the cache, routes read live (other controllers write them too).
 pub(super) async fn route_traffic(

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -95,6 +96,7 @@ pub struct Context {
     revisions: Store<ControllerRevision>,
     services: Store<Service>,
     budgets: Store<PodDisruptionBudget>,
+    network_policies: Store<NetworkPolicy>,
     pods: Store<Pod>,
     scraper: crate::metrics::scrape::Scraper,
     notifier: Option<crate::notify::Notifier>,
@@ -116,6 +118,8 @@ pub struct Context {
     announced: Mutex<HashMap<ObjectRef<ModelDeployment>, (String, i64)>>,
     /// Hosts webhook gates may call.
     webhook_allow: Vec<crate::api::gates::HostPattern>,
+    /// The operator's own pods, which every `spec.networkPolicy` lets in.
+    operator_peer: resources::OperatorPeer,
 }
 
 /// What to watch and how to report.
@@ -136,6 +140,9 @@ pub struct Settings {
     pub max_concurrent_reconciles: u16,
     /// Hosts webhook gates may call (`--webhook-allow`); none when empty.
     pub webhook_allow: Vec<crate::api::gates::HostPattern>,
+    /// The operator's namespace and pod labels, let in by every
+    /// `spec.networkPolicy` so the operator keeps scraping the model's pods.
+    pub operator_peer: resources::OperatorPeer,
 }
 
 /// The caches the reconciles read, besides the ModelDeployments'.
@@ -144,6 +151,7 @@ struct Caches {
     revisions: Store<ControllerRevision>,
     services: Store<Service>,
     budgets: Store<PodDisruptionBudget>,
+    network_policies: Store<NetworkPolicy>,
     pods: Store<Pod>,
 }
 
@@ -168,6 +176,7 @@ impl Context {
             revisions: caches.revisions,
             services: caches.services,
             budgets: caches.budgets,
+            network_policies: caches.network_policies,
             pods: caches.pods,
             scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
             notifier: settings.notifier.clone(),
@@ -182,6 +191,7 @@ impl Context {
             reported_undecodable: Mutex::default(),
             announced: Mutex::default(),
             webhook_allow: settings.webhook_allow.clone(),
+            operator_peer: settings.operator_peer.clone(),
         }
     }
 }
@@ -311,6 +321,7 @@ async fn run_scope(
             "controllerrevisions",
             "services",
             "poddisruptionbudgets",
+            "networkpolicies",
             "pods",
         ],
         on_synced,
@@ -336,6 +347,7 @@ async fn run_scope(
         .owns_stream(children.revisions)
         .owns_stream(children.services)
         .owns_stream(children.budgets)
+        .owns_stream(children.network_policies)
         // Pods belong to ReplicaSets, not to the ModelDeployment: map them
         // back by label, so a crash-looping canary pod is seen at once.
         .watches_stream(children.pods, |pod: Pod| {
@@ -371,6 +383,7 @@ struct ChildStreams {
     revisions: Watching<ControllerRevision>,
     services: Watching<Service>,
     budgets: Watching<PodDisruptionBudget>,
+    network_policies: Watching<NetworkPolicy>,
     pods: Watching<Pod>,
 }
 
@@ -413,6 +426,13 @@ fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Cac
         "poddisruptionbudgets",
         |b: &mut PodDisruptionBudget| b.managed_fields_mut().clear(),
     );
+    let (network_policies, network_policy_stream) = owned_cache(
+        scoped(client, ns),
+        &owned,
+        synced,
+        "networkpolicies",
+        |n: &mut NetworkPolicy| n.managed_fields_mut().clear(),
+    );
     let (pods, pod_stream) =
         owned_cache(scoped(client, ns), &owned, synced, "pods", |p: &mut Pod| {
             p.managed_fields_mut().clear();
@@ -423,6 +443,7 @@ fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Cac
         revisions,
         services,
         budgets,
+        network_policies,
         pods,
     };
     let streams = ChildStreams {
@@ -430,6 +451,7 @@ fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Cac
         revisions: revision_stream.boxed(),
         services: service_stream.boxed(),
         budgets: budget_stream.boxed(),
+        network_policies: network_policy_stream.boxed(),
         pods: pod_stream.boxed(),
     };
     (caches, streams)

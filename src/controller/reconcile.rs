@@ -172,6 +172,7 @@ async fn apply_decision(
         .get(&ObjectRef::new(&md.name_any()).within(&ns));
     apply_if_changed(ctx, &ns, resources::service(md), service.as_deref()).await?;
     keep_budget(md, ctx, &ns, valid).await?;
+    keep_network_policy(md, ctx, &ns, valid).await?;
     let mut keep = Vec::with_capacity(decision.workloads.len());
     for w in &decision.workloads {
         let name = resources::deployment_name(&md.name_any(), &w.hash);

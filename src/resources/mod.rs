@@ -2,6 +2,7 @@
 //! rollout decision. No I/O: the controller applies what this returns.
 
 mod budget;
+mod network_policy;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{ModelDeployment, ModelDeploymentSpec, ValidSpec, labels};
 pub use budget::disruption_budget;
+pub use network_policy::{NAMESPACE_NAME_LABEL, OperatorPeer, network_policy};
 
 pub mod gate_job;
 

@@ -173,6 +173,14 @@ impl FakeApiServer {
                 true,
                 true,
             ),
+            res(
+                "networking.k8s.io",
+                "v1",
+                "networkpolicies",
+                "NetworkPolicy",
+                true,
+                false,
+            ),
             res("coordination.k8s.io", "v1", "leases", "Lease", true, false),
             res(
                 "gateway.networking.k8s.io",

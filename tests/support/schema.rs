@@ -125,6 +125,15 @@ pub fn invalid_cases() -> Vec<Invalid> {
             server: &["spec.resources.limits", "must name at least one resource"],
         },
         Invalid {
+            what: "a networkPolicy peer naming nobody",
+            mutate: |o| o["spec"]["networkPolicy"] = json!({"from": [{}]}),
+            client: &["each entry needs a namespaceSelector, a podSelector or both"],
+            server: &[
+                "spec.networkPolicy.from[0]",
+                "each entry needs a namespaceSelector, a podSelector or both",
+            ],
+        },
+        Invalid {
             what: "setWeight above 100",
             mutate: |o| o["spec"]["rollout"]["steps"][0] = json!({"setWeight": 150}),
             client: &["setWeight must be within 0..100"],
