@@ -5,6 +5,7 @@ mod disruption;
 pub mod gates;
 pub mod presets;
 mod quantity;
+pub mod shard;
 pub mod spec;
 pub mod status;
 pub mod validate;
