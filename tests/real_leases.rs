@@ -11,6 +11,8 @@
 //!   each) watching the same namespaces: each writes only its own
 //!   ModelDeployment's objects, both promote, and killing shard A does not
 //!   stop shard B.
+//! - A ModelDeployment relabelled from shard C to shard D mid-rollout: D
+//!   finishes the rollout from its status, once, and C stops writing.
 
 mod support;
 
@@ -399,4 +401,78 @@ async fn two_shards_each_roll_out_only_their_own_and_survive_each_other() {
         );
     }
     assert_eq!(b.events("Promoted").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_relabelled_mid_rollout_moves_to_the_other_shard_which_finishes_it_once() {
+    let Some(cp) = audited() else {
+        return;
+    };
+    cp.install_crds().await;
+    let ns = cp.namespace("move").await;
+    let Some(op_c) = shard(cp, "c", &[&ns]).await else {
+        return;
+    };
+    let op_d = shard(cp, "d", &[&ns]).await.unwrap();
+    let (user_c, user_d) = (user_of(&op_c), user_of(&op_d));
+    let mut story = stable_story(cp, &ns, op_c, json!({"modeldeploy.io/shard": "c"})).await;
+    story.release("2.0.0", &[]).await;
+    story
+        .until("step 1", |s| s["canary"]["step"].as_i64().unwrap_or(0) >= 1)
+        .await;
+    let moved_at = Timestamp::now();
+    story
+        .api
+        .patch(
+            NAME,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"labels": {"modeldeploy.io/shard": "d"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let s = story
+        .until("v2 promoted by shard d", |s| {
+            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
+        })
+        .await;
+    assert_eq!(history(&s), ["Deployed", "Promoted"]);
+    assert_eq!(story.events("Promoted").await.len(), 1);
+    let steps = story.events("StepCompleted").await;
+    for i in 1..=4 {
+        let n = steps
+            .iter()
+            .filter(|m| m.contains(&format!("step {i}/4 done")))
+            .count();
+        assert_eq!(n, 1, "step {i} completed {n} times: {steps:#?}");
+    }
+    story.wait_for_pods(&["2.0.0"]).await;
+    story.assert_pods_run_their_revisions();
+    story.assert_capacity_kept();
+    // A reconcile of shard c already running when the label moved may still
+    // finish its writes; none starts later than this after the move.
+    let in_flight = Timestamp::from_millisecond(moved_at.as_millisecond() + 5_000).unwrap();
+    let writes = writes(cp);
+    let of = |user: &str| -> Vec<&Write> {
+        writes
+            .iter()
+            .filter(|w| w.user == user && w.namespace == ns)
+            .collect()
+    };
+    let (by_c, by_d) = (of(&user_c), of(&user_d));
+    assert!(
+        by_d.iter().any(|w| w.at > moved_at),
+        "shard d never took over"
+    );
+    assert!(
+        !by_d.iter().any(|w| w.at < moved_at),
+        "shard d wrote before the move"
+    );
+    if let Some(w) = by_c.iter().find(|w| w.at > in_flight) {
+        panic!(
+            "shard c wrote {} at {} after the move at {moved_at}",
+            w.what, w.at
+        );
+    }
 }
