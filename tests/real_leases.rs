@@ -476,3 +476,28 @@ async fn a_model_relabelled_mid_rollout_moves_to_the_other_shard_which_finishes_
         );
     }
 }
+
+/// A malformed selector stops the start with one line naming the flag,
+/// before the cluster is even asked (here there is none to ask).
+#[tokio::test]
+async fn a_malformed_selector_is_refused_at_start_naming_the_flag() {
+    let client =
+        kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+    let config = modeldeploy::operator::OperatorConfig {
+        selector: "modeldeploy.io/shard in (a".into(),
+        identity: "op".into(),
+        ..Default::default()
+    };
+    let result = modeldeploy::operator::run(
+        client,
+        config,
+        modeldeploy::telemetry::Metrics::new(),
+        modeldeploy::telemetry::Readiness::default(),
+        std::future::pending(),
+    )
+    .await;
+    let message = result.unwrap_err();
+    assert!(message.starts_with("--selector: "), "{message}");
+    assert!(message.contains("unclosed '('"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
