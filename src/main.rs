@@ -37,6 +37,11 @@ struct OperatorArgs {
         default_value = ""
     )]
     namespaces: Vec<String>,
+    /// This shard's ModelDeployments: a label selector such as
+    /// `modeldeploy.io/shard=a`; all when empty. Give each shard its own
+    /// `--lease-name`.
+    #[arg(long, env = "MODELDEPLOY_SELECTOR", default_value = "")]
+    selector: String,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -133,6 +138,7 @@ async fn run_operator(args: OperatorArgs) -> ExitCode {
             .into_iter()
             .filter(|n| !n.is_empty())
             .collect(),
+        selector: args.selector,
         metrics_addr: Some(args.metrics_addr),
         leader_election: args.leader_election.then(|| LeaderElection {
             lease_name: args.lease_name,

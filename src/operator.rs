@@ -17,6 +17,9 @@ use crate::telemetry::{self, Metrics, Readiness};
 pub struct OperatorConfig {
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
+    /// This shard's ModelDeployments, as a label selector (`--selector`);
+    /// blank means all of them.
+    pub selector: String,
     /// Where `/metrics`, `/healthz` and `/readyz` listen; `None` serves nothing.
     pub metrics_addr: Option<SocketAddr>,
     pub leader_election: Option<LeaderElection>,
@@ -113,8 +116,11 @@ fn settings(config: &OperatorConfig) -> Result<Settings, String> {
         pod_labels: crate::api::network::parse_labels(&config.operator_pod_labels)
             .map_err(|e| format!("--operator-pod-labels: {e}"))?,
     };
+    let selector = crate::api::shard::parse_selector(&config.selector)
+        .map_err(|e| format!("--selector: {e}"))?;
     Ok(Settings {
         namespaces: config.namespaces.clone(),
+        selector,
         instance: config.identity.clone(),
         prometheus_url: config.prometheus_url.clone(),
         scrape: config.scrape.clone(),

@@ -2123,3 +2123,100 @@ fn without_honor_labels_the_alerts_name_the_operators_namespace() {
         "alerts without a ModelDeployment's namespace are unaffected: {text}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Shards: two releases of the chart split the ModelDeployments between them,
+// each with its own selector and Lease, and their objects do not collide.
+
+fn operator_env(objects: &[Value], name: &str) -> Option<String> {
+    let deployment = one(objects, "Deployment");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    env.iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].as_str().unwrap_or_default().to_string())
+}
+
+/// What a second object of the same name would clash with: kind, namespace
+/// (blank for cluster-scoped objects), name.
+fn identities(objects: &[Value]) -> Vec<(String, String, String)> {
+    objects
+        .iter()
+        .map(|o| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                text(&o["kind"]),
+                text(&o["metadata"]["namespace"]),
+                text(&o["metadata"]["name"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_shard_name_gives_the_release_its_selector_and_its_own_lease() {
+    let Some(objects) = render(&[("/shard/name", json!("a"))]) else {
+        return;
+    };
+    assert_eq!(
+        operator_env(&objects, "MODELDEPLOY_SELECTOR").as_deref(),
+        Some("modeldeploy.io/shard=a")
+    );
+    assert_eq!(
+        operator_env(&objects, "LEASE_NAME").as_deref(),
+        Some("modeldeploy-leader-a")
+    );
+    let objects = render(&[
+        ("/shard/name", json!("gold")),
+        ("/shard/selector", json!("tier in (gold,platinum)")),
+    ])
+    .unwrap();
+    assert_eq!(
+        operator_env(&objects, "MODELDEPLOY_SELECTOR").as_deref(),
+        Some("tier in (gold,platinum)")
+    );
+    assert_eq!(
+        operator_env(&objects, "LEASE_NAME").as_deref(),
+        Some("modeldeploy-leader-gold")
+    );
+    let objects = render(&[]).unwrap();
+    assert_eq!(
+        operator_env(&objects, "MODELDEPLOY_SELECTOR").as_deref(),
+        Some("")
+    );
+    assert_eq!(
+        operator_env(&objects, "LEASE_NAME").as_deref(),
+        Some("modeldeploy-leader")
+    );
+}
+
+#[test]
+fn two_shard_releases_in_one_namespace_share_no_object() {
+    let shard = |name: &str, crds: bool| {
+        let values = with_all(&[("/shard/name", json!(name)), ("/crds/install", json!(crds))]);
+        render_with(&format!("modeldeploy-{name}"), &values, &[])
+            .map(|r| r.unwrap_or_else(|e| panic!("helm template shard {name}: {e}")))
+    };
+    let Some(a) = shard("a", true) else {
+        return;
+    };
+    let b = shard("b", false).unwrap();
+    let (a, b) = (identities(&a), identities(&b));
+    let shared: Vec<_> = a.iter().filter(|o| b.contains(o)).collect();
+    assert!(shared.is_empty(), "both releases render {shared:?}");
+    for kind in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
+        assert!(
+            b.iter().any(|(k, _, _)| k == kind),
+            "the second shard renders no {kind}: {b:?}"
+        );
+    }
+}
+
+#[test]
+fn a_shard_name_that_is_no_label_value_is_refused() {
+    for bad in ["A", "a_b", "-a", &"a".repeat(41)] {
+        assert_refused(with("/shard/name", json!(bad)), "/shard/name");
+    }
+    assert_refused(with("/shard/selector", json!(3)), "/shard/selector");
+}

@@ -6,6 +6,7 @@ pub mod gates;
 pub mod network;
 pub mod presets;
 mod quantity;
+pub mod shard;
 pub mod spec;
 pub mod status;
 pub mod validate;

@@ -127,6 +127,8 @@ pub struct Context {
 pub struct Settings {
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
+    /// The ModelDeployments of this shard; all when it selects everything.
+    pub selector: kube::core::Selector,
     /// Reported as the events' reporting instance (the pod name).
     pub instance: String,
     /// Prometheus for `spec.metrics.source: prometheus`; from the operator's
@@ -335,7 +337,7 @@ async fn run_scope(
         caches,
         synced.clone(),
     ));
-    let (main_store, main_stream) = main_watch(mdeps, &ctx, &synced);
+    let (main_store, main_stream) = main_watch(mdeps, &settings.selector, &ctx, &synced);
     let controller = Controller::for_stream(main_stream, main_store).with_config(
         kube::runtime::controller::Config::default()
             .concurrency(settings.max_concurrent_reconciles),
@@ -460,30 +462,37 @@ fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Cac
 /// The watch of the ModelDeployments. It is ours (not the Controller's) so
 /// that deletions are seen (a deleted object's metric series go with it) and
 /// so that each delivered version is noted for [`WrittenStatus`].
+/// Only the shard's objects (`selector`) are in its store, and the Controller
+/// reconciles only what its store holds: a child event of another shard's
+/// object finds nothing to reconcile. An object relabelled out of the shard
+/// arrives as a deletion, so this shard forgets it and stops.
 fn main_watch(
     mdeps: Api<Watched>,
+    selector: &kube::core::Selector,
     ctx: &Arc<Context>,
     synced: &SyncTracker,
 ) -> (Store<Watched>, Watching<Watched>) {
     let (store, writer) = reflector::store();
     let ctx = ctx.clone();
-    let stream = reflector::reflector(
-        writer,
-        watcher(mdeps, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .inspect(move |event| match event {
-        Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
-            let key = ObjectRef::new(&md.name_any()).within(&md.namespace().unwrap_or_default());
-            watch_delivered(&ctx, Some((&key, md.resource_version().as_deref())));
-        }
-        Ok(watcher::Event::InitDone) => watch_delivered(&ctx, None),
-        Ok(watcher::Event::Delete(md)) => forget_deleted(&ctx, md),
-        _ => {}
-    })
-    .inspect(synced.marker("modeldeployments"))
-    .touched_objects()
-    .boxed();
+    let mut config = watcher::Config::default().any_semantic();
+    if !selector.selects_all() {
+        config = config.labels_from(selector);
+    }
+    let stream = reflector::reflector(writer, watcher(mdeps, config))
+        .default_backoff()
+        .inspect(move |event| match event {
+            Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
+                let key =
+                    ObjectRef::new(&md.name_any()).within(&md.namespace().unwrap_or_default());
+                watch_delivered(&ctx, Some((&key, md.resource_version().as_deref())));
+            }
+            Ok(watcher::Event::InitDone) => watch_delivered(&ctx, None),
+            Ok(watcher::Event::Delete(md)) => forget_deleted(&ctx, md),
+            _ => {}
+        })
+        .inspect(synced.marker("modeldeployments"))
+        .touched_objects()
+        .boxed();
     (store, stream)
 }
 

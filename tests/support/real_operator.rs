@@ -71,6 +71,9 @@ pub struct ChartRbac {
     pub namespace: String,
     pub release: String,
     pub service_account: String,
+    /// The chart's RoleBindings and ClusterRoleBindings as applied, so that
+    /// another ServiceAccount can be given the very same rights.
+    pub bindings: Vec<serde_json::Value>,
 }
 
 /// Renders the chart's ServiceAccount and RBAC with the real helm into a new
@@ -125,10 +128,20 @@ pub async fn install_chart_rbac(cp: &ControlPlane, options: &OperatorOptions) ->
         .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "ServiceAccount"))
         .and_then(|o| o.metadata.name.clone())
         .expect("the chart renders a ServiceAccount");
+    let bindings = applied
+        .iter()
+        .filter(|o| {
+            o.types
+                .as_ref()
+                .is_some_and(|t| t.kind.ends_with("RoleBinding"))
+        })
+        .map(|o| serde_json::to_value(o).expect("a binding as JSON"))
+        .collect();
     Some(ChartRbac {
         namespace,
         release,
         service_account,
+        bindings,
     })
 }
 
@@ -206,6 +219,53 @@ impl RealOperator {
             self.dir.clone(),
             self.kubeconfig.clone(),
         );
+        op.spawn();
+        op
+    }
+
+    /// [`RealOperator::replica`] running as its own ServiceAccount
+    /// `service_account` (made now, bound to the same roles by copies of the
+    /// chart's bindings), so the audit log tells the replicas apart.
+    pub async fn replica_as(
+        &self,
+        cp: &ControlPlane,
+        identity: &str,
+        service_account: &str,
+    ) -> RealOperator {
+        let rbac = ChartRbac {
+            service_account: service_account.to_string(),
+            ..self.rbac.clone()
+        };
+        let yaml = self
+            .rbac
+            .bindings
+            .iter()
+            .map(|binding| {
+                let mut copy = binding.clone();
+                let name = copy["metadata"]["name"].as_str().unwrap_or_default();
+                let mut metadata = serde_json::json!({"name": format!("{name}-{service_account}")});
+                if let Some(ns) = copy["metadata"]["namespace"].as_str() {
+                    metadata["namespace"] = ns.into();
+                }
+                copy["metadata"] = metadata;
+                copy["subjects"] = serde_json::json!([{
+                    "kind": "ServiceAccount",
+                    "name": service_account,
+                    "namespace": rbac.namespace,
+                }]);
+                serde_yaml::to_string(&copy).expect("a binding as YAML")
+            })
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let token = cp.token_for(&rbac.namespace, service_account).await;
+        apply_yaml(&cp.admin().await, &yaml, Some(&rbac.namespace)).await;
+        let kubeconfig = self.dir.join(format!("{service_account}.kubeconfig"));
+        cp.write_kubeconfig(&kubeconfig, &token);
+        let options = OperatorOptions {
+            identity: identity.to_string(),
+            ..self.options.clone()
+        };
+        let op = Self::process(rbac, options, self.dir.clone(), kubeconfig);
         op.spawn();
         op
     }

@@ -45,3 +45,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $tag | toString | default .Chart.AppVersion -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* The ModelDeployments this release acts on: shard.selector, else
+       modeldeploy.io/shard=<shard.name>, else all (blank). */ -}}
+{{- define "modeldeploy.shardSelector" -}}
+{{- if .Values.shard.selector -}}
+{{- .Values.shard.selector -}}
+{{- else if .Values.shard.name -}}
+{{- printf "modeldeploy.io/shard=%s" .Values.shard.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Each shard elects its leader through its own Lease. */ -}}
+{{- define "modeldeploy.leaseName" -}}
+{{- if .Values.shard.name -}}
+{{- printf "%s-%s" .Values.leaderElection.leaseName .Values.shard.name -}}
+{{- else -}}
+{{- .Values.leaderElection.leaseName -}}
+{{- end -}}
+{{- end -}}
