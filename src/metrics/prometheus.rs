@@ -265,7 +265,10 @@ fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
 
 fn transport_error(error: &reqwest::Error) -> PromError {
     let text = error_chain(error);
-    if is_tls(error) {
+    // The connector may box the rustls error where no downcast reaches it;
+    // its message still says what failed.
+    let tls_words = ["certificate", "fatal alert", "handshake"];
+    if is_tls(error) || tls_words.iter().any(|w| text.contains(w)) {
         PromError::Tls(text)
     } else {
         PromError::Unreachable(text)
