@@ -1,6 +1,7 @@
 //! `modeldeploy`: the operator, and the generated CRD.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -69,6 +70,26 @@ struct OperatorArgs {
     /// Prometheus for ModelDeployments with `metrics.source: prometheus`.
     #[arg(long, env = "PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// File holding a bearer token for Prometheus, read again for every query
+    /// (projected service-account tokens rotate). Excludes basic auth.
+    #[arg(long, env = "PROMETHEUS_BEARER_TOKEN_FILE")]
+    prometheus_bearer_token_file: Option<PathBuf>,
+    /// Basic-auth user name for Prometheus; needs --prometheus-basic-auth-password-file.
+    #[arg(long, env = "PROMETHEUS_BASIC_AUTH_USERNAME")]
+    prometheus_basic_auth_username: Option<String>,
+    /// File holding the basic-auth password, read again for every query.
+    #[arg(long, env = "PROMETHEUS_BASIC_AUTH_PASSWORD_FILE")]
+    prometheus_basic_auth_password_file: Option<PathBuf>,
+    /// PEM bundle of the CAs that may sign Prometheus' certificate; replaces
+    /// the system trust roots.
+    #[arg(long, env = "PROMETHEUS_CA_FILE")]
+    prometheus_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for Prometheus; needs --prometheus-client-key.
+    #[arg(long, env = "PROMETHEUS_CLIENT_CERT")]
+    prometheus_client_cert: Option<PathBuf>,
+    /// PEM private key of --prometheus-client-cert.
+    #[arg(long, env = "PROMETHEUS_CLIENT_KEY")]
+    prometheus_client_key: Option<PathBuf>,
     /// Pod scrapes in flight at once, across all ModelDeployments.
     #[arg(long, env = "SCRAPE_CONCURRENCY", default_value_t = 64)]
     scrape_concurrency: usize,
@@ -147,6 +168,14 @@ async fn run_operator(args: OperatorArgs) -> ExitCode {
         }),
         identity,
         prometheus_url: args.prometheus_url.filter(|u| !u.is_empty()),
+        prometheus_auth: modeldeploy::metrics::prometheus_auth::PromAuthFlags {
+            bearer_token_file: args.prometheus_bearer_token_file,
+            basic_auth_username: args.prometheus_basic_auth_username,
+            basic_auth_password_file: args.prometheus_basic_auth_password_file,
+            ca_file: args.prometheus_ca_file,
+            client_cert: args.prometheus_client_cert,
+            client_key: args.prometheus_client_key,
+        },
         scrape: modeldeploy::metrics::scrape::ScrapeConfig {
             timeout: Duration::from_secs(args.scrape_timeout_seconds.max(1)),
             max_bytes: args.scrape_max_bytes,

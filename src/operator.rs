@@ -27,6 +27,8 @@ pub struct OperatorConfig {
     pub identity: String,
     /// Prometheus for `spec.metrics.source: prometheus`.
     pub prometheus_url: Option<String>,
+    /// Credentials and TLS for that Prometheus (`--prometheus-*` flags).
+    pub prometheus_auth: crate::metrics::prometheus_auth::PromAuthFlags,
     pub scrape: crate::metrics::scrape::ScrapeConfig,
     /// Where rollout transitions are posted (Slack-compatible JSON), if anywhere.
     pub webhook_url: Option<String>,
@@ -118,17 +120,38 @@ fn settings(config: &OperatorConfig) -> Result<Settings, String> {
     };
     let selector = crate::api::shard::parse_selector(&config.selector)
         .map_err(|e| format!("--selector: {e}"))?;
+    let prometheus = prometheus_client(config)?;
     Ok(Settings {
         namespaces: config.namespaces.clone(),
         selector,
         instance: config.identity.clone(),
-        prometheus_url: config.prometheus_url.clone(),
+        prometheus,
         scrape: config.scrape.clone(),
         notifier,
         max_concurrent_reconciles: config.max_concurrent_reconciles,
         webhook_allow,
         operator_peer,
     })
+}
+
+/// The Prometheus client, its flags and files checked now: a bad one stops
+/// the operator instead of every query quietly going out without credentials.
+fn prometheus_client(
+    config: &OperatorConfig,
+) -> Result<Option<crate::metrics::prometheus::PromClient>, String> {
+    let auth = config.prometheus_auth.check()?;
+    let Some(url) = config.prometheus_url.as_deref() else {
+        if auth.is_plain() {
+            return Ok(None);
+        }
+        return Err(
+            "--prometheus-* credentials or TLS flags are set but --prometheus-url is not".into(),
+        );
+    };
+    let tls = auth.load()?;
+    crate::metrics::prometheus::PromClient::with_auth(url, config.scrape.timeout, &auth, tls)
+        .map(Some)
+        .map_err(|e| format!("--prometheus-url {url}: {e}"))
 }
 
 /// Listen on `addr` now (so a busy port is an error at start), and serve

@@ -300,6 +300,54 @@ fn value_cases() -> Vec<(&'static str, Vec<(&'static str, Value)>)> {
                 json!("http://prometheus-operated.monitoring:9090"),
             )],
         ),
+        // Prometheus behind authentication and TLS.
+        (
+            "prometheus with a projected token, a CA ConfigMap and a client certificate",
+            vec![
+                (
+                    "/prometheus/url",
+                    json!("https://prometheus.monitoring:9091"),
+                ),
+                (
+                    "/prometheus/serviceAccountToken",
+                    json!({"enabled": true, "audience": "prometheus", "expirationSeconds": 3600}),
+                ),
+                (
+                    "/prometheus/tls",
+                    json!({"caConfigMap": "prometheus-ca", "caSecret": "", "caKey": "ca.crt",
+                           "clientCertSecret": "modeldeploy-client"}),
+                ),
+            ],
+        ),
+        (
+            "prometheus with basic auth from a Secret and a CA Secret",
+            vec![
+                (
+                    "/prometheus/url",
+                    json!("https://prometheus.monitoring:9090"),
+                ),
+                (
+                    "/prometheus/auth",
+                    json!({"existingSecret": "prometheus-basic", "type": "basic",
+                           "tokenKey": "token", "usernameKey": "user", "passwordKey": "pass"}),
+                ),
+                (
+                    "/prometheus/tls",
+                    json!({"caConfigMap": "", "caSecret": "prometheus-ca", "caKey": "ca.pem",
+                           "clientCertSecret": ""}),
+                ),
+            ],
+        ),
+        (
+            "prometheus with a bearer token from a Secret",
+            vec![
+                ("/prometheus/url", json!("https://prometheus.example.com")),
+                (
+                    "/prometheus/auth/existingSecret",
+                    json!("managed-prometheus"),
+                ),
+            ],
+        ),
         (
             "webhook from a secret",
             vec![(
@@ -1720,6 +1768,133 @@ fn the_deployment_takes_extra_args_env_priority_and_spread() {
     assert_eq!(pod["containers"][0]["args"], json!(["operator"]));
     assert!(pod.get("priorityClassName").is_none());
     assert!(pod.get("topologySpreadConstraints").is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Prometheus credentials and TLS
+
+/// The operator container's env as name -> entry, and its mounts by name.
+fn operator_env_and_mounts(objects: &[Value]) -> (serde_json::Map<String, Value>, Value) {
+    let pod = &one(objects, "Deployment")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect();
+    (env, container["volumeMounts"].clone())
+}
+
+#[test]
+fn prometheus_credentials_and_certificates_are_mounted_read_only_and_passed_as_files() {
+    let url = (
+        "/prometheus/url",
+        json!("https://prometheus.monitoring:9091"),
+    );
+    let Some(objects) = render(&[
+        url.clone(),
+        ("/prometheus/serviceAccountToken/enabled", json!(true)),
+        (
+            "/prometheus/serviceAccountToken/audience",
+            json!("prometheus"),
+        ),
+        ("/prometheus/tls/caConfigMap", json!("prometheus-ca")),
+        (
+            "/prometheus/tls/clientCertSecret",
+            json!("modeldeploy-client"),
+        ),
+    ]) else {
+        return;
+    };
+    let (env, mounts) = operator_env_and_mounts(&objects);
+    let dir = "/etc/modeldeploy/prometheus";
+    for (name, file) in [
+        ("PROMETHEUS_BEARER_TOKEN_FILE", "token/token"),
+        ("PROMETHEUS_CA_FILE", "ca/ca.crt"),
+        ("PROMETHEUS_CLIENT_CERT", "client/tls.crt"),
+        ("PROMETHEUS_CLIENT_KEY", "client/tls.key"),
+    ] {
+        assert_eq!(env[name]["value"], format!("{dir}/{file}"), "{name}");
+    }
+    let mounts = mounts.as_array().unwrap();
+    assert_eq!(mounts.len(), 3, "{mounts:?}");
+    assert!(mounts.iter().all(|m| m["readOnly"] == true), "{mounts:?}");
+    let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    let token = &volumes[0]["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "prometheus");
+    assert_eq!(token["path"], "token");
+    assert_eq!(volumes[1]["configMap"]["name"], "prometheus-ca");
+    assert_eq!(volumes[2]["secret"]["secretName"], "modeldeploy-client");
+
+    // Basic auth: the user name from the Secret, only the password as a file.
+    let objects = render(&[
+        url.clone(),
+        ("/prometheus/auth/existingSecret", json!("prometheus-basic")),
+        ("/prometheus/auth/type", json!("basic")),
+    ])
+    .unwrap();
+    let (env, _) = operator_env_and_mounts(&objects);
+    assert_eq!(
+        env["PROMETHEUS_BASIC_AUTH_USERNAME"]["valueFrom"]["secretKeyRef"],
+        json!({"name": "prometheus-basic", "key": "username"})
+    );
+    assert_eq!(
+        env["PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"]["value"],
+        format!("{dir}/auth/password")
+    );
+    assert!(!env.contains_key("PROMETHEUS_BEARER_TOKEN_FILE"));
+    let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["items"],
+        json!([{"key": "password", "path": "password"}])
+    );
+
+    // Without any of it: no extra env, no volumes.
+    let objects = render(std::slice::from_ref(&url)).unwrap();
+    let (env, mounts) = operator_env_and_mounts(&objects);
+    assert!(
+        !env.keys()
+            .any(|k| k.starts_with("PROMETHEUS_") && k != "PROMETHEUS_URL")
+    );
+    assert!(mounts.is_null());
+
+    // Two bearer sources, two CA sources, or credentials without a URL: helm refuses.
+    for (sets, expected) in [
+        (
+            vec![
+                url.clone(),
+                (
+                    "/prometheus/bearerTokenFile",
+                    json!("/var/run/secrets/token"),
+                ),
+                ("/prometheus/auth/existingSecret", json!("s")),
+            ],
+            "use only one of bearerTokenFile",
+        ),
+        (
+            vec![
+                url.clone(),
+                ("/prometheus/tls/caConfigMap", json!("a")),
+                ("/prometheus/tls/caSecret", json!("b")),
+            ],
+            "caConfigMap or caSecret, not both",
+        ),
+        (
+            vec![("/prometheus/auth/existingSecret", json!("s"))],
+            "prometheus.url is empty",
+        ),
+    ] {
+        let err = render_with("modeldeploy", &with_all(&sets), &[])
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains(expected), "{sets:?}: {err}");
+    }
+    assert_refused(
+        with("/prometheus/auth/type", json!("digest")),
+        "/prometheus/auth/type",
+    );
 }
 
 #[test]

@@ -281,7 +281,7 @@ async fn from_prometheus(
 }
 
 /// One revision's series from Prometheus, increases over `window`.
-async fn read_revision(
+pub async fn read_revision(
     client: &PromClient,
     metrics: &crate::telemetry::Metrics,
     valid: &ValidSpec,

@@ -131,9 +131,9 @@ pub struct Settings {
     pub selector: kube::core::Selector,
     /// Reported as the events' reporting instance (the pod name).
     pub instance: String,
-    /// Prometheus for `spec.metrics.source: prometheus`; from the operator's
-    /// configuration only, never from a ModelDeployment.
-    pub prometheus_url: Option<String>,
+    /// Prometheus for `spec.metrics.source: prometheus`, with its credentials;
+    /// from the operator's configuration only, never from a ModelDeployment.
+    pub prometheus: Option<crate::metrics::prometheus::PromClient>,
     pub scrape: crate::metrics::scrape::ScrapeConfig,
     /// Rollout transitions go here too, when a webhook is configured.
     pub notifier: Option<crate::notify::Notifier>,
@@ -165,11 +165,6 @@ impl Context {
         caches: Caches,
         synced: SyncTracker,
     ) -> Self {
-        let prometheus = settings.prometheus_url.as_deref().and_then(|url| {
-            crate::metrics::prometheus::PromClient::new(url, settings.scrape.timeout)
-                .map_err(|e| warn!(error = %e, "ignoring the Prometheus address"))
-                .ok()
-        });
         Context {
             client,
             instance: settings.instance.clone(),
@@ -182,7 +177,7 @@ impl Context {
             pods: caches.pods,
             scraper: crate::metrics::scrape::Scraper::new(settings.scrape.clone()),
             notifier: settings.notifier.clone(),
-            prometheus,
+            prometheus: settings.prometheus.clone(),
             windows: Mutex::default(),
             synced,
             captured: Mutex::default(),

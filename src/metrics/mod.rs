@@ -2,4 +2,5 @@
 //! querying the Prometheus the operator is configured with.
 
 pub mod prometheus;
+pub mod prometheus_auth;
 pub mod scrape;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::prometheus_auth::{self as auth, Credentials, PromAuth, PromTls};
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PromError {
     #[error("Prometheus address {0:?} is not an http(s) URL")]
@@ -17,6 +19,14 @@ pub enum PromError {
     Unreachable(String),
     #[error("Prometheus answered HTTP {0}: {1}")]
     Status(u16, String),
+    #[error(
+        "prometheus answered {0}; check the operator's Prometheus credentials (--prometheus-bearer-token-file or basic auth)"
+    )]
+    Denied(String),
+    #[error("TLS with Prometheus failed: {0}")]
+    Tls(String),
+    #[error("Prometheus credentials: {0}")]
+    Credentials(String),
     #[error("Prometheus refused the query: {0}")]
     Query(String),
     #[error("unexpected answer from Prometheus: {0}")]
@@ -29,6 +39,9 @@ impl PromError {
             PromError::BadAddress(_) => "prometheus_address",
             PromError::Unreachable(_) => "prometheus_unreachable",
             PromError::Status(..) => "prometheus_status",
+            PromError::Denied(_) => "prometheus_denied",
+            PromError::Tls(_) => "prometheus_tls",
+            PromError::Credentials(_) => "prometheus_credentials",
             PromError::Query(_) => "prometheus_query",
             PromError::Decode(_) => "prometheus_decode",
         }
@@ -46,6 +59,16 @@ pub struct PromSample {
 pub struct PromClient {
     base: String,
     client: reqwest::Client,
+    credentials: Credentials,
+}
+
+impl std::fmt::Debug for PromClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromClient")
+            .field("base", &self.base)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Deserialize)]
@@ -83,32 +106,89 @@ fn parse_value(s: &str) -> Result<f64, PromError> {
 }
 
 impl PromClient {
+    /// A client without credentials that trusts the system roots.
     pub fn new(address: &str, timeout: Duration) -> Result<Self, PromError> {
+        Self::with_auth(address, timeout, &PromAuth::default(), PromTls::default())
+    }
+
+    /// A client with the checked access flags and the TLS material they named.
+    pub fn with_auth(
+        address: &str,
+        timeout: Duration,
+        auth: &PromAuth,
+        tls: PromTls,
+    ) -> Result<Self, PromError> {
         let base = address.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(PromError::BadAddress(address.into()));
         }
-        let client = crate::http_client_builder()
-            .timeout(timeout)
+        let mut builder = crate::http_client_builder().timeout(timeout);
+        if let Some(roots) = tls.roots {
+            let certs = roots
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| PromError::Tls(error_chain(&e)))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(pem) = tls.identity {
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|e| PromError::Tls(error_chain(&e)))?;
+            builder = builder.identity(identity);
+        }
+        let client = builder
             .build()
-            .map_err(|e| PromError::Unreachable(e.to_string()))?;
-        Ok(Self { base, client })
+            .map_err(|e| PromError::Tls(error_chain(&e)))?;
+        Ok(Self {
+            base,
+            client,
+            credentials: auth.credentials.clone(),
+        })
+    }
+
+    /// The request with this query's credentials; the file is read now, so
+    /// a rotated token counts from the next query on.
+    async fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, PromError> {
+        let read = |path: std::path::PathBuf| async move {
+            let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+                PromError::Credentials(format!("cannot read {}: {e}", path.display()))
+            })?;
+            auth::secret_text(&text)
+                .ok_or_else(|| PromError::Credentials(format!("{} is empty", path.display())))
+        };
+        Ok(match &self.credentials {
+            Credentials::None => request,
+            Credentials::Bearer { token_file } => {
+                request.bearer_auth(read(token_file.clone()).await?)
+            }
+            Credentials::Basic {
+                username,
+                password_file,
+            } => request.basic_auth(username, Some(read(password_file.clone()).await?)),
+        })
     }
 
     /// An instant query; a scalar comes back as one sample without labels.
     pub async fn query(&self, promql: &str) -> Result<Vec<PromSample>, PromError> {
-        let response = self
+        let request = self
             .client
             .post(format!("{}/api/v1/query", self.base))
-            .form(&[("query", promql)])
+            .form(&[("query", promql)]);
+        let response = self
+            .authorize(request)
+            .await?
             .send()
             .await
-            .map_err(|e| PromError::Unreachable(e.to_string()))?;
-        let code = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| PromError::Unreachable(e.to_string()))?;
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(PromError::Denied(status.to_string()));
+        }
+        let code = status.as_u16();
+        let body = response.text().await.map_err(|e| transport_error(&e))?;
         let answer: Answer = serde_json::from_str(&body).map_err(|e| {
             if code >= 300 {
                 PromError::Status(code, body.chars().take(200).collect())
@@ -148,6 +228,50 @@ impl PromClient {
                 "result type {other}; use an expression that returns an instant vector or a scalar"
             ))),
         }
+    }
+}
+
+/// The whole cause chain: reqwest's own message hides what went wrong
+/// ("error sending request"), the certificate or alert is further down.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Whether a rustls error is anywhere in the chain (io::Error hides it
+/// from `source()`, so its inner error is looked at too).
+fn is_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if e.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn transport_error(error: &reqwest::Error) -> PromError {
+    let text = error_chain(error);
+    // The connector may box the rustls error where no downcast reaches it;
+    // its message still says what failed.
+    let tls_words = ["certificate", "fatal alert", "handshake"];
+    if is_tls(error) || tls_words.iter().any(|w| text.contains(w)) {
+        PromError::Tls(text)
+    } else {
+        PromError::Unreachable(text)
     }
 }
 
