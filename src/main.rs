@@ -140,7 +140,7 @@ fn main() -> ExitCode {
 
 async fn run_operator(args: OperatorArgs) -> ExitCode {
     telemetry::init_logging(&args.log_level, args.log_json);
-    let client = match kube::Client::try_default().await {
+    let client = match modeldeploy::operator::operator_client().await {
         Ok(c) => c,
         Err(e) => {
             eprintln!(

@@ -291,3 +291,79 @@ async fn lost_leadership(mut leading: watch::Receiver<bool>) {
         }
     }
 }
+
+/// How the operator's client retries an answer of 429, 503 or 504 before the
+/// error reaches the controller: a few quick tries, then the controller's own
+/// error backoff and the watches' backoff take over. kube's default
+/// (`RetryPolicy::server_retry`: 15 tries, delays doubling up to 1000 s) kept
+/// a watch retrying a restarted API server's 429s for minutes, long enough
+/// for a healthy canary to miss its progress deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRetries {
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    pub tries: u32,
+}
+
+pub const CLIENT_RETRIES: ClientRetries = ClientRetries {
+    first_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(2),
+    tries: 3,
+};
+
+impl ClientRetries {
+    /// The longest the backoff alone waits over all tries (a server's
+    /// `Retry-After` may ask for more, per try).
+    pub fn longest_wait(&self) -> Duration {
+        (0..self.tries)
+            .map(|n| {
+                self.first_delay
+                    .saturating_mul(2u32.saturating_pow(n))
+                    .min(self.max_delay)
+            })
+            .sum()
+    }
+
+    fn policy(&self) -> Result<kube::client::retry::RetryPolicy, String> {
+        kube::client::retry::RetryPolicy::new(self.first_delay, self.max_delay, self.tries, true)
+            .map_err(|e| format!("client retries: first_delay must not exceed max_delay: {e}"))
+    }
+}
+
+/// The operator's client: the inferred configuration (in-cluster service
+/// account or kubeconfig) with [`CLIENT_RETRIES`] instead of kube's default
+/// retries.
+pub async fn operator_client() -> Result<Client, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    config.default_retry = false;
+    let retries = tower::retry::RetryLayer::new(CLIENT_RETRIES.policy()?);
+    // Retry needs a service it can clone; kube's stack is boxed, so it goes
+    // behind a buffer (one worker task that owns the stack).
+    let buffer = tower::buffer::BufferLayer::new(1024);
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| e.to_string())?
+        .with_layer(&buffer)
+        .with_layer(&retries)
+        .build())
+}
+
+#[cfg(test)]
+mod client_retry_tests {
+    use super::*;
+
+    #[test]
+    fn the_operator_client_gives_up_within_seconds() {
+        assert!(CLIENT_RETRIES.policy().is_ok());
+        assert_eq!(CLIENT_RETRIES.longest_wait(), Duration::from_millis(1400));
+    }
+
+    #[test]
+    fn a_first_delay_above_the_cap_is_refused_by_name() {
+        let bad = ClientRetries {
+            first_delay: Duration::from_secs(5),
+            ..CLIENT_RETRIES
+        };
+        let err = bad.policy().err().expect("refused");
+        assert!(err.contains("first_delay"), "{err}");
+    }
+}

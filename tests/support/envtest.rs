@@ -63,9 +63,12 @@ pub struct ControlPlane {
     crds: tokio::sync::OnceCell<()>,
     gateway_api: tokio::sync::OnceCell<()>,
     audit_log: Option<PathBuf>,
-    /// Kept so the children are never reaped behind our back; they die with
-    /// the harness thread (`PR_SET_PDEATHSIG`).
-    _children: Mutex<Vec<Child>>,
+    /// The running components (etcd, kube-apiserver,
+    /// kube-controller-manager), by name; they die with the thread that
+    /// started them (`PR_SET_PDEATHSIG`), which never exits.
+    components: Mutex<Vec<Component>>,
+    /// Components a fault test stopped, kept to start them again as they were.
+    stopped: Mutex<Vec<Component>>,
 }
 
 enum Outcome {
@@ -112,7 +115,9 @@ pub fn skip(why: &str) {
 /// from there or `PATH`). Returns `None` after printing one line `SKIPPED: ...`
 /// when they are missing; panics instead when `MODELDEPLOY_REQUIRE_TOOLS=1`.
 pub fn control_plane() -> Option<&'static ControlPlane> {
-    control_plane_with(Options::default())
+    // A binary that started its plane with other options (an audit log) gets
+    // that plane: shared helpers such as the real Story call this.
+    control_plane_with(OPTIONS.get().cloned().unwrap_or_default())
 }
 
 /// [`control_plane`], started with `options`.
@@ -394,6 +399,181 @@ impl ControlPlane {
 
     fn ca_file(&self) -> PathBuf {
         self.dir.join("certs").join("apiserver.crt")
+    }
+}
+
+/// Faults for the fault tests: a component SIGKILLed and started again as it
+/// was (same binary, flags, ports, certificates, data directory), and etcd
+/// compacted. Clients reconnect to the same address.
+impl ControlPlane {
+    /// The process id of a running component (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`); `None` when it is stopped or has exited.
+    #[allow(dead_code)]
+    pub fn component_pid(&self, name: &str) -> Option<u32> {
+        let mut running = self.components.lock().unwrap();
+        let component = running.iter_mut().find(|c| c.name == name)?;
+        matches!(component.child.try_wait(), Ok(None)).then(|| component.child.id())
+    }
+
+    /// SIGKILLs kube-apiserver: no graceful shutdown, so watches break
+    /// without a last bookmark, as when its node dies.
+    #[allow(dead_code)]
+    pub fn kill_apiserver(&self) {
+        self.kill_component("kube-apiserver");
+    }
+
+    /// Starts kube-apiserver again as it was and waits until `/readyz` is
+    /// ok. Returns how long that took.
+    #[allow(dead_code)]
+    pub async fn start_apiserver(&self) -> Duration {
+        let started = Instant::now();
+        let client = self.admin().await;
+        self.start_component("kube-apiserver", APISERVER_TIMEOUT, || {
+            let client = client.clone();
+            async move {
+                let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+                client
+                    .request_text(req)
+                    .await
+                    .is_ok_and(|t| t.trim() == "ok")
+            }
+        })
+        .await;
+        started.elapsed()
+    }
+
+    /// Stops etcd for real (SIGKILL; its data directory stays). SIGSTOP
+    /// would keep its sockets open and turn the outage into timeouts only.
+    #[allow(dead_code)]
+    pub fn stop_etcd(&self) {
+        self.kill_component("etcd");
+    }
+
+    /// Starts etcd again on the same data directory and ports and waits
+    /// until it is healthy. Returns how long that took.
+    #[allow(dead_code)]
+    pub async fn start_etcd(&self) -> Duration {
+        let started = Instant::now();
+        let http = modeldeploy::http_client_builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("http client");
+        let health = format!("{}/health", self.etcd_url());
+        self.start_component("etcd", ETCD_TIMEOUT, || async {
+            match http.get(&health).send().await {
+                Ok(r) => r.text().await.is_ok_and(|t| t.contains("true")),
+                Err(_) => false,
+            }
+        })
+        .await;
+        started.elapsed()
+    }
+
+    /// Compacts etcd at its current revision (etcd's v3 JSON gateway) and
+    /// returns that revision: a watch resuming from an older one gets 410
+    /// Gone.
+    #[allow(dead_code)]
+    pub async fn compact_etcd(&self) -> i64 {
+        let http = modeldeploy::http_client_builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let url = self.etcd_url();
+        // Any range answers with the store's revision in its header.
+        let range: serde_json::Value = http
+            .post(format!("{url}/v3/kv/range"))
+            .json(&json!({"key": "AA==", "limit": 1}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("etcd range: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("etcd range answer: {e}"));
+        let revision: i64 = range["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("etcd range answer without a revision: {range}"));
+        http.post(format!("{url}/v3/kv/compaction"))
+            .json(&json!({"revision": revision.to_string(), "physical": true}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("etcd compaction at {revision}: {e}"));
+        revision
+    }
+
+    fn etcd_url(&self) -> String {
+        let all = self.components.lock().unwrap();
+        let stopped = self.stopped.lock().unwrap();
+        all.iter()
+            .chain(stopped.iter())
+            .filter(|c| c.name == "etcd")
+            .flat_map(|c| c.args.iter())
+            .find_map(|a| a.strip_prefix("--listen-client-urls="))
+            .expect("etcd's client URL")
+            .to_string()
+    }
+
+    fn kill_component(&self, name: &str) {
+        let mut running = self.components.lock().unwrap();
+        let at = running
+            .iter()
+            .position(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
+        let mut component = running.remove(at);
+        let _ = component.child.kill();
+        let _ = component.child.wait();
+        self.stopped.lock().unwrap().push(component);
+    }
+
+    async fn start_component<F, Fut>(&self, name: &str, timeout: Duration, ready: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let old = {
+            let mut stopped = self.stopped.lock().unwrap();
+            let at = stopped
+                .iter()
+                .position(|c| c.name == name)
+                .unwrap_or_else(|| panic!("{name} was not stopped"));
+            stopped.remove(at)
+        };
+        let mut component = start_again(old).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(e) = wait_for(&mut component, "ready again", timeout, ready).await {
+            panic!("{}", boot_message(e));
+        }
+        self.components.lock().unwrap().push(component);
+    }
+}
+
+/// Starts `old` again the same way, from a thread that never exits (the
+/// child dies with the thread that spawned it: `PR_SET_PDEATHSIG`).
+fn start_again(old: Component) -> Result<Component, String> {
+    let dir = old
+        .log
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or("a component log without a directory")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("envtest-{}", old.name))
+        .spawn(move || {
+            let started = Component::start(old.name, &old.program, &old.args, &dir);
+            let _ = tx.send(started.map_err(boot_message));
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| format!("spawn a thread for {}: {e}", old.name))?;
+    rx.recv()
+        .map_err(|_| "the starting thread died".to_string())?
+}
+
+fn boot_message(e: BootError) -> String {
+    match e {
+        BootError::PortTaken(m) | BootError::Failed(m) => m,
     }
 }
 
@@ -720,7 +900,8 @@ async fn boot(
                     namespaces: AtomicU64::new(0),
                     crds: tokio::sync::OnceCell::new(),
                     gateway_api: tokio::sync::OnceCell::new(),
-                    _children: Mutex::new(children),
+                    components: Mutex::new(children),
+                    stopped: Mutex::new(Vec::new()),
                 }));
             }
             Err(BootError::PortTaken(why)) => last = why,
@@ -735,11 +916,14 @@ enum BootError {
     Failed(String),
 }
 
-/// A started component: its process and log.
+/// A started component: its process, log, and how it was started (to start
+/// it again the same way after a fault).
 struct Component {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
 }
 
 impl Component {
@@ -750,7 +934,11 @@ impl Component {
         dir: &Path,
     ) -> Result<Self, BootError> {
         let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)
+        // Appended to: a component started again keeps its earlier log.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
             .map_err(|e| BootError::Failed(format!("create {}: {e}", log.display())))?;
         let err = file
             .try_clone()
@@ -764,7 +952,13 @@ impl Component {
         let child = die_with_parent(&mut cmd)
             .spawn()
             .map_err(|e| BootError::Failed(format!("start {}: {e}", program.display())))?;
-        Ok(Self { name, child, log })
+        Ok(Self {
+            name,
+            child,
+            log,
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+        })
     }
 
     /// Fails (with the log's tail) when the process has exited.
@@ -821,7 +1015,7 @@ where
 }
 
 type Booted = (
-    Vec<Child>,
+    Vec<Component>,
     kube::Config,
     String,
     PathBuf,
@@ -1095,9 +1289,6 @@ async fn boot_once(
         return Err(e);
     }
     phase("kube-controller-manager");
-    let children = [etcd, apiserver, kcm]
-        .into_iter()
-        .map(|c| c.child)
-        .collect();
+    let children = vec![etcd, apiserver, kcm];
     Ok((children, config, server_url, kubeconfig, phases))
 }

@@ -600,7 +600,12 @@ impl StatusWriter {
                 "containerStatuses": statuses,
             }
         });
-        for attempt in 0..10 {
+        // Like a real kubelet, keep trying through an API server or etcd
+        // outage (a fault test has them down for 30 s): a lost write would
+        // leave the pod unready for good.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut delay = Duration::from_millis(100);
+        loop {
             match self
                 .api
                 .patch_status(
@@ -613,14 +618,15 @@ impl StatusWriter {
                 Ok(_) => return true,
                 Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => return false,
                 Err(e) => {
-                    if attempt == 9 {
+                    if std::time::Instant::now() >= deadline {
                         eprintln!("envtest kubelet: status of {}: {e}", self.name);
+                        return false;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
             }
         }
-        false
     }
 }
 
