@@ -3,6 +3,7 @@
 //! the status when it changed, and tell a person what happened.
 
 mod apply;
+mod backoff;
 pub mod collect;
 mod gates;
 mod observe;
@@ -211,7 +212,7 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, owned.clone()).modify(strip))
-        .default_backoff()
+        .backoff(backoff::WatchBackoff::default())
         .inspect(synced.marker(kind))
         .touched_objects();
     (store, stream)
@@ -474,7 +475,7 @@ fn main_watch(
         config = config.labels_from(selector);
     }
     let stream = reflector::reflector(writer, watcher(mdeps, config))
-        .default_backoff()
+        .backoff(backoff::WatchBackoff::default())
         .inspect(move |event| match event {
             Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
                 let key =
