@@ -334,9 +334,10 @@ impl Story {
                 .stats()
                 .by_version()
                 .into_iter()
-                .map(|(v, n)| (n - before.get(&v).copied().unwrap_or(0), v))
-                .filter(|(n, _)| *n > 0)
-                .map(|(n, v)| (v, n))
+                .filter_map(|(v, n)| {
+                    let more = n.saturating_sub(before.get(&v).copied().unwrap_or(0));
+                    (more > 0).then_some((v, more))
+                })
                 .collect();
             async move { (since.values().sum::<u64>() >= more).then_some(since) }
         })
