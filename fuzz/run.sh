@@ -2,15 +2,19 @@
 # Coverage-guided fuzzing with AFL++ through cargo-afl, on the stable toolchain.
 #
 #   fuzz/run.sh TARGET SECONDS     one target (exposition, spec, request, reference)
-#   fuzz/run.sh all SECONDS        each target in turn, SECONDS each
+#   fuzz/run.sh all SECONDS        every target for SECONDS, several at once
 #
 # Builds the targets with `cargo afl build --release`, then runs `cargo afl
 # fuzz` from the committed corpus (fuzz/corpus/TARGET) with the target's
 # dictionary for SECONDS of fuzzing, and prints one line of statistics per
-# target. Findings land in fuzz/out/TARGET/default/{crashes,hangs}; the
-# script exits 1 when there are any. Keep each one with a name saying what it
-# is in fuzz/regressions/TARGET/ with its fix; `cargo test --test
-# fuzz_regressions` replays them without AFL.
+# target. Targets run side by side, MODELDEPLOY_FUZZ_JOBS at a time (default:
+# one per CPU). Findings land in fuzz/out/TARGET/default/{crashes,hangs}; the
+# script names each one and exits 1 when there are any. Keep each one with a
+# name saying what it is in fuzz/regressions/TARGET/ with its fix; `cargo
+# test --test fuzz_regressions` replays them without AFL.
+#
+# The build goes to CARGO_TARGET_DIR when set (CI keeps it in its cache, so
+# only the first run on a machine pays for the instrumented dependencies).
 #
 # Without cargo-afl the script skips with one line, or fails when
 # MODELDEPLOY_REQUIRE_TOOLS=1. Install: `cargo install cargo-afl --locked`
@@ -35,6 +39,11 @@ else
   usage
 fi
 seconds=$2
+jobs=${MODELDEPLOY_FUZZ_JOBS:-$(nproc)}
+[[ $jobs =~ ^[0-9]+$ && $jobs -gt 0 ]] || {
+  echo "fuzz: MODELDEPLOY_FUZZ_JOBS must be a whole number above 0, not '$jobs'" >&2
+  exit 2
+}
 
 missing() {
   if [[ ${MODELDEPLOY_REQUIRE_TOOLS:-} == 1 ]]; then
@@ -53,41 +62,76 @@ afl_help=$(cargo afl fuzz -h 2>&1 || true)
   missing "cargo afl has no afl-fuzz (cargo afl config --build)"
 
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1}
-cargo afl build --release --locked --bins
+# Naming the host as the target keeps cargo-afl's RUSTFLAGS (instrumentation,
+# opt-level 3, one codegen unit) to the code the targets run: build scripts
+# and proc macros are then built plainly, as for any release build.
+host=$(rustc -vV | sed -n 's/^host: //p')
+cargo afl build --release --locked --bins --target "$host"
+bin_dir=${CARGO_TARGET_DIR:-target}/$host/release
+# How to name a binary from the repository root.
+shown_bin_dir=$bin_dir
+[[ $bin_dir == /* ]] || shown_bin_dir=fuzz/$bin_dir
 
-# A shared machine: no core pinning, no CPU governor or core-dump checks,
-# no screen UI.
+# Unattended on a shared machine: no screen UI, no core pinning, no CPU
+# governor or core-dump checks. A run stalled by a loaded machine is not a
+# hang: one is kept only if it still runs after 10 s.
 export AFL_NO_UI=1 AFL_NO_AFFINITY=1 AFL_SKIP_CPUFREQ=1
 export AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
+export AFL_HANG_TMOUT=${AFL_HANG_TMOUT:-10000}
+
+# Fuzzes one target; afl-fuzz's output goes to out/TARGET.log, its exit
+# status to out/TARGET.status.
+fuzz_one() {
+  local target=$1 status=0
+  rm -rf "out/$target"
+  cargo afl fuzz -i "corpus/$target" -o "out/$target" -x "dict/$target.dict" \
+    -V "$seconds" -- "$bin_dir/$target" >"out/$target.log" 2>&1 || status=$?
+  echo "$status" >"out/$target.status"
+}
 
 stat() { sed -n "s/^$1 *: //p" "$2"; }
 
-findings=0
-for target in "${selected[@]}"; do
-  out=out/$target
-  rm -rf "$out"
-  mkdir -p out
-  log=$(mktemp)
-  if ! cargo afl fuzz -i "corpus/$target" -o "$out" -x "dict/$target.dict" \
-    -V "$seconds" -- "target/release/$target" >"$log" 2>&1; then
-    tail -n 30 "$log" >&2
-    echo "fuzz: $target: afl-fuzz failed" >&2
-    rm -f "$log"
-    exit 1
+# Prints a target's line and its findings; fails when it has any.
+report() {
+  local target=$1 stats=out/$1/default/fuzzer_stats crashes hangs
+  if [[ $(cat "out/$target.status" 2>/dev/null) != 0 || ! -f $stats ]]; then
+    tail -n 30 "out/$target.log" >&2
+    echo "fuzz: $target: afl-fuzz failed (fuzz/out/$target.log)" >&2
+    return 1
   fi
-  rm -f "$log"
-  stats=$out/default/fuzzer_stats
   crashes=$(stat saved_crashes "$stats")
   hangs=$(stat saved_hangs "$stats")
   printf 'fuzz: %s: %ss, %s execs (%s/s), corpus %s, edges %s, crashes %s, hangs %s\n' \
     "$target" "$(stat run_time "$stats")" "$(stat execs_done "$stats")" \
     "$(stat execs_per_sec "$stats")" "$(stat corpus_count "$stats")" \
     "$(stat bitmap_cvg "$stats")" "$crashes" "$hangs"
-  if [[ $crashes != 0 || $hangs != 0 ]]; then
-    findings=1
-    for finding in "$out"/default/crashes/id:* "$out"/default/hangs/id:*; do
-      [[ -e $finding ]] && echo "  finding: fuzz/$finding"
-    done
+  [[ $crashes == 0 && $hangs == 0 ]] && return 0
+  local finding
+  for finding in "out/$target"/default/{crashes,hangs}/id:*; do
+    [[ -e $finding ]] || continue
+    echo "  finding: fuzz/$finding"
+    # The log may outlive the machine: the input, to recreate it with `base64 -d`.
+    echo "    base64: $(head -c 4096 "$finding" | base64 -w0)"
+  done
+  echo "  replay: $shown_bin_dir/$target < FINDING; keep it, named for what it is," \
+    "in fuzz/regressions/$target/ with its fix (cargo test --test fuzz_regressions replays it)"
+  return 1
+}
+
+mkdir -p out
+running=0
+for target in "${selected[@]}"; do
+  if ((running >= jobs)); then
+    wait -n || true
+    running=$((running - 1))
   fi
+  fuzz_one "$target" &
+  running=$((running + 1))
 done
-exit "$findings"
+wait || true
+
+failed=0
+for target in "${selected[@]}"; do
+  report "$target" || failed=1
+done
+exit "$failed"

@@ -16,6 +16,22 @@ use support::{deployment_controller, eventually, model_deployment, start_operato
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Waits until as many reconciles have finished (the duration histogram
+/// counts those) as had started when called. One object's reconciles run one
+/// at a time, so everything they write has then landed.
+async fn reconciles_done(op: &support::RunningOperator) {
+    let started = op.metrics.reconciles.get();
+    eventually("the reconciles under way to finish", WAIT, || {
+        let finished = op
+            .metrics
+            .duration
+            .with_label_values(&[] as &[&str])
+            .get_sample_count();
+        (finished >= started).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_deployment_update_and_delete() {
     let server = Arc::new(FakeApiServer::start().await);
@@ -124,8 +140,8 @@ async fn an_object_at_rest_causes_zero_writes() {
         (status(&server, "idle")["phase"] == "Stable").then_some(())
     })
     .await;
-    // Let the last events and status writes land.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The last events and status writes land within the reconcile that wrote them.
+    reconciles_done(&op).await;
     server.reset_counts();
     let reconciles_before = op.metrics.reconciles.get();
 
@@ -146,7 +162,7 @@ async fn an_object_at_rest_causes_zero_writes() {
         (op.metrics.reconciles.get() >= reconciles_before + 3).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    reconciles_done(&op).await;
     assert_eq!(
         server.writes(&[
             "modeldeployments",
@@ -477,12 +493,19 @@ async fn many_objects_at_once_are_each_deployed_once() {
     .await;
     // A cache behind the operator's own writes must not make it decide a
     // transition twice: one Deployed event (of count 1) and one history entry each.
+    let deployed = || -> i64 {
+        events(&server, "Deployed")
+            .iter()
+            .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
+            .sum()
+    };
+    eventually("a Deployed event each", WAIT, || {
+        (deployed() >= N as i64).then_some(())
+    })
+    .await;
+    // Time for a second decision to be told, were there one.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let deployed: i64 = events(&server, "Deployed")
-        .iter()
-        .map(|e| e["series"]["count"].as_i64().unwrap_or(1))
-        .sum();
-    assert_eq!(deployed, N as i64);
+    assert_eq!(deployed(), N as i64);
     for i in 0..N {
         let s = status(&server, &format!("m{i}"));
         assert_eq!(s["history"].as_array().map(Vec::len), Some(1), "{s}");
@@ -642,7 +665,7 @@ async fn a_transition_written_but_not_told_is_told_once_after_restarts() {
         (op.metrics.reconciles.get() > reconciles).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    reconciles_done(&op).await;
     op.stop().await.unwrap();
     assert!(events(&server, "Deployed").is_empty());
 }

@@ -94,6 +94,36 @@ async fn start_prometheus(targets: &[(SocketAddr, &str)]) -> Option<Prometheus> 
     panic!("prometheus did not become ready");
 }
 
+fn seconds_since_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits until Prometheus holds a successful scrape of each of its `targets`
+/// that began after `since` (seconds since the epoch, the same clock).
+async fn scraped_since(client: &PromClient, targets: usize, since: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let stamps: Vec<f64> = client
+            .query(r#"timestamp(up{job="models"} == 1)"#)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.value)
+            .collect();
+        if stamps.len() == targets && stamps.iter().all(|&at| at > since) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no scrape of all {targets} pods after {since}: last scrapes at {stamps:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revision_queries_read_the_right_pods_through_real_prometheus() {
     let good = demo::spawn("127.0.0.1:0".parse().unwrap(), Behaviour::default())
@@ -129,7 +159,9 @@ async fn revision_queries_read_the_right_pods_through_real_prometheus() {
     else {
         return;
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let client = PromClient::new(&prom.url, Duration::from_secs(5)).unwrap();
+    // A baseline sample of each pod before the load.
+    scraped_since(&client, 2, 0.0).await;
     let load = |addr: SocketAddr| Load {
         target: format!("http://{addr}"),
         rps: 100.0,
@@ -142,10 +174,9 @@ async fn revision_queries_read_the_right_pods_through_real_prometheus() {
     let (a, b) = tokio::join!(demo::load(load(good.addr)), demo::load(load(bad.addr)));
     // Sequential requests: fewer on a loaded machine, still plenty.
     assert!(a.0 > 20 && b.0 > 20, "sent {} and {}", a.0, b.0);
-    // Two more scrapes after the load.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A scrape of each pod that began after the last answer.
+    scraped_since(&client, 2, seconds_since_epoch()).await;
 
-    let client = PromClient::new(&prom.url, Duration::from_secs(5)).unwrap();
     let window = Duration::from_secs(60);
     let sel = |deployment: &str| RevisionSelector {
         namespace: "risk".into(),

@@ -424,8 +424,14 @@ impl Lines {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                let stderr: Vec<String> = self.stderr.try_iter().collect();
+                // Its reader ends at the pipe's end, once every line is in.
+                let mut stderr = Vec::new();
+                while let Ok(line) = self
+                    .stderr
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    stderr.push(line);
+                }
                 return (status.code(), stderr.join("\n"));
             }
             if Instant::now() > deadline {

@@ -353,7 +353,12 @@ spec:
     let mut b = LoadOptions::rps(50.0);
     b.headers.insert("x-model-variant".into(), "b".into());
     let matched = cp.kubelet().load_weighted(&ns, "scorer", b).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Enough answers for the share to mean something, however slow the machine.
+    poll("answers through both rules", WAIT, || {
+        let enough = split.stats().ok() >= 300 && matched.stats().ok() >= 20;
+        async move { enough.then_some(()) }
+    })
+    .await;
     let (split, matched) = (split.stop(), matched.stop());
     let by = split.by_version();
     let canary = *by.get("canary").unwrap_or(&0) as f64 / split.ok().max(1) as f64;
