@@ -673,3 +673,48 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
     );
     story.budget_counts(0, 0).await;
 }
+
+/// Idle cost on a real API server (the fake one keeps whatever it is sent,
+/// so it cannot show a status the server stores differently): with v1
+/// stable, reconciles forced by touching an unrelated label write no status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_at_rest_is_reconciled_without_status_writes() {
+    let Some(story) =
+        Story::stable("rest", 2, canary(errors_check(), two_steps()), json!({})).await
+    else {
+        return;
+    };
+    // Settled: the status stops changing.
+    let mut before = story.status().await;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let now = story.status().await;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let rv = |md: &modeldeploy::api::ModelDeployment| md.metadata.resource_version.clone();
+    let mut versions = Vec::new();
+    for i in 0..10 {
+        let md = story
+            .api
+            .patch(
+                NAME,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"touched": i.to_string()}}})),
+            )
+            .await
+            .unwrap();
+        versions.push(rv(&md));
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = story.status().await;
+    let md = story.api.get(NAME).await.unwrap();
+    assert_eq!(
+        Some(rv(&md)),
+        versions.last().cloned(),
+        "written at rest; status before {before:#} after {after:#}"
+    );
+}
