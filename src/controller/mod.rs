@@ -3,7 +3,6 @@
 //! the status when it changed, and tell a person what happened.
 
 mod apply;
-mod backoff;
 pub mod collect;
 mod gates;
 mod observe;
@@ -212,7 +211,7 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, owned.clone()).modify(strip))
-        .backoff(backoff::WatchBackoff::default())
+        .default_backoff()
         .inspect(synced.marker(kind))
         .touched_objects();
     (store, stream)
@@ -475,7 +474,7 @@ fn main_watch(
         config = config.labels_from(selector);
     }
     let stream = reflector::reflector(writer, watcher(mdeps, config))
-        .backoff(backoff::WatchBackoff::default())
+        .default_backoff()
         .inspect(move |event| match event {
             Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
                 let key =
