@@ -473,7 +473,10 @@ fn main_watch(
     if !selector.selects_all() {
         config = config.labels_from(selector);
     }
-    let stream = reflector::reflector(writer, watcher(mdeps, config))
+    // Managed fields are never read and were about an eighth of the
+    // operator's memory at rest with 1,000 objects (docs/benchmarks.md).
+    let watch = watcher(mdeps, config).modify(|md: &mut Watched| md.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, watch)
         .default_backoff()
         .inspect(move |event| match event {
             Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
