@@ -148,6 +148,12 @@ fn prometheus_client(
             "--prometheus-* credentials or TLS flags are set but --prometheus-url is not".into(),
         );
     };
+    if !auth.is_plain() && !url.starts_with("https://") {
+        // A token or password over plain http is readable on the wire.
+        return Err(format!(
+            "--prometheus-url {url}: credentials and TLS flags need an https:// address"
+        ));
+    }
     let tls = auth.load()?;
     crate::metrics::prometheus::PromClient::with_auth(url, config.scrape.timeout, &auth, tls)
         .map(Some)
@@ -295,9 +301,10 @@ async fn lost_leadership(mut leading: watch::Receiver<bool>) {
 /// How the operator's client retries an answer of 429, 503 or 504 before the
 /// error reaches the controller: a few quick tries, then the controller's own
 /// error backoff and the watches' backoff take over. kube's default
-/// (`RetryPolicy::server_retry`: 15 tries, delays doubling up to 1000 s) kept
-/// a watch retrying a restarted API server's 429s for minutes, long enough
-/// for a healthy canary to miss its progress deadline.
+/// (`RetryPolicy::server_retry`: 15 tries, delays doubling up to 1000 s) can
+/// hold one reconcile for minutes under throttling. In the real-server
+/// faults measured so far (docs/operating.md) the two made no difference:
+/// this bound is a safeguard, not a measured fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientRetries {
     pub first_delay: Duration,

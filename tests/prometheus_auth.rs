@@ -478,7 +478,16 @@ fn the_operator_stops_at_start_on_bad_prometheus_flags() {
     let token = dir.file("token").display().to_string();
     let not_pem = dir.file("not-pem").display().to_string();
     let missing = dir.file("missing.pem").display().to_string();
-    let cases: [(&[&str], &[&str]); 4] = [
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &[
+                "--prometheus-url",
+                "http://prometheus.example:9090",
+                "--prometheus-bearer-token-file",
+                &token,
+            ],
+            &["--prometheus-url", "need an https:// address"],
+        ),
         (
             &["--prometheus-ca-file", &missing],
             &["--prometheus-ca-file", &missing, "cannot read"],
@@ -511,7 +520,11 @@ fn the_operator_stops_at_start_on_bad_prometheus_flags() {
                 "--leader-election=false",
                 "--metrics-addr=127.0.0.1:0",
             ])
-            .args(["--prometheus-url", "https://prometheus.example:9090"])
+            .args(if args[0] == "--prometheus-url" {
+                &[][..]
+            } else {
+                &["--prometheus-url", "https://prometheus.example:9090"][..]
+            })
             .args(args)
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")

@@ -426,12 +426,39 @@ impl VariantData {
         d.outcomes = outcomes.into_iter().map(|((a, p), v)| (a, p, v)).collect();
         d
     }
+
+    /// Record what could not be read. Any failed read leaves the request
+    /// counts unknown: a failed query for the failure counter alone would
+    /// otherwise count as zero errors and pass the canary. Every check is then
+    /// Inconclusive, naming the problems.
+    pub fn with_problems(mut self, problems: Vec<String>) -> VariantData {
+        if !problems.is_empty() {
+            self.requests = None;
+            self.errors = None;
+        }
+        self.problems = problems;
+        self
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_failed_read_leaves_the_request_counts_unknown() {
+        let read = VariantData {
+            requests: Some(1000.0),
+            errors: Some(0.0),
+            ..Default::default()
+        };
+        let kept = read.clone().with_problems(Vec::new());
+        assert_eq!((kept.requests, kept.errors), (Some(1000.0), Some(0.0)));
+        let failed = read.with_problems(vec!["prometheus answered 503".into()]);
+        assert_eq!((failed.requests, failed.errors), (None, None));
+        assert_eq!(failed.problems, ["prometheus answered 503"]);
+    }
 
     fn s(name: &str, labels: &[(&str, &str)], value: f64) -> OwnedSample {
         OwnedSample {

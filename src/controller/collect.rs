@@ -307,10 +307,8 @@ pub async fn read_revision(
             }
         }
     }
-    let mut data = VariantData::from_totals(&valid.names, &totals);
     problems.dedup();
-    data.problems = problems;
-    data
+    VariantData::from_totals(&valid.names, &totals).with_problems(problems)
 }
 
 /// The PromQL for one revision, each with the series name its answer is

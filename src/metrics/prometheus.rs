@@ -122,7 +122,11 @@ impl PromClient {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(PromError::BadAddress(address.into()));
         }
-        let mut builder = crate::http_client_builder().timeout(timeout);
+        // A redirect (an auth proxy's login page) is an answer to report,
+        // not one to follow with the query.
+        let mut builder = crate::http_client_builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(roots) = tls.roots {
             let certs = roots
                 .iter()
