@@ -319,8 +319,9 @@ pub const CLIENT_RETRIES: ClientRetries = ClientRetries {
 };
 
 impl ClientRetries {
-    /// The longest the backoff alone waits over all tries (a server's
-    /// `Retry-After` may ask for more, per try).
+    /// The base delays' sum over all tries, before jitter (kube adds up to
+    /// twice each, still capped per try; a server's `Retry-After` may ask for
+    /// more).
     pub fn longest_wait(&self) -> Duration {
         (0..self.tries)
             .map(|n| {
