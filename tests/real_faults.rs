@@ -62,30 +62,6 @@ async fn until_step(story: &Story, step: i64) {
         .await;
 }
 
-/// v2 promoted once, every step done once, v2's pods only, capacity kept.
-async fn assert_promoted_once(story: &Story) {
-    let s = story
-        .until("v2 promoted", |s| {
-            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
-        })
-        .await;
-    assert_eq!(history(&s), ["Deployed", "Promoted"], "{s:#}");
-    assert_eq!(story.events("Promoted").await.len(), 1);
-    assert_eq!(story.events("RolloutStarted").await.len(), 1);
-    assert_eq!(story.events("RolledBack").await.len(), 0);
-    let steps = story.events("StepCompleted").await;
-    for i in 1..=4 {
-        let n = steps
-            .iter()
-            .filter(|m| m.contains(&format!("step {i}/4 done")))
-            .count();
-        assert_eq!(n, 1, "step {i} completed {n} times: {steps:#?}");
-    }
-    story.wait_for_pods(&["2.0.0"]).await;
-    story.assert_pods_run_their_revisions();
-    story.assert_capacity_kept();
-}
-
 /// The operator's requests as the audit log has them: when each was received
 /// and the event itself. Watches are counted once, when they were sent.
 fn operator_requests(story: &Story) -> Vec<(Timestamp, Value)> {
@@ -235,7 +211,7 @@ async fn the_api_server_killed_mid_rollout_changes_nothing() {
         "kube-controller-manager did not survive the API server's restart"
     );
     let recovery = time_to_next_change(&story, &before).await;
-    assert_promoted_once(&story).await;
+    story.assert_promoted_once("").await;
     assert_no_hot_loop(
         &story,
         &[Window {
@@ -268,7 +244,7 @@ async fn etcd_stopped_for_30_seconds_mid_rollout_changes_nothing() {
     );
     assert!(story.op.is_running(), "the operator exited with etcd down");
     let recovery = time_to_next_change(&story, &before).await;
-    assert_promoted_once(&story).await;
+    story.assert_promoted_once("").await;
     assert_no_hot_loop(
         &story,
         &[Window {
@@ -306,7 +282,7 @@ async fn a_watch_resuming_from_a_compacted_revision_relists_and_changes_nothing(
     cp.start_apiserver().await;
     let to = Timestamp::now();
     let recovery = time_to_next_change(&story, &before).await;
-    assert_promoted_once(&story).await;
+    story.assert_promoted_once("").await;
     // The fault happened: a watch of the operator's was refused as expired
     // (410) and the operator listed again.
     let requests = operator_requests(&story);
@@ -388,7 +364,7 @@ async fn a_second_writer_storming_the_object_changes_nothing() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let writes = storm.await.unwrap();
     let to = Timestamp::now();
-    assert_promoted_once(&story).await;
+    story.assert_promoted_once("").await;
     let requests = operator_requests(&story);
     let own_writes = requests
         .iter()
@@ -468,7 +444,7 @@ async fn an_operator_killed_at_every_state_of_a_promotion_promotes_once() {
             "never killed at {want}: {killed_at:?}"
         );
     }
-    assert_promoted_once(&story).await;
+    story.assert_promoted_once("").await;
     assert_no_hot_loop(
         &story,
         &[Window {

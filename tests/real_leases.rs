@@ -261,29 +261,9 @@ async fn only_the_lease_holder_writes_and_a_standby_finishes_the_rollout_once() 
         }
         leader_is_first = !leader_is_first;
     }
-    let s = story
-        .until("v2 promoted", |s| {
-            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
-        })
+    story
+        .assert_promoted_once(&format!("took over in {measured:?}"))
         .await;
-    assert_eq!(
-        history(&s),
-        ["Deployed", "Promoted"],
-        "took over in {measured:?}"
-    );
-    assert_eq!(story.events("Promoted").await.len(), 1);
-    assert_eq!(story.events("RolloutStarted").await.len(), 1);
-    let steps = story.events("StepCompleted").await;
-    for i in 1..=4 {
-        let n = steps
-            .iter()
-            .filter(|m| m.contains(&format!("step {i}/4 done")))
-            .count();
-        assert_eq!(n, 1, "step {i} completed {n} times: {steps:#?}");
-    }
-    story.wait_for_pods(&["2.0.0"]).await;
-    story.assert_pods_run_their_revisions();
-    story.assert_capacity_kept();
     assert_only_writer(cp, &ns, &final_leader, last_kill, Timestamp::now());
     let users: std::collections::BTreeSet<_> = writes(cp)
         .into_iter()

@@ -281,25 +281,9 @@ async fn an_operator_killed_mid_rollout_finishes_it_once() {
         story.op.restart();
         story.op.wait_ready(WAIT).await;
     }
-    let s = story
-        .until("v2 promoted", |s| {
-            s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
-        })
+    story
+        .assert_promoted_once(&format!("seen steps {seen:?}"))
         .await;
-    assert_eq!(history(&s), ["Deployed", "Promoted"], "seen steps {seen:?}");
-    assert_eq!(story.events("Promoted").await.len(), 1);
-    assert_eq!(story.events("RolloutStarted").await.len(), 1);
-    let steps = story.events("StepCompleted").await;
-    for i in 1..=4 {
-        let n = steps
-            .iter()
-            .filter(|m| m.contains(&format!("step {i}/4 done")))
-            .count();
-        assert_eq!(n, 1, "step {i} completed {n} times: {steps:#?}");
-    }
-    story.wait_for_pods(&["2.0.0"]).await;
-    story.assert_pods_run_their_revisions();
-    story.assert_capacity_kept();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,6 +288,33 @@ impl Story {
             .unwrap();
     }
 
+    /// v2 promoted once: history `[Deployed, Promoted]`, one RolloutStarted
+    /// and Promoted, no RolledBack, every step done once, v2's pods only,
+    /// capacity kept. `context` goes into the history assertion's message.
+    pub async fn assert_promoted_once(&self, context: &str) -> Value {
+        let s = self
+            .until("v2 promoted", |s| {
+                s["phase"] == "Stable" && s["stable"]["version"] == "2.0.0"
+            })
+            .await;
+        assert_eq!(history(&s), ["Deployed", "Promoted"], "{context} {s:#}");
+        assert_eq!(self.events("Promoted").await.len(), 1);
+        assert_eq!(self.events("RolloutStarted").await.len(), 1);
+        assert_eq!(self.events("RolledBack").await.len(), 0);
+        let steps = self.events("StepCompleted").await;
+        for i in 1..=4 {
+            let n = steps
+                .iter()
+                .filter(|m| m.contains(&format!("step {i}/4 done")))
+                .count();
+            assert_eq!(n, 1, "step {i} completed {n} times: {steps:#?}");
+        }
+        self.wait_for_pods(&["2.0.0"]).await;
+        self.assert_pods_run_their_revisions();
+        self.assert_capacity_kept();
+        s
+    }
+
     pub async fn status(&self) -> Value {
         let md = self.api.get(NAME).await.unwrap();
         serde_json::to_value(md.status.unwrap_or_default()).unwrap()
