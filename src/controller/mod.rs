@@ -10,6 +10,7 @@ mod reconcile;
 mod status;
 mod sync;
 mod tell;
+pub mod watch_retry;
 
 use apply::*;
 use reconcile::lock;
@@ -211,10 +212,10 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, owned.clone()).modify(strip))
-        .default_backoff()
+        .backoff(watch_retry::WatchRetry::new())
         .inspect(synced.marker(kind))
         .touched_objects();
-    (store, stream)
+    (store, watch_retry::errors_logged(stream, kind))
 }
 
 /// A deleted object leaves no metric series, windows, remembered writes or
@@ -333,6 +334,8 @@ async fn run_scope(
         synced.clone(),
     ));
     let (main_store, main_stream) = main_watch(mdeps, &settings.selector, &ctx, &synced);
+    // No watch error reaches the Controller (watch_retry): its one backoff
+    // over all watches would pause every watch for any one's error.
     let controller = Controller::for_stream(main_stream, main_store).with_config(
         kube::runtime::controller::Config::default()
             .concurrency(settings.max_concurrent_reconciles),
@@ -477,7 +480,7 @@ fn main_watch(
     // operator's memory at rest with 1,000 objects (docs/benchmarks.md).
     let watch = watcher(mdeps, config).modify(|md: &mut Watched| md.managed_fields_mut().clear());
     let stream = reflector::reflector(writer, watch)
-        .default_backoff()
+        .backoff(watch_retry::WatchRetry::new())
         .inspect(move |event| match event {
             Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
                 let key =
@@ -489,8 +492,8 @@ fn main_watch(
             _ => {}
         })
         .inspect(synced.marker("modeldeployments"))
-        .touched_objects()
-        .boxed();
+        .touched_objects();
+    let stream = watch_retry::errors_logged(stream, "modeldeployments").boxed();
     (store, stream)
 }
 

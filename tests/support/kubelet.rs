@@ -442,8 +442,12 @@ impl Inner {
 
 async fn watch_pods(inner: Arc<Inner>, listed: tokio::sync::oneshot::Sender<()>) {
     let api: Api<Pod> = Api::all(inner.client.clone());
+    // Paced like the operator's watches: kube's default (up to a minute
+    // between tries, reset only after two quiet minutes) would keep this
+    // stand-in kubelet blind long after an API server restart, and the
+    // fault tests would measure the test kubelet instead of the operator.
     let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(modeldeploy::controller::watch_retry::WatchRetry::new())
         .boxed();
     let mut listed = Some(listed);
     let mut seen: HashSet<String> = HashSet::new();
