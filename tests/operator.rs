@@ -670,6 +670,25 @@ async fn a_transition_written_but_not_told_is_told_once_after_restarts() {
     assert!(events(&server, "Deployed").is_empty());
 }
 
+/// An event the API server cannot take now (here three 500s) is recorded
+/// once it can, before anything newer: it is not lost with its transition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_api_server_refused_for_now_is_recorded_later_once() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    server.fail_next(3, Some("create"), Some("events"), 500);
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("late", "1.0.0", json!({}))).await;
+    eventually("the Deployed event, after the failures", WAIT, || {
+        events(&server, "Deployed").pop()
+    })
+    .await;
+    reconciles_done(&op).await;
+    op.stop().await.unwrap();
+    assert_eq!(events(&server, "Deployed").len(), 1);
+    assert_eq!(status(&server, "late")["phase"], "Stable");
+}
+
 /// One disruption budget over the pods of every revision, one pod at a time
 /// by default; a spec that opts out has its budget deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,7 +116,7 @@ pub struct Context {
     /// Undecodable objects already reported, by resourceVersion.
     reported_undecodable: Mutex<HashMap<ObjectRef<Watched>, String>>,
     /// The newest transition told per object (by uid and number).
-    announced: Mutex<HashMap<ObjectRef<ModelDeployment>, (String, i64)>>,
+    announced: Mutex<HashMap<ObjectRef<ModelDeployment>, Announced>>,
     /// Hosts webhook gates may call.
     webhook_allow: Vec<crate::api::gates::HostPattern>,
     /// The operator's own pods, which every `spec.networkPolicy` lets in.

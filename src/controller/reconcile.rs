@@ -46,7 +46,7 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
     }
     let status = current_status(md, ctx);
     // After a restart: what an earlier life wrote but may not have told.
-    announce(md, ctx, &status).await;
+    announce(md, ctx, &status).await?;
     let now = Timestamp::now();
     let valid = match validate(&md.spec).and_then(|v| gates::allowed(v, &ctx.webhook_allow)) {
         Ok(v) => v,
@@ -69,7 +69,7 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
     apply_decision(md, ctx, &valid, &decision, &seen).await?;
     if decision.status != status {
         write_status(md, ctx, &decision.status).await?;
-        announce(md, ctx, &decision.status).await;
+        announce(md, ctx, &decision.status).await?;
     }
     set_phase_metric(ctx, md, &decision.status);
     if decision.status.canary.is_none() && decision.status.guard.is_none() {
@@ -101,7 +101,7 @@ async fn refuse(
     let next = rollout::invalid_spec(status, invalid, md.meta().generation, now);
     if next != *status {
         write_status(md, ctx, &next).await?;
-        announce(md, ctx, &next).await;
+        announce(md, ctx, &next).await?;
     }
     set_phase_metric(ctx, md, &next);
     Ok(Action::await_change())

@@ -19,12 +19,16 @@ use crate::rollout::announce::{MAX_MESSAGE, truncate};
 const EVENT_TTL: Duration = Duration::from_secs(3600);
 
 /// What became of one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Recorded {
     Now,
     /// An event of this name exists: an earlier life of the operator recorded it.
     Before,
-    Failed,
+    /// The API server could not take it now (no connection, 429, 5xx): try
+    /// again before anything newer is told.
+    Later(kube::Error),
+    /// Refused for good (forbidden, invalid): logged, not tried again.
+    Refused,
 }
 
 /// An object that does not decode: say so once per version of it, touch nothing.
@@ -61,30 +65,97 @@ pub(super) async fn report_undecodable(
 /// Record the events of the object's newest transition and send its
 /// notifications, once: right after this operator wrote the transition, or,
 /// after a restart, in case an earlier life stopped between writing it and
-/// telling it. Events found recorded already are not notified again.
-pub(super) async fn announce(md: &ModelDeployment, ctx: &Context, status: &ModelDeploymentStatus) {
+/// telling it. Events found recorded already are not notified again. An event
+/// the API server cannot take now is an error, so the reconcile backs off and
+/// tells it before it can write a newer transition (which would replace this
+/// one in status, and its events with it).
+pub(super) async fn announce(
+    md: &ModelDeployment,
+    ctx: &Context,
+    status: &ModelDeploymentStatus,
+) -> Result<()> {
     let Some(t) = &status.transition else {
-        return;
+        return Ok(());
     };
     let key = ObjectRef::from_obj(md);
     let uid = md.uid().unwrap_or_default();
-    let told = lock(&ctx.announced)
-        .get(&key)
-        .is_some_and(|(u, sequence)| *u == uid && *sequence >= t.sequence);
-    if told {
-        return;
+    let mut told = match lock(&ctx.announced).get(&key) {
+        Some(a) if a.uid == uid && a.sequence > t.sequence => return Ok(()),
+        Some(a) if a.uid == uid && a.sequence == t.sequence => a.told.clone(),
+        _ => vec![Told::Not; t.events.len()],
+    };
+    told.resize(t.events.len(), Told::Not);
+    if !recent(t, Timestamp::now()) {
+        told.fill(Told::Yes);
     }
-    if recent(t, Timestamp::now()) {
-        for (index, e) in t.events.iter().enumerate() {
-            let name = event_name(&md.name_any(), &uid, &format!("t{}-{index}", t.sequence));
-            let recorded =
-                record(ctx, md.object_ref(&()), name, e.kind, &e.reason, &e.message).await;
-            if recorded != Recorded::Before {
-                follow_up(md, ctx, t, e);
-            }
-        }
+    let mut later = None;
+    for (index, e) in t.events.iter().enumerate() {
+        let tried = match told[index] {
+            Told::Yes => continue,
+            Told::Not => false,
+            Told::Unsure => true,
+        };
+        let name = event_name(&md.name_any(), &uid, &format!("t{}-{index}", t.sequence));
+        told[index] =
+            match record(ctx, md.object_ref(&()), name, e.kind, &e.reason, &e.message).await {
+                Recorded::Now | Recorded::Refused => {
+                    follow_up(md, ctx, t, e);
+                    Told::Yes
+                }
+                // Ours, if this life tried before and lost the answer; else an
+                // earlier life's, which followed it up.
+                Recorded::Before => {
+                    if tried {
+                        follow_up(md, ctx, t, e);
+                    }
+                    Told::Yes
+                }
+                Recorded::Later(error) => {
+                    later.get_or_insert(error);
+                    Told::Unsure
+                }
+            };
     }
-    lock(&ctx.announced).insert(key, (uid, t.sequence));
+    let sequence = t.sequence;
+    lock(&ctx.announced).insert(
+        key,
+        Announced {
+            uid,
+            sequence,
+            told,
+        },
+    );
+    match later {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
+}
+
+/// How far this operator has told an object's newest transition.
+#[derive(Debug, Clone)]
+pub(super) struct Announced {
+    uid: String,
+    sequence: i64,
+    /// Per event of the transition.
+    told: Vec<Told>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Told {
+    Not,
+    /// Asked, but the answer was lost: it may be recorded.
+    Unsure,
+    /// Recorded (or refused for good) and followed up.
+    Yes,
+}
+
+/// Whether the API server may take the event if asked again soon.
+fn worth_retrying(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::SerdeError(_) => false,
+        _ => true,
+    }
 }
 
 fn recent(t: &Transition, now: Timestamp) -> bool {
@@ -159,9 +230,13 @@ async fn record(
     match api.create(&PostParams::default(), &event).await {
         Ok(_) => Recorded::Now,
         Err(kube::Error::Api(s)) if s.code == 409 => Recorded::Before,
+        Err(e) if worth_retrying(&e) => {
+            warn!(error = %e, reason, "cannot record event now; trying again");
+            Recorded::Later(e)
+        }
         Err(e) => {
             warn!(error = %e, reason, "cannot record event");
-            Recorded::Failed
+            Recorded::Refused
         }
     }
 }
