@@ -53,7 +53,6 @@ fn ready_pods(ctx: &Context, md: &ModelDeployment, hash: &str) -> Vec<Arc<Pod>> 
 fn targets_of(
     md: &ModelDeployment,
     pods: &[Arc<Pod>],
-    port: u16,
     problems: &mut Vec<String>,
 ) -> (Vec<Target>, Vec<Option<i64>>) {
     let mut targets = Vec::new();
@@ -65,6 +64,13 @@ fn targets_of(
             .and_then(|ip| ip.parse().ok());
         let (Some(ip), Some(uid)) = (ip, p.uid()) else {
             continue;
+        };
+        let port = match crate::resources::declared_metrics_port(p) {
+            Ok(port) => port,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
         };
         match Target::new(uid, ip, port, &md.spec.metrics.path) {
             Ok(t) => {
@@ -90,12 +96,7 @@ async fn scrape_into(
     window: &mut CounterWindow,
     problems: &mut Vec<String>,
 ) -> Vec<OwnedSample> {
-    let port = md.spec.metrics.port.unwrap_or(md.spec.model.port);
-    let Ok(port) = u16::try_from(port) else {
-        problems.push("metrics port out of range".into());
-        return Vec::new();
-    };
-    let (targets, starts) = targets_of(md, pods, port, problems);
+    let (targets, starts) = targets_of(md, pods, problems);
     let mut latest = Vec::new();
     for ((target, start), result) in targets
         .iter()

@@ -388,8 +388,9 @@ struct ChildStreams {
 }
 
 /// Caches of only the objects this operator made (keeps them small on busy
-/// clusters), with only what decisions read: no managed fields anywhere, no
-/// pod specs (pods are read for their labels and status), and no pod
+/// clusters), with only what decisions read: no managed fields anywhere, of
+/// pod specs only the model container's ports (pods are read for their
+/// labels, status and the port to scrape), and no pod
 /// templates of Deployments (a revision's template is its ControllerRevision's).
 fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Caches, ChildStreams) {
     let owned = watcher::Config::default().labels(&format!("{}=modeldeploy", labels::MANAGED_BY));
@@ -436,7 +437,7 @@ fn child_caches(client: &Client, ns: Option<&str>, synced: &SyncTracker) -> (Cac
     let (pods, pod_stream) =
         owned_cache(scoped(client, ns), &owned, synced, "pods", |p: &mut Pod| {
             p.managed_fields_mut().clear();
-            p.spec = None;
+            resources::keep_declared_ports(&mut p.spec);
         });
     let caches = Caches {
         deployments,

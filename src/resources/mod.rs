@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Probe,
+    ConfigMap, Container, ContainerPort, EnvVar, Pod, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -227,6 +227,49 @@ fn container_ports(spec: &ModelDeploymentSpec) -> Vec<ContainerPort> {
     ports
 }
 
+/// Where a pod's metrics are read: the port its model container declares
+/// as `metrics`, else as `http` (see [`container_ports`]). Read from the pod,
+/// not the current spec, so each revision's pods are asked on the port their
+/// own template declared, and never on one the pod does not declare.
+pub fn declared_metrics_port(pod: &Pod) -> Result<u16, String> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let ports = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == MODEL_CONTAINER))
+        .and_then(|c| c.ports.as_deref())
+        .unwrap_or_default();
+    let named = |wanted: &str| ports.iter().find(|p| p.name.as_deref() == Some(wanted));
+    let port = named("metrics").or_else(|| named("http")).ok_or_else(|| {
+        format!(
+            "pod {name} declares no `metrics` or `http` port on its `{MODEL_CONTAINER}` \
+             container: not scraped"
+        )
+    })?;
+    u16::try_from(port.container_port).map_err(|_| {
+        format!(
+            "pod {name} declares port {}: out of range",
+            port.container_port
+        )
+    })
+}
+
+/// Only what [`declared_metrics_port`] reads of a pod's spec: the model
+/// container's name and ports (the watch cache keeps no more).
+pub fn keep_declared_ports(spec: &mut Option<PodSpec>) {
+    let model = spec
+        .take()
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == MODEL_CONTAINER));
+    *spec = model.map(|c| PodSpec {
+        containers: vec![Container {
+            name: c.name,
+            ports: c.ports,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+}
+
 /// `MODEL_VERSION`, `MODEL_URI` when set, then the spec's own env.
 fn model_env(spec: &ModelDeploymentSpec) -> Vec<EnvVar> {
     let var = |name: &str, value: &str| EnvVar {
@@ -375,6 +418,91 @@ pub(crate) fn model_service(
         }),
         status: None,
     })
+}
+
+#[cfg(test)]
+mod declared_port_tests {
+    use super::*;
+
+    fn pod(containers: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "scorer-abc-1"},
+            "spec": {"containers": containers}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_metrics_port_then_the_http_port_of_the_model_container() {
+        let both = pod(serde_json::json!([{"name": "model", "ports": [
+            {"name": "http", "containerPort": 8080},
+            {"name": "metrics", "containerPort": 9090}]}]));
+        assert_eq!(declared_metrics_port(&both), Ok(9090));
+        let http = pod(serde_json::json!([{"name": "model", "ports": [
+            {"name": "http", "containerPort": 8080}]}]));
+        assert_eq!(declared_metrics_port(&http), Ok(8080));
+    }
+
+    #[test]
+    fn undeclared_ports_and_sidecars_ports_are_never_asked() {
+        let sidecar = pod(serde_json::json!([
+            {"name": "istio-proxy", "ports": [{"name": "metrics", "containerPort": 15090}]},
+            {"name": "model"}]));
+        let e = declared_metrics_port(&sidecar).unwrap_err();
+        assert!(
+            e.contains("scorer-abc-1") && e.contains("no `metrics` or `http` port"),
+            "{e}"
+        );
+        let unnamed =
+            pod(serde_json::json!([{"name": "model", "ports": [{"containerPort": 8080}]}]));
+        assert!(declared_metrics_port(&unnamed).is_err());
+        let out_of_range = pod(serde_json::json!([{"name": "model", "ports": [
+            {"name": "http", "containerPort": 70000}]}]));
+        assert!(
+            declared_metrics_port(&out_of_range)
+                .unwrap_err()
+                .contains("70000")
+        );
+    }
+
+    #[test]
+    fn the_cache_keeps_what_the_port_is_read_from_and_nothing_else() {
+        let mut full = pod(serde_json::json!([
+            {"name": "istio-proxy", "image": "proxy"},
+            {"name": "model", "image": "demo", "env": [{"name": "A", "value": "b"}],
+             "ports": [{"name": "http", "containerPort": 8080}]}]));
+        let before = declared_metrics_port(&full);
+        keep_declared_ports(&mut full.spec);
+        assert_eq!(declared_metrics_port(&full), before);
+        let spec = full.spec.unwrap();
+        assert_eq!(spec.containers.len(), 1);
+        assert_eq!(spec.containers[0].image, None);
+        assert_eq!(spec.containers[0].env, None);
+    }
+
+    #[test]
+    fn a_rendered_template_declares_the_port_that_is_read() {
+        let mut spec: ModelDeploymentSpec = serde_json::from_value(serde_json::json!({
+            "model": {"image": "m:1", "version": "1.0.0", "port": 8080},
+            "metrics": {"port": 9100},
+            "resources": {"requests": {}, "limits": {}}
+        }))
+        .unwrap();
+        let p = |spec: &ModelDeploymentSpec| Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: MODEL_CONTAINER.into(),
+                    ports: Some(container_ports(spec)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(declared_metrics_port(&p(&spec)), Ok(9100));
+        spec.metrics.port = None;
+        assert_eq!(declared_metrics_port(&p(&spec)), Ok(8080));
+    }
 }
 
 #[cfg(test)]

@@ -269,7 +269,8 @@ pub fn pod_controller_with(
                             json!({
                                 "metadata": {"name": name, "namespace": ns,
                                              "labels": d["spec"]["template"]["metadata"]["labels"]},
-                                "spec": {"containers": [{"name": "model", "image": "demo"}]},
+                                // As a ReplicaSet does: the pod is its template.
+                                "spec": d["spec"]["template"]["spec"],
                                 "status": pod_status(&ip, health, restarts)
                             }),
                         );
