@@ -656,12 +656,22 @@ async fn only_the_pod_ip_and_declared_port_are_asked() {
     assert!(e.to_string().contains("refused"), "{e}");
     not_a_pass(&scraper, &pod, "127.0.0.2").await;
 
-    // The declared metrics port is not the one served: no other port is tried.
+    // The pod declares a metrics port that is not the one served (and the
+    // served one as its http port): only the declared metrics port is asked.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let pod = target("port", closed);
+    let declaring: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "declaring"},
+        "spec": {"containers": [{"name": "model", "ports": [
+            {"name": "http", "containerPort": served.port()},
+            {"name": "metrics", "containerPort": closed.port()}]}]}
+    }))
+    .unwrap();
+    let port = modeldeploy::resources::declared_metrics_port(&declaring).unwrap();
+    assert_eq!(port, closed.port());
+    let pod = Target::new("port", closed.ip(), port, "/metrics").unwrap();
     let (result, _) = bounded("pod port", scraper.config().timeout, scraper.fetch(&pod)).await;
     assert_eq!(scrape_error(&result).reason(), "connect");
     not_a_pass(&scraper, &pod, &format!(":{}/metrics", closed.port())).await;
