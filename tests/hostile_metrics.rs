@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use modeldeploy::analysis::AnalysisRun;
 use modeldeploy::analysis::checks::{self, Judge};
+use modeldeploy::analysis::collect_plan;
 use modeldeploy::analysis::error_rate::SequentialConfig;
 use modeldeploy::analysis::window::{CounterWindow, VariantData};
 use modeldeploy::api::presets::Names;
@@ -200,8 +201,21 @@ fn example_checks() -> Vec<Check> {
 /// filter and default options, feed the pod's window, name each pod's
 /// problem with its URL.
 async fn read_pods(scraper: &Scraper, pods: &[Target], window: &mut CounterWindow) -> VariantData {
+    read_pods_started(scraper, pods, None, window).await
+}
+
+/// [`read_pods`] of pods that started at `started` (Unix seconds, from
+/// their status), with the collector's check of whose process answers.
+async fn read_pods_started(
+    scraper: &Scraper,
+    pods: &[Target],
+    started: Option<i64>,
+    window: &mut CounterWindow,
+) -> VariantData {
     let names = names();
-    let filter = FamilyFilter::new(names.families());
+    let mut families = names.families();
+    families.push(collect_plan::PROCESS_START.to_string());
+    let filter = FamilyFilter::new(families);
     let mut problems = Vec::new();
     for (pod, result) in pods.iter().zip(scraper.fetch_all(pods).await) {
         let text = match result {
@@ -214,7 +228,11 @@ async fn read_pods(scraper: &Scraper, pods: &[Target], window: &mut CounterWindo
         let mut samples = Vec::new();
         match parse_with(&text, &filter, &Options::default(), |s| samples.push(s)) {
             Ok(_) => {
-                if let Err(why) = window.observe_whole(&pod.pod_uid, None, &samples) {
+                if let Some(why) = collect_plan::answered_by_another(started, &samples) {
+                    problems.push(format!("pod {}: {why}", pod.url()));
+                    continue;
+                }
+                if let Err(why) = window.observe_whole(&pod.pod_uid, started, &samples) {
                     problems.push(format!("pod {}: {why}", pod.url()));
                 }
             }
@@ -704,6 +722,42 @@ async fn a_pod_whose_ip_changes_keeps_its_window_consistent() {
     // The same pod (uid) at a new address, serving lower counters: a restart.
     let data = read_pods(&scraper, &[target("pod-1", new)], &mut window).await;
     assert_eq!(data.requests, Some(40.0));
+}
+
+#[tokio::test]
+async fn a_pod_answered_by_an_older_process_is_not_read() {
+    let pod_started: i64 = 1_800_000_000;
+    let body = |process_started: i64| {
+        format!(
+            "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {process_started}\n\
+             # TYPE model_requests_total counter\nmodel_requests_total{{code=\"200\"}} 5000\n"
+        )
+    };
+    // What answers at the pod's address started an hour before the pod:
+    // another pod's process (an address reused, a proxy answering for others).
+    let (older, _) = listen(move |stream, _, _| ok_text(stream, body(pod_started - 3600))).await;
+    let scraper = Scraper::new(config());
+    let mut window = CounterWindow::new(0, MAX_SERIES_PER_POD);
+    let pod = target("pod-1", older);
+    let data = read_pods_started(&scraper, &[pod], Some(pod_started), &mut window).await;
+    assert_eq!(data.requests, None, "{data:?}");
+    let run = judge(&data);
+    assert_eq!(run.verdict(), CheckVerdict::Inconclusive, "{run:?}");
+    for c in &run.checks {
+        let m = c.message.as_deref().unwrap_or_default();
+        assert!(
+            m.contains("3600 s before the pod") && m.contains(&older.to_string()),
+            "{m}"
+        );
+    }
+
+    // The pod's own process, started after the pod: read and counted.
+    let (own, _) = listen(move |stream, _, _| ok_text(stream, body(pod_started + 2))).await;
+    let mut window = CounterWindow::new(0, MAX_SERIES_PER_POD);
+    let pod = target("pod-2", own);
+    let data = read_pods_started(&scraper, &[pod], Some(pod_started), &mut window).await;
+    assert!(data.problems.is_empty(), "{:?}", data.problems);
+    assert_eq!(data.requests, Some(5000.0));
 }
 
 #[tokio::test]

@@ -93,6 +93,10 @@ pub async fn main() -> ExitCode {
                 crash_after,
                 slow_start: Duration::from_secs(slow_start_seconds),
                 allow_faults,
+                process_start: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64()),
                 ..Default::default()
             };
             let stop = async {

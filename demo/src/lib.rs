@@ -53,6 +53,11 @@ pub struct Behaviour {
     /// Serve `POST /fault {"errorRate": x}`, which changes the error rate of
     /// the running server: a version that turns bad after it was promoted.
     pub allow_faults: bool,
+    /// When the serving process started (Unix seconds), exported as
+    /// `process_start_time_seconds` like a Prometheus client library does.
+    /// The binary sets it; a server inside a test process is no process of
+    /// its own and leaves it out.
+    pub process_start: Option<f64>,
 }
 
 impl Default for Behaviour {
@@ -68,6 +73,7 @@ impl Default for Behaviour {
             bias: 0.0,
             seed: 1,
             allow_faults: false,
+            process_start: None,
         }
     }
 }
@@ -82,8 +88,17 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn new() -> Self {
+    fn new(process_start: Option<f64>) -> Self {
         let registry = Registry::new();
+        if let Some(at) = process_start {
+            let gauge = prometheus::Gauge::new(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+            )
+            .expect("valid metric");
+            gauge.set(at);
+            let _ = registry.register(Box::new(gauge));
+        }
         let requests = IntCounterVec::new(
             Opts::new("model_requests_total", "Prediction requests by HTTP code."),
             &["code"],
@@ -186,8 +201,8 @@ pub fn router(behaviour: Behaviour) -> Router {
     let allow_faults = behaviour.allow_faults;
     let state = Arc::new(Server {
         error_rate: AtomicU64::new(behaviour.error_rate.to_bits()),
+        metrics: Metrics::new(behaviour.process_start),
         behaviour,
-        metrics: Metrics::new(),
         started: Instant::now(),
         served: AtomicU64::new(0),
         rng: AtomicU64::new(seed),

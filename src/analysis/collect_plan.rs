@@ -19,7 +19,7 @@ use crate::analysis::window::{SeriesKey, VariantData};
 use crate::api::{
     Check, DEFAULT_MIN_SAMPLES, ModelDeployment, ModelDeploymentStatus, Strategy, ValidSpec, labels,
 };
-use crate::exposition::OwnedSample;
+use crate::exposition::{OwnedSample, Sample};
 
 /// Which revision is judged against which, and by which checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,6 +275,78 @@ fn ab_comparison(
         &evidence.baseline,
         &evidence.judged,
     ))
+}
+
+/// The standard metric of Prometheus clients: when the answering process
+/// started, in Unix seconds. Read from every scraped pod that exposes it.
+pub const PROCESS_START: &str = "process_start_time_seconds";
+
+/// How much earlier than its pod a pod's process may seem to have started
+/// (the pod's start time is in whole seconds; both come from its node).
+const START_SLACK_SECONDS: f64 = 5.0;
+
+/// Whether an answer came from some other process than the pod's own: one
+/// that started before the pod existed (an address now served by an older
+/// pod, a proxy answering for others). Such an answer is not read; the
+/// reason names both times. Without the metric, or the pod's start time,
+/// nothing can be told and the answer is read.
+pub fn answered_by_another(pod_started: Option<i64>, samples: &[Sample<'_>]) -> Option<String> {
+    let pod_started = pod_started? as f64;
+    let process_started = samples
+        .iter()
+        .find(|s| s.name == PROCESS_START && s.value.is_finite())?
+        .value;
+    (process_started < pod_started - START_SLACK_SECONDS).then(|| {
+        format!(
+            "answered by a process that started at {process_started:.0} (Unix seconds), \
+             {:.0} s before the pod did: another pod's metrics, not read",
+            pod_started - process_started
+        )
+    })
+}
+
+#[cfg(test)]
+mod answered_by_another_tests {
+    use super::*;
+    use crate::exposition::{FamilyFilter, parse};
+
+    fn told(pod_started: Option<i64>, text: &str) -> Option<String> {
+        let filter = FamilyFilter::new([PROCESS_START, "model_requests_total"]);
+        let mut samples = Vec::new();
+        parse(text, &filter, |s| samples.push(s)).unwrap();
+        answered_by_another(pod_started, &samples)
+    }
+
+    const POD_STARTED: i64 = 1_800_000_000;
+
+    fn process_started(at: f64) -> String {
+        format!(
+            "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {at}\n\
+             # TYPE model_requests_total counter\nmodel_requests_total{{code=\"200\"}} 7\n"
+        )
+    }
+
+    #[test]
+    fn a_process_older_than_its_pod_is_another_pods() {
+        let why = told(Some(POD_STARTED), &process_started(1_799_990_000.0)).unwrap();
+        assert!(why.contains("10000 s before the pod"), "{why}");
+        assert!(why.contains("another pod's metrics"), "{why}");
+    }
+
+    #[test]
+    fn the_pods_own_process_started_with_or_after_it() {
+        for at in [1_800_000_000.4, 1_800_000_120.0, 1_799_999_996.0] {
+            assert_eq!(told(Some(POD_STARTED), &process_started(at)), None, "{at}");
+        }
+    }
+
+    #[test]
+    fn without_the_metric_or_the_pods_start_nothing_is_told() {
+        let plain = "# TYPE model_requests_total counter\nmodel_requests_total 1\n";
+        assert_eq!(told(Some(POD_STARTED), plain), None);
+        assert_eq!(told(None, &process_started(1.0)), None);
+        assert_eq!(told(Some(POD_STARTED), &process_started(f64::NAN)), None);
+    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,10 @@ async fn scrape_into(
         let mut samples = Vec::new();
         match exposition::parse_with(&text, filter, &Options::default(), |s| samples.push(s)) {
             Ok(_) => {
+                if let Some(why) = collect_plan::answered_by_another(start, &samples) {
+                    problems.push(format!("pod {}: {why}", target.url()));
+                    continue;
+                }
                 if let Err(why) = window.observe_whole(&target.pod_uid, start, &samples) {
                     problems.push(format!("pod {}: {why}", target.url()));
                     continue;
@@ -157,6 +161,8 @@ async fn from_pods(
     let custom = collect_plan::custom_families(plan.checks);
     let mut families = valid.names.families();
     families.extend(custom.iter().cloned());
+    // Whose process answers (a gauge: no window counts it).
+    families.push(collect_plan::PROCESS_START.to_string());
     let filter = FamilyFilter::new(families);
     let scraped = scrape_variants(ctx, md, plan, &filter, &custom, &mut windows).await;
     let elapsed = Duration::try_from(now.duration_since(windows.started)).unwrap_or_default();
