@@ -4,17 +4,24 @@
 
 pub mod analysis;
 pub mod api;
+#[cfg(feature = "operator")]
 pub mod cli;
+#[cfg(feature = "operator")]
 pub mod controller;
 pub mod exposition;
+#[cfg(feature = "operator")]
 pub mod metrics;
+#[cfg(feature = "operator")]
 pub mod notify;
+#[cfg(feature = "operator")]
 pub mod operator;
 pub mod resources;
 pub mod rollout;
 pub mod routers;
+#[cfg(feature = "operator")]
 pub mod telemetry;
 
+#[cfg(feature = "operator")]
 /// One HTTP client setup for everything the operator fetches (pod metrics,
 /// Prometheus, webhooks): TLS through ring, the same crypto the kube client uses.
 pub fn http_client_builder() -> reqwest::ClientBuilder {

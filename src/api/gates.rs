@@ -287,7 +287,7 @@ fn validate_job(field: &str, job: &JobGate) -> Result<ValidGate, InvalidSpec> {
 }
 
 fn validate_webhook(field: &str, hook: &WebhookGate) -> Result<ValidGate, InvalidSpec> {
-    let url = reqwest::Url::parse(&hook.url)
+    let url = url::Url::parse(&hook.url)
         .map_err(|e| invalid(format!("{field}.url"), format!("is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(invalid(
@@ -380,7 +380,7 @@ pub fn check_webhooks_allowed(
             continue;
         };
         let field = format!("{}.webhook.url", kind.field());
-        let parsed = reqwest::Url::parse(url).map_err(|e| invalid(field.clone(), e.to_string()))?;
+        let parsed = url::Url::parse(url).map_err(|e| invalid(field.clone(), e.to_string()))?;
         let host = parsed.host_str().unwrap_or_default();
         if !allow
             .iter()
