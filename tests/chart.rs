@@ -2355,6 +2355,15 @@ fn a_shard_name_gives_the_release_its_selector_and_its_own_lease() {
         operator_env(&objects, "LEASE_NAME").as_deref(),
         Some("modeldeploy-leader-gold")
     );
+    // A selector without a name would share the unsharded Lease.
+    let failed = render_with(
+        "modeldeploy",
+        &with_all(&[("/shard/selector", json!("tier=gold"))]),
+        &[],
+    )
+    .unwrap()
+    .expect_err("shard.selector without shard.name renders");
+    assert!(failed.contains("shard.selector needs shard.name"), "{failed}");
     let objects = render(&[]).unwrap();
     assert_eq!(
         operator_env(&objects, "MODELDEPLOY_SELECTOR").as_deref(),

@@ -49,6 +49,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- /* The ModelDeployments this release acts on: shard.selector, else
        modeldeploy.io/shard=<shard.name>, else all (blank). */ -}}
 {{- define "modeldeploy.shardSelector" -}}
+{{- if and .Values.shard.selector (not .Values.shard.name) -}}
+{{- fail "shard.selector needs shard.name: it names this shard's Lease, and shards without one would share a Lease (one would stand by forever)" -}}
+{{- end -}}
 {{- if .Values.shard.selector -}}
 {{- .Values.shard.selector -}}
 {{- else if .Values.shard.name -}}
