@@ -94,15 +94,7 @@ fn watches_back(story: &Story, from: Timestamp, to: Timestamp) -> Duration {
     );
     let events = story.cp.audit_events();
     let mut latest = Duration::ZERO;
-    for resource in [
-        "modeldeployments",
-        "deployments",
-        "controllerrevisions",
-        "services",
-        "poddisruptionbudgets",
-        "networkpolicies",
-        "pods",
-    ] {
+    for resource in modeldeploy::controller::WATCHED {
         let first = events
             .iter()
             .filter(|e| {

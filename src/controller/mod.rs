@@ -304,6 +304,18 @@ where
     }
 }
 
+/// What each controller watches, by resource (plural) name: the
+/// ModelDeployments and the children it made.
+pub const WATCHED: [&str; 7] = [
+    "modeldeployments",
+    "deployments",
+    "controllerrevisions",
+    "services",
+    "poddisruptionbudgets",
+    "networkpolicies",
+    "pods",
+];
+
 async fn run_scope(
     client: Client,
     ns: Option<String>,
@@ -312,18 +324,7 @@ async fn run_scope(
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
     on_synced: impl FnOnce() + Send + 'static,
 ) {
-    let synced = SyncTracker::new(
-        [
-            "modeldeployments",
-            "deployments",
-            "controllerrevisions",
-            "services",
-            "poddisruptionbudgets",
-            "networkpolicies",
-            "pods",
-        ],
-        on_synced,
-    );
+    let synced = SyncTracker::new(WATCHED, on_synced);
     let (caches, children) = child_caches(&client, ns.as_deref(), &synced);
     let mdeps: Api<Watched> = scoped(&client, ns.as_deref());
     let ctx = Arc::new(Context::new(
