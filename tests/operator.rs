@@ -689,6 +689,52 @@ async fn an_event_the_api_server_refused_for_now_is_recorded_later_once() {
     assert_eq!(status(&server, "late")["phase"], "Stable");
 }
 
+/// A Service of the ModelDeployment's name that someone else made is not
+/// taken over: nothing is applied, the status names the object, and once it
+/// is gone the model is deployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_by_someone_elses_service_is_refused_not_taken_over() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let theirs = json!({
+        "metadata": {"name": "taken", "namespace": "default", "labels": {"team": "web"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    });
+    server.upsert("services", theirs.clone());
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("taken", "1.0.0", json!({}))).await;
+    let s = eventually("InvalidSpec naming the Service", WAIT, || {
+        let s = status(&server, "taken");
+        let ready = condition(&s, "Ready")?;
+        (ready["reason"] == "InvalidSpec").then(|| s.clone())
+    })
+    .await;
+    let message = condition(&s, "Ready").unwrap()["message"].to_string();
+    assert!(
+        message.contains("metadata.name") && message.contains("Service named taken"),
+        "{message}"
+    );
+    let service = server.get("services", "default", "taken").unwrap();
+    assert_eq!(service["metadata"]["labels"], theirs["metadata"]["labels"]);
+    assert!(
+        service["metadata"]["ownerReferences"].is_null(),
+        "{service}"
+    );
+    assert_eq!(service["spec"], theirs["spec"]);
+    assert!(server.list("deployments", "default").is_empty());
+
+    server.delete("services", "default", "taken");
+    eventually(
+        "deployed once the name is free",
+        Duration::from_secs(90),
+        || (status(&server, "taken")["phase"] == "Stable").then_some(()),
+    )
+    .await;
+    let service = server.get("services", "default", "taken").unwrap();
+    assert_eq!(service["metadata"]["ownerReferences"][0]["name"], "taken");
+    op.stop().await.unwrap();
+}
+
 /// One disruption budget over the pods of every revision, one pod at a time
 /// by default; a spec that opts out has its budget deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! the status when it changed, and tell a person what happened.
 
 mod apply;
+mod claim;
 pub mod collect;
 mod gates;
 mod observe;

@@ -52,6 +52,10 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
         Ok(v) => v,
         Err(invalid) => return refuse(md, ctx, &status, &invalid, now).await,
     };
+    if let Some(taken) = super::claim::name_taken(md, ctx, &valid).await? {
+        refuse(md, ctx, &status, &taken, now).await?;
+        return Ok(Action::requeue(super::claim::NAME_TAKEN_RECHECK));
+    }
     let seen = observe(md, ctx, &status, &valid, now).await;
     let decision = rollout::decide(&Input {
         name: &md.name_any(),
