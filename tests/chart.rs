@@ -2363,7 +2363,10 @@ fn a_shard_name_gives_the_release_its_selector_and_its_own_lease() {
     )
     .unwrap()
     .expect_err("shard.selector without shard.name renders");
-    assert!(failed.contains("shard.selector needs shard.name"), "{failed}");
+    assert!(
+        failed.contains("shard.selector needs shard.name"),
+        "{failed}"
+    );
     let objects = render(&[]).unwrap();
     assert_eq!(
         operator_env(&objects, "MODELDEPLOY_SELECTOR").as_deref(),
