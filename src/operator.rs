@@ -344,7 +344,7 @@ impl ClientRetries {
 pub async fn operator_client() -> Result<Client, String> {
     let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
     config.default_retry = false;
-    let retries = tower::retry::RetryLayer::new(CLIENT_RETRIES.policy()?);
+    let retries = tower::retry::RetryLayer::new(NoCreateRetry(CLIENT_RETRIES.policy()?));
     // Retry needs a service it can clone; kube's stack is boxed, so it goes
     // behind a buffer (one worker task that owns the stack).
     let buffer = tower::buffer::BufferLayer::new(1024);
@@ -355,9 +355,81 @@ pub async fn operator_client() -> Result<Client, String> {
         .build())
 }
 
+/// [`CLIENT_RETRIES`], but never for a POST: a create answered 504 may have
+/// been made, and only the caller knows whether trying again is safe (it
+/// reads a 409 as made already, and an event it could not record is tried
+/// again, and followed up, by the reconcile).
+#[derive(Clone)]
+struct NoCreateRetry(kube::client::retry::RetryPolicy);
+
+type ApiRequest = http::Request<kube::client::Body>;
+
+impl<Res> tower::retry::Policy<ApiRequest, http::Response<Res>, tower::BoxError> for NoCreateRetry {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut ApiRequest,
+        result: &mut Result<http::Response<Res>, tower::BoxError>,
+    ) -> Option<Self::Future> {
+        if req.method() == http::Method::POST {
+            return None;
+        }
+        self.0.retry(req, result)
+    }
+
+    fn clone_request(&mut self, req: &ApiRequest) -> Option<ApiRequest> {
+        if req.method() == http::Method::POST {
+            return None;
+        }
+        <kube::client::retry::RetryPolicy as tower::retry::Policy<
+            ApiRequest,
+            http::Response<Res>,
+            tower::BoxError,
+        >>::clone_request(&mut self.0, req)
+    }
+}
+
 #[cfg(test)]
 mod client_retry_tests {
     use super::*;
+    use tower::retry::Policy;
+
+    fn answered(code: u16) -> Result<http::Response<()>, tower::BoxError> {
+        Ok(http::Response::builder().status(code).body(()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_create_is_never_retried_by_the_client_other_requests_are() {
+        let mut policy = NoCreateRetry(CLIENT_RETRIES.policy().unwrap());
+        let request = |method: http::Method| {
+            http::Request::builder()
+                .method(method)
+                .uri("/api/v1/namespaces/ml/events")
+                .body(kube::client::Body::empty())
+                .unwrap()
+        };
+        let mut post = request(http::Method::POST);
+        let mut patch = request(http::Method::PATCH);
+        for code in [429, 503, 504] {
+            assert!(
+                policy.retry(&mut post, &mut answered(code)).is_none(),
+                "{code}"
+            );
+            assert!(
+                policy.retry(&mut patch, &mut answered(code)).is_some(),
+                "{code}"
+            );
+        }
+        assert!(
+            <NoCreateRetry as Policy<_, http::Response<()>, _>>::clone_request(&mut policy, &post)
+                .is_none()
+        );
+        assert!(
+            <NoCreateRetry as Policy<_, http::Response<()>, _>>::clone_request(&mut policy, &patch)
+                .is_some()
+        );
+    }
 
     #[test]
     fn the_operator_client_gives_up_within_seconds() {
