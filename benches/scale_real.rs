@@ -27,7 +27,8 @@
 //!    object, the time from its change until `observedGeneration` shows it
 //!    (acted) and until it is `Stable` on the new version.
 //!
-//! Memory: VmRSS every 100 ms and VmHWM from `/proc/<pid>/status`.
+//! Memory: VmRSS every 100 ms, VmHWM, and at rest RssAnon / RssFile (the
+//! binary's pages) from `/proc/<pid>/status`.
 //!
 //! Run: `cargo bench --bench scale_real` (`-- --quick`: 30 s at rest;
 //! `SCALE_OBJECTS=N` for another count; `MALLOC_ARENA_MAX` and
@@ -654,6 +655,9 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
     seen = after_rest;
     let (rest_peak, rest_mean) = rss.between(rest_from, rest_to);
     let rest_hwm = proc_kib(pid, "VmHWM:").unwrap_or(0);
+    // File pages (the binary's code) are a fixed part of VmRSS; the rest is heap.
+    let rest_file = proc_kib(pid, "RssFile:").unwrap_or(0);
+    let rest_anon = proc_kib(pid, "RssAnon:").unwrap_or(0);
     println!(
         "phase 2: {rest} s at rest ({:.1} s to touch), {rest_reconciles} reconciles, writes: {}; ModelDeployment changes seen {rest_changes} ({n_objects} are the touches); VmRSS mean {:.1} MiB, peak {:.1}; load {}",
         touched_in.as_secs_f64(),
@@ -717,6 +721,11 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
     println!(
         "| VmHWM after the rest period, MiB | {:.1} |",
         mib(rest_hwm)
+    );
+    println!(
+        "| at rest, end of the period: RssAnon / RssFile MiB | {:.1} / {:.1} |",
+        mib(rest_anon),
+        mib(rest_file)
     );
     println!(
         "| at rest: reconciles / operator writes | {rest_reconciles} / {} |",
