@@ -137,25 +137,19 @@ pub(super) async fn keep_budget(
     valid: &crate::api::ValidSpec,
 ) -> Result<()> {
     let current = ctx.budgets.get(&ObjectRef::new(&md.name_any()).within(ns));
-    match (&valid.budget, current) {
-        (Some(budget), current) => {
-            let desired = resources::disruption_budget(md, budget);
-            apply_if_changed(ctx, ns, desired, current.as_deref()).await
-        }
-        (None, Some(current)) if is_owned_by(current.as_ref(), md) => {
-            info!(name = %current.name_any(), "deleting the disruption budget: spec.disruption.budget is false");
-            let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
-            match api
-                .delete(&current.name_any(), &DeleteParams::background())
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        }
-        (None, _) => Ok(()),
-    }
+    let desired = valid
+        .budget
+        .as_ref()
+        .map(|budget| resources::disruption_budget(md, budget));
+    keep_optional(
+        md,
+        ctx,
+        ns,
+        desired,
+        current,
+        "spec.disruption.budget is false",
+    )
+    .await
 }
 
 /// The NetworkPolicy `spec.networkPolicy` asks for, or none: one it made
@@ -169,14 +163,29 @@ pub(super) async fn keep_network_policy(
     let current = ctx
         .network_policies
         .get(&ObjectRef::new(&md.name_any()).within(ns));
-    match (&valid.network_peers, current) {
-        (Some(peers), current) => {
-            let desired = resources::network_policy(md, peers, &ctx.operator_peer);
-            apply_if_changed(ctx, ns, desired, current.as_deref()).await
-        }
+    let desired = valid
+        .network_peers
+        .as_ref()
+        .map(|peers| resources::network_policy(md, peers, &ctx.operator_peer));
+    keep_optional(md, ctx, ns, desired, current, "spec.networkPolicy is gone").await
+}
+
+/// An optional child: applied when desired; when not, the one this object
+/// made before is deleted (`why` says which field opted out), and one of
+/// anybody else's is left alone.
+async fn keep_optional<K: Writable>(
+    md: &ModelDeployment,
+    ctx: &Context,
+    ns: &str,
+    desired: Option<K>,
+    current: Option<Arc<K>>,
+    why: &str,
+) -> Result<()> {
+    match (desired, current) {
+        (Some(desired), current) => apply_if_changed(ctx, ns, desired, current.as_deref()).await,
         (None, Some(current)) if is_owned_by(current.as_ref(), md) => {
-            info!(name = %current.name_any(), "deleting the NetworkPolicy: spec.networkPolicy is gone");
-            let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+            info!(kind = %K::kind(&()), name = %current.name_any(), "deleting: {why}");
+            let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
             match api
                 .delete(&current.name_any(), &DeleteParams::background())
                 .await
