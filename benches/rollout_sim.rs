@@ -320,7 +320,6 @@ impl World {
                         image: format!("example/model:{version}"),
                         replicas: *replicas,
                         available_replicas: ready,
-                        up_to_date: true,
                         deadline_exceeded: false,
                     },
                 )

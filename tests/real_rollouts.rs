@@ -659,8 +659,11 @@ async fn kubectl_scale_an_hpa_and_the_disruption_budget_size_the_model() {
 }
 
 /// Idle cost on a real API server (the fake one keeps whatever it is sent,
-/// so it cannot show a status the server stores differently): with v1
-/// stable, reconciles forced by touching an unrelated label write no status.
+/// so it cannot show a status the server stores differently, and its
+/// Deployments' generation moves only with their spec): with v1 stable,
+/// reconciles forced by touching an unrelated label of the model and an
+/// annotation of its Deployment (which moves the Deployment's generation
+/// ahead of its controller for a moment) write no status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_at_rest_is_reconciled_without_status_writes() {
     let Some(story) =
@@ -679,8 +682,20 @@ async fn a_model_at_rest_is_reconciled_without_status_writes() {
         before = now;
     }
     let rv = |md: &modeldeploy::api::ModelDeployment| md.metadata.resource_version.clone();
+    let deployments: Api<Deployment> = Api::namespaced(story.cp.admin().await, &story.ns);
+    let v1 = story.deployment_of("1.0.0").await;
+    let v1_name = v1.metadata.name.clone().unwrap();
     let mut versions = Vec::new();
     for i in 0..10 {
+        let touched = deployments
+            .patch(
+                &v1_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"touched": i.to_string()}}})),
+            )
+            .await
+            .unwrap();
+        assert!(touched.metadata.generation > v1.metadata.generation);
         let md = story
             .api
             .patch(

@@ -64,7 +64,6 @@ pub fn revisions(deployments: &[Arc<Deployment>], stored: &[Arc<ControllerRevisi
 
 fn size_of(d: &Deployment, o: &mut ObservedRevision) {
     let status = d.status.as_ref();
-    let generation = d.metadata.generation.unwrap_or(0);
     o.deadline_exceeded = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| {
@@ -76,7 +75,48 @@ fn size_of(d: &Deployment, o: &mut ObservedRevision) {
         });
     o.replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     o.available_replicas = status.and_then(|s| s.available_replicas).unwrap_or(0);
-    o.up_to_date = status
-        .and_then(|s| s.observed_generation)
-        .is_some_and(|g| g >= generation);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(
+        generation: i64,
+        observed: i64,
+        replicas: i32,
+        available: i32,
+    ) -> Arc<Deployment> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "m-abc", "generation": generation, "labels": {
+                    labels::HASH: "abc", labels::REVISION: "1", labels::VERSION: "1.0.0"}},
+                "spec": {"replicas": replicas, "selector": {}, "template": {}},
+                "status": {"observedGeneration": observed, "availableReplicas": available}
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// `kubectl annotate` (or a GitOps tool's tracking annotation) moves a
+    /// Deployment's generation; until its controller catches up, the pods
+    /// that serve are still all there.
+    #[test]
+    fn a_revision_whose_deployment_was_annotated_stays_available() {
+        let seen = revisions(&[deployment(2, 1, 3, 3)], &[]);
+        assert!(crate::rollout::available(seen.get("abc"), 3), "{seen:?}");
+    }
+
+    #[test]
+    fn a_revision_short_of_pods_or_asked_for_another_size_is_not_available() {
+        let short = revisions(&[deployment(1, 1, 3, 2)], &[]);
+        assert!(!crate::rollout::available(short.get("abc"), 3));
+        // Scaled up to 5: the 3 available are not enough yet.
+        let scaling = revisions(&[deployment(2, 1, 5, 3)], &[]);
+        assert!(!crate::rollout::available(scaling.get("abc"), 5));
+        // The Deployment still asks for 3 where the spec wants 5.
+        let behind = revisions(&[deployment(1, 1, 3, 3)], &[]);
+        assert!(!crate::rollout::available(behind.get("abc"), 5));
+    }
 }

@@ -161,7 +161,6 @@ impl Sim {
                         image: format!("example/model:{}", w.version),
                         replicas: w.replicas,
                         available_replicas: if up { came_up } else { 0 },
-                        up_to_date: true,
                         deadline_exceeded: false,
                     },
                 )

@@ -111,7 +111,6 @@ impl Sim {
                     version: w.version.clone(),
                     replicas: w.replicas,
                     available_replicas: w.replicas,
-                    up_to_date: true,
                     ..Default::default()
                 };
                 (w.hash.clone(), o)

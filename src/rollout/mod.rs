@@ -47,8 +47,6 @@ pub struct ObservedRevision {
     pub image: String,
     pub replicas: i32,
     pub available_replicas: i32,
-    /// The Deployment controller has seen the newest Deployment spec.
-    pub up_to_date: bool,
     /// The Deployment controller reports `ProgressDeadlineExceeded`.
     pub deadline_exceeded: bool,
 }
@@ -154,8 +152,15 @@ fn elapsed(since: Option<&Time>, now: Timestamp) -> Duration {
         .unwrap_or_default()
 }
 
+/// The revision's Deployment asks for `replicas` pods and that many are
+/// available. Its `observedGeneration` is not consulted: a revision's
+/// template never changes once stored, so the only spec change the
+/// Deployment controller may not have seen yet is `replicas`, which this
+/// compares itself; and the generation also moves when anyone changes the
+/// Deployment's annotations, which changes nothing that runs (requiring it
+/// flapped `Ready` and wrote status at rest on a real API server).
 pub(crate) fn available(obs: Option<&ObservedRevision>, replicas: i32) -> bool {
-    obs.is_some_and(|o| o.up_to_date && o.replicas == replicas && o.available_replicas >= replicas)
+    obs.is_some_and(|o| o.replicas == replicas && o.available_replicas >= replicas)
 }
 
 /// Decide what should run and what the status says.

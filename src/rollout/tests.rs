@@ -55,7 +55,6 @@ fn observe(decision: &Decision, available: &[&str]) -> Observed {
                     image: format!("example/model:{}", w.version),
                     replicas: w.replicas,
                     available_replicas: if up { w.replicas } else { 0 },
-                    up_to_date: true,
                     deadline_exceeded: false,
                 },
             )
