@@ -257,6 +257,128 @@ async fn wait_all(
     (a, s, started.elapsed())
 }
 
+/// What changed in the statuses the bench's watch saw while `recording`:
+/// the top-level status fields (conditions by type) that changed, with a
+/// count each, and the first few changes in full. Says why an object at rest
+/// was written.
+#[derive(Default)]
+struct StatusChanges {
+    recording: AtomicBool,
+    last: std::sync::Mutex<HashMap<Key, serde_json::Value>>,
+    fields: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+    examples: std::sync::Mutex<Vec<String>>,
+}
+
+impl StatusChanges {
+    const EXAMPLES: usize = 6;
+
+    fn saw(&self, md: &ModelDeployment) {
+        let now = serde_json::to_value(&md.status).unwrap_or_default();
+        let before = self.last.lock().unwrap().insert(key_of(md), now.clone());
+        let Some(before) = before else { return };
+        if !self.recording.load(Ordering::SeqCst) || before == now {
+            return;
+        }
+        let changed = changed_fields(&before, &now);
+        let mut fields = self.fields.lock().unwrap();
+        for (field, _, _) in &changed {
+            *fields.entry(field.clone()).or_insert(0) += 1;
+        }
+        let mut examples = self.examples.lock().unwrap();
+        if examples.len() < Self::EXAMPLES {
+            let (ns, name) = key_of(md);
+            for (field, old, new) in changed {
+                examples.push(format!("  {ns}/{name} {field}: {old} -> {new}"));
+            }
+        }
+    }
+
+    fn report(&self) -> String {
+        let fields = self.fields.lock().unwrap();
+        let counts: Vec<String> = fields.iter().map(|(f, n)| format!("{f}: {n}")).collect();
+        let mut out = format!(
+            "status fields changed at rest: {}",
+            if counts.is_empty() {
+                "none".into()
+            } else {
+                counts.join(", ")
+            }
+        );
+        for e in self.examples.lock().unwrap().iter() {
+            out.push('\n');
+            out.push_str(e);
+        }
+        out
+    }
+}
+
+/// (field, before, after) for each top-level status field that differs;
+/// conditions are compared by type, without their times.
+fn changed_fields(
+    before: &serde_json::Value,
+    now: &serde_json::Value,
+) -> Vec<(String, String, String)> {
+    let short = |v: Option<&serde_json::Value>| {
+        let s = v.map_or("absent".to_string(), |v| v.to_string());
+        s.chars().take(160).collect::<String>()
+    };
+    let condition = |v: &serde_json::Value, kind: &str| {
+        v["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+            .map(|c| {
+                json!([
+                    c["status"],
+                    c["reason"],
+                    c["message"],
+                    c["observedGeneration"]
+                ])
+            })
+    };
+    let mut keys: Vec<&String> = before
+        .as_object()
+        .into_iter()
+        .chain(now.as_object())
+        .flat_map(|o| o.keys())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        let (b, n) = (before.get(key), now.get(key));
+        if b == n {
+            continue;
+        }
+        if key != "conditions" {
+            out.push((key.clone(), short(b), short(n)));
+            continue;
+        }
+        let mut kinds: Vec<String> = [before, now]
+            .iter()
+            .flat_map(|v| v["conditions"].as_array().cloned().unwrap_or_default())
+            .filter_map(|c| c["type"].as_str().map(String::from))
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        let mut any = false;
+        for kind in kinds {
+            let (cb, cn) = (condition(before, &kind), condition(now, &kind));
+            if cb != cn {
+                any = true;
+                out.push((
+                    format!("conditions[{kind}]"),
+                    short(cb.as_ref()),
+                    short(cn.as_ref()),
+                ));
+            }
+        }
+        if !any {
+            out.push(("conditions (times only)".into(), short(b), short(n)));
+        }
+    }
+    out
+}
+
 /// Writes by the operator's ServiceAccount in the audit log, by
 /// "verb resource".
 fn operator_writes(cp: &ControlPlane, user: &str, skip: usize) -> (usize, HashMap<String, usize>) {
@@ -584,14 +706,19 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
     // an object (not a no-op apply) shows here.
     let md_changes = Arc::new(AtomicUsize::new(0));
     let counter = md_changes.clone();
+    let status_changes = Arc::new(StatusChanges::default());
+    let recorder = status_changes.clone();
     let watch = watcher(
         Api::<ModelDeployment>::all(admin.clone()),
         Default::default(),
     )
     .reflect(writer)
     .applied_objects()
-    .for_each(move |_| {
+    .for_each(move |md| {
         counter.fetch_add(1, Ordering::SeqCst);
+        if let Ok(md) = &md {
+            recorder.saw(md);
+        }
         async {}
     });
     let watch = tokio::spawn(watch);
@@ -643,11 +770,13 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
     let rec_before = reconciles(&op).await;
     let changes_before = md_changes.load(Ordering::SeqCst);
     let rest_from = Instant::now();
+    status_changes.recording.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(5)).await;
     touch_all(&admin, &keys, &namespaces).await;
     let touched_in = rest_from.elapsed();
     tokio::time::sleep(Duration::from_secs(rest).saturating_sub(touched_in)).await;
     let rest_to = Instant::now();
+    status_changes.recording.store(false, Ordering::SeqCst);
     let rest_reconciles = reconciles(&op).await - rec_before;
     // The touches' own changes are one per object.
     let rest_changes = md_changes.load(Ordering::SeqCst) - changes_before;
@@ -666,6 +795,8 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
         mib(rest_peak),
         load_average()
     );
+
+    println!("{}", status_changes.report());
 
     // Phase 3: new versions on a tenth, then on all.
     for (version, n) in [("2.0.0", n_objects / 10), ("3.0.0", n_objects)] {
