@@ -717,3 +717,106 @@ async fn a_model_at_rest_is_reconciled_without_status_writes() {
         "written at rest; status before {before:#} after {after:#}"
     );
 }
+
+/// A Service of someone else's already named like the model: the operator
+/// refuses with the field named, under the chart's RBAC, runs no pod and
+/// leaves the Service as it was; once the name is free it deploys and the
+/// pods serve v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_by_someone_elses_service_is_refused_and_nothing_runs() {
+    let Some(cp) = support::envtest::control_plane() else {
+        return;
+    };
+    cp.install_crds().await;
+    let ns = cp.namespace("claim").await;
+    let admin = cp.admin().await;
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), &ns);
+    let theirs: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": NAME, "labels": {"team": "web"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    let theirs = services
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let Some(op) = support::real_operator::RealOperator::start(
+        cp,
+        support::real_operator::OperatorOptions::watching(&[&ns]),
+    )
+    .await
+    else {
+        return;
+    };
+    op.wait_ready(WAIT).await;
+    let api: Api<modeldeploy::api::ModelDeployment> = Api::namespaced(admin.clone(), &ns);
+    let md = serde_json::from_value(json!({
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": ns},
+        "spec": {"model": model("1.0.0", &[]), "replicas": 1,
+                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                               "limits": {"cpu": "1", "memory": "256Mi"}}}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &md).await.unwrap();
+    let ready = |md: &modeldeploy::api::ModelDeployment| {
+        let s = serde_json::to_value(md.status.clone().unwrap_or_default()).unwrap();
+        s["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
+    };
+    let condition = poll("InvalidSpec naming the Service", WAIT, || async {
+        ready(&api.get(NAME).await.unwrap()).filter(|c| c["reason"] == "InvalidSpec")
+    })
+    .await;
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("metadata.name") && message.contains(&format!("Service named {NAME}")),
+        "{message}"
+    );
+    // Another reconcile or two (it rechecks the name) change nothing.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let now = services.get(NAME).await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version,
+        theirs.metadata.resource_version
+    );
+    assert!(now.metadata.owner_references.is_none(), "{now:?}");
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    assert!(
+        deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        cp.kubelet().running(&ns).is_empty(),
+        "pods run for a refused model"
+    );
+
+    services.delete(NAME, &Default::default()).await.unwrap();
+    poll("Stable once the name is free", WAIT, || async {
+        let md = api.get(NAME).await.unwrap();
+        let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
+        (s["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let pods = poll("one pod serving v1", WAIT, || async {
+        let pods = serving(cp, &ns);
+        (pods.len() == 1).then_some(pods)
+    })
+    .await;
+    assert_eq!(pods[0].image, image("1.0.0"));
+    assert_eq!(
+        pods[0].env.get("MODEL_VERSION").map(String::as_str),
+        Some("1.0.0")
+    );
+    let service = services.get(NAME).await.unwrap();
+    assert_eq!(
+        service.metadata.owner_references.unwrap_or_default()[0].name,
+        NAME
+    );
+}
