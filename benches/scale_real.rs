@@ -52,7 +52,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use modeldeploy::api::ModelDeployment;
 use serde_json::json;
@@ -202,56 +202,81 @@ fn key_of(md: &ModelDeployment) -> Key {
     )
 }
 
-/// (acted on `generation`, Stable on `version` at it).
-fn state(md: &ModelDeployment, generation: i64, version: &str) -> (bool, bool) {
-    let Some(s) = md.status.as_ref() else {
-        return (false, false);
-    };
-    let acted =
-        s.observed_generation == Some(generation) && md.metadata.generation == Some(generation);
-    let stable = acted
-        && s.phase.as_ref().and_then(|p| serde_json::to_value(p).ok()) == Some(json!("Stable"))
-        && s.stable.as_ref().is_some_and(|r| r.version == version);
-    (acted, stable)
+/// When the bench's watch first showed each object acted on a generation
+/// (`observedGeneration` caught up) and Stable on a version at it: stamped
+/// as the watch delivers, so an object acted on while the bench was still
+/// writing the others is timed by its own change, not by the last write.
+#[derive(Default)]
+struct Milestones {
+    acted: std::sync::Mutex<HashMap<(Key, i64), Instant>>,
+    stable: std::sync::Mutex<HashMap<(Key, i64, String), Instant>>,
 }
 
-/// Waits (reading the bench's own watch cache) until every changed object is
-/// Stable on `version`; latencies to acted and to Stable, sorted.
+impl Milestones {
+    fn saw(&self, md: &ModelDeployment) {
+        let Some(s) = md.status.as_ref() else {
+            return;
+        };
+        let generation = md.metadata.generation.unwrap_or(0);
+        if s.observed_generation != Some(generation) {
+            return;
+        }
+        let now = Instant::now();
+        let key = key_of(md);
+        self.acted
+            .lock()
+            .unwrap()
+            .entry((key.clone(), generation))
+            .or_insert(now);
+        let stable =
+            s.phase.as_ref().and_then(|p| serde_json::to_value(p).ok()) == Some(json!("Stable"));
+        if let (true, Some(r)) = (stable, s.stable.as_ref()) {
+            self.stable
+                .lock()
+                .unwrap()
+                .entry((key, generation, r.version.clone()))
+                .or_insert(now);
+        }
+    }
+}
+
+/// Waits until every changed object is Stable on `version` at the
+/// generation its change made; latencies from each change to acted and to
+/// Stable, sorted.
 async fn wait_all(
-    store: &Store<ModelDeployment>,
+    seen: &Milestones,
     changed: &HashMap<Key, (Instant, i64)>,
     version: &str,
 ) -> (Vec<Duration>, Vec<Duration>, Duration) {
     let started = Instant::now();
-    let mut acted: HashMap<Key, Duration> = HashMap::new();
-    let mut stable: HashMap<Key, Duration> = HashMap::new();
-    while stable.len() < changed.len() && started.elapsed() < TIMEOUT {
-        let now = Instant::now();
-        for md in store.state() {
-            let key = key_of(&md);
-            let Some((at, generation)) = changed.get(&key) else {
-                continue;
-            };
-            let (a, s) = state(&md, *generation, version);
-            if a {
-                acted.entry(key.clone()).or_insert(now - *at);
+    let latencies = || {
+        let acted = seen.acted.lock().unwrap();
+        let stable = seen.stable.lock().unwrap();
+        let mut a = Vec::new();
+        let mut s = Vec::new();
+        for (key, (at, generation)) in changed {
+            if let Some(t) = acted.get(&(key.clone(), *generation)) {
+                a.push(t.saturating_duration_since(*at));
             }
-            if s {
-                stable.entry(key).or_insert(now - *at);
+            if let Some(t) = stable.get(&(key.clone(), *generation, version.to_string())) {
+                s.push(t.saturating_duration_since(*at));
             }
         }
+        (a, s)
+    };
+    let (mut a, mut s) = latencies();
+    while s.len() < changed.len() && started.elapsed() < TIMEOUT {
         tokio::time::sleep(TICK).await;
+        (a, s) = latencies();
     }
-    if stable.len() < changed.len() {
+    if s.len() < changed.len() {
         eprintln!(
             "TIMED OUT: {} of {} objects never Stable (acted: {})",
-            changed.len() - stable.len(),
+            changed.len() - s.len(),
             changed.len(),
-            acted.len()
+            a.len()
         );
     }
-    let mut a: Vec<Duration> = acted.into_values().collect();
-    let mut s: Vec<Duration> = stable.into_values().collect();
     a.sort();
     s.sort();
     (a, s, started.elapsed())
@@ -708,6 +733,8 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
     let counter = md_changes.clone();
     let status_changes = Arc::new(StatusChanges::default());
     let recorder = status_changes.clone();
+    let milestones = Arc::new(Milestones::default());
+    let stamper = milestones.clone();
     let watch = watcher(
         Api::<ModelDeployment>::all(admin.clone()),
         Default::default(),
@@ -718,6 +745,7 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
         counter.fetch_add(1, Ordering::SeqCst);
         if let Ok(md) = &md {
             recorder.saw(md);
+            stamper.saw(md);
         }
         async {}
     });
@@ -745,7 +773,7 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
     // Phase 1: from the operator's start to every object Stable.
     let t0 = Instant::now();
     let initial: HashMap<Key, (Instant, i64)> = keys.iter().map(|k| (k.clone(), (t0, 1))).collect();
-    let (acted, stable, took) = wait_all(&store, &initial, "1.0.0").await;
+    let (acted, stable, took) = wait_all(&milestones, &initial, "1.0.0").await;
     let (mut seen, by) = operator_writes(cp, &user, audit_start);
     let (pods, ready) = count_pods(&admin).await;
     println!(
@@ -805,7 +833,7 @@ async fn run(cp: &'static ControlPlane, quick: bool) {
         let from = Instant::now();
         let changed = change(&admin, &keys[..n], version).await;
         let spread = from.elapsed();
-        let (acted, stable, took) = wait_all(&store, &changed, version).await;
+        let (acted, stable, took) = wait_all(&milestones, &changed, version).await;
         let (now_seen, by) = operator_writes(cp, &user, seen);
         seen = now_seen;
         println!(
