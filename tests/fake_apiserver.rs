@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::fake_apiserver::FakeApiServer;
 
 fn cm(name: &str, data: serde_json::Value) -> ConfigMap {
@@ -146,6 +146,25 @@ async fn merge_patch_and_status_subresource() {
         "a status write leaves spec alone"
     );
     assert_eq!(s.metadata.generation, Some(2));
+    // As the real registry: a Deployment's annotations move its generation,
+    // its labels do not.
+    let touch = |meta: Value| Patch::Merge(json!({ "metadata": meta }));
+    api.patch(
+        "d",
+        &PatchParams::default(),
+        &touch(json!({"labels": {"x": "y"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api.get("d").await.unwrap().metadata.generation, Some(2));
+    api.patch(
+        "d",
+        &PatchParams::default(),
+        &touch(json!({"annotations": {"x": "y"}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api.get("d").await.unwrap().metadata.generation, Some(3));
 }
 
 #[tokio::test]

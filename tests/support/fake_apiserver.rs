@@ -11,10 +11,11 @@
 //! server-side apply with per-manager field ownership: fields a manager stops
 //! applying are removed, and applying a field another manager set to a
 //! different value is a 409 Conflict unless forced. Status subresources keep
-//! spec and status writes apart, `metadata.generation` follows spec changes,
-//! and a write that changes nothing bumps no resourceVersion and emits no
-//! watch event. Errors come as `metav1.Status` bodies. Faults can be injected
-//! and requests are counted by verb and resource.
+//! spec and status writes apart, `metadata.generation` follows spec changes
+//! (and a Deployment's annotations), and a write that changes nothing bumps
+//! no resourceVersion and emits no watch event. Errors come as
+//! `metav1.Status` bodies. Faults can be injected and requests are counted
+//! by verb and resource.
 //!
 //! What it does not emulate: authentication and RBAC, admission (webhooks,
 //! OpenAPI schema validation, defaulting, CEL rules), strategic-merge list
@@ -446,7 +447,11 @@ impl Store {
             if without_volatile(old) == without_volatile(&obj) {
                 return Some(old.clone());
             }
-            if spec_part(old) != spec_part(&obj) {
+            // As the real registry: a Deployment's annotations are copied
+            // to its ReplicaSets, so changing them moves its generation too.
+            let annotations_moved = key.0 == "deployments"
+                && old["metadata"]["annotations"] != obj["metadata"]["annotations"];
+            if spec_part(old) != spec_part(&obj) || annotations_moved {
                 obj["metadata"]["generation"] = json!(generation + 1);
             }
         } else {
