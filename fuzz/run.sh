@@ -4,6 +4,11 @@
 #   fuzz/run.sh TARGET SECONDS     one target (exposition, spec, request, reference)
 #   fuzz/run.sh all SECONDS        every target for SECONDS, several at once
 #
+# With MODELDEPLOY_FUZZ_KEEP=1, a target that found nothing has what it
+# learnt kept: its queue and the committed corpus, minimised together by
+# afl-cmin, become fuzz/corpus/TARGET (the hand-written seeds keep their
+# names; inputs the fuzzer made are named found-<sha1 prefix>).
+#
 # Builds the targets with `cargo afl build --release`, then runs `cargo afl
 # fuzz` from the committed corpus (fuzz/corpus/TARGET) with the target's
 # dictionary for SECONDS of fuzzing, and prints one line of statistics per
@@ -118,6 +123,38 @@ report() {
   return 1
 }
 
+# Replaces corpus/TARGET with the smallest set of the committed corpus and
+# the last run's queue that covers what both cover.
+keep_corpus() {
+  local target=$1 all=out/$target/keep-in min=out/$target/keep-min file name
+  rm -rf "$all" "$min"
+  mkdir -p "$all"
+  cp "corpus/$target"/* "$all"/
+  for file in "out/$target"/default/queue/id:*; do
+    [[ -f $file ]] || continue
+    name=found-$(sha1sum "$file" | cut -c1-12)
+    [[ -e $all/$name ]] || cp "$file" "$all/$name"
+  done
+  # The shell afl-cmin that cargo-afl built with AFL++: its Python
+  # successor found no coverage at all for the request and reference
+  # targets. -e: edges only, not hit counts, for a small corpus.
+  local cmin
+  cmin=$(find "${XDG_DATA_HOME:-$HOME/.local/share}/afl.rs" -name afl-cmin.bash -path '*/bin/*' 2>/dev/null | head -n 1)
+  [[ -n $cmin ]] || { echo "fuzz: afl-cmin.bash not found under afl.rs's data folder" >&2; return 1; }
+  PATH="$(dirname "$cmin"):$PATH" AFL_NO_UI=1 "$cmin" -e -i "$all" -o "$min" -- "$bin_dir/$target" >"out/$target.cmin.log" 2>&1 || {
+    tail -n 20 "out/$target.cmin.log" >&2
+    echo "fuzz: $target: afl-cmin failed (fuzz/out/$target.cmin.log)" >&2
+    return 1
+  }
+  # Seeds are documented by name: they stay even where others cover them.
+  for file in "corpus/$target"/*; do
+    cp -n "$file" "$min"/
+  done
+  rm -rf "corpus/$target"
+  mv "$min" "corpus/$target"
+  echo "fuzz: $target: corpus kept, $(ls "corpus/$target" | wc -l) inputs"
+}
+
 mkdir -p out
 running=0
 for target in "${selected[@]}"; do
@@ -132,6 +169,10 @@ wait || true
 
 failed=0
 for target in "${selected[@]}"; do
-  report "$target" || failed=1
+  if report "$target"; then
+    [[ ${MODELDEPLOY_FUZZ_KEEP:-} == 1 ]] && { keep_corpus "$target" || failed=1; }
+  else
+    failed=1
+  fi
 done
 exit "$failed"
