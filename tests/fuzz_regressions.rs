@@ -2,7 +2,8 @@
 //! own bodies (`fuzz/src/lib.rs`), without AFL: a plain `cargo test` fails
 //! again if a crash the fuzzer found comes back.
 //!
-//! - `fuzz/corpus/<target>/*`: the committed seeds;
+//! - `fuzz/corpus/<target>/*`: the committed corpus (hand-written seeds and
+//!   the inputs a fuzz run kept, minimised; see `fuzz/run.sh`);
 //! - `fuzz/regressions/<target>/*`: inputs that crashed or hung a target once,
 //!   each kept after its fix (named for what it is);
 //!
