@@ -28,11 +28,18 @@ pub const LONGEST_RETRY: Duration = Duration::from_secs(5);
 /// One watch's delays between tries: doubling from [`FIRST_RETRY`] to
 /// [`LONGEST_RETRY`], each a random point between half and all of its step
 /// (watches that failed together do not retry together), and back to the
-/// start after any event.
+/// start once the watch got somewhere: two events since its last error.
+///
+/// One is not enough: kube's watcher starts every re-list with an `Init`
+/// event before it sends the LIST, and kube's `StreamBackoff` resets on any
+/// event, so a LIST that keeps failing (403, 429, 5xx, no connection) would
+/// be retried every 0.25 s by each watch. A list that gets through brings
+/// at least `Init` and `InitDone`.
 #[derive(Debug, Clone)]
 pub struct WatchRetry {
     step: Duration,
     random: u64,
+    events_since_error: u32,
 }
 
 impl Default for WatchRetry {
@@ -51,6 +58,7 @@ impl WatchRetry {
                 .build_hasher()
                 .finish()
                 | 1,
+            events_since_error: 0,
         }
     }
 
@@ -69,6 +77,10 @@ impl Iterator for WatchRetry {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
+        if self.events_since_error >= 2 {
+            self.step = FIRST_RETRY;
+        }
+        self.events_since_error = 0;
         let step = self.step;
         self.step = (step * 2).min(LONGEST_RETRY);
         let half = step / 2;
@@ -78,8 +90,10 @@ impl Iterator for WatchRetry {
 }
 
 impl Backoff for WatchRetry {
+    /// Called on every event; the delays start over at the next error only
+    /// if the watch got somewhere (see [`WatchRetry`]).
     fn reset(&mut self) {
-        self.step = FIRST_RETRY;
+        self.events_since_error = self.events_since_error.saturating_add(1);
     }
 }
 
@@ -122,13 +136,48 @@ mod tests {
     }
 
     #[test]
-    fn an_event_starts_the_delays_over() {
+    fn a_list_that_got_through_starts_the_delays_over() {
         let mut retry = WatchRetry::new();
         for _ in 0..10 {
             retry.next();
         }
         retry.reset();
+        retry.reset();
         assert!(retry.next().unwrap() <= FIRST_RETRY);
+    }
+
+    #[test]
+    fn the_start_of_a_list_alone_does_not_start_the_delays_over() {
+        let mut retry = WatchRetry::new();
+        for _ in 0..10 {
+            retry.next();
+        }
+        retry.reset();
+        assert!(retry.next().unwrap() >= LONGEST_RETRY / 2);
+    }
+
+    /// The watcher as it behaves when every LIST fails: `Init`, then the
+    /// error, again and again. Paced by kube's own `StreamBackoff`, on a
+    /// paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_list_that_keeps_failing_is_retried_ever_more_slowly() {
+        use kube::runtime::WatchStreamExt;
+        let mut items: Vec<Result<watcher::Event<u32>, watcher::Error>> = Vec::new();
+        for _ in 0..8 {
+            items.push(Ok(watcher::Event::Init));
+            items.push(Err(watcher::Error::NoResourceVersion));
+        }
+        let start = tokio::time::Instant::now();
+        let seen = futures::stream::iter(items)
+            .backoff(WatchRetry::new())
+            .count()
+            .await;
+        assert_eq!(seen, 16);
+        // The delays between the eight errors: steps 0.25, 0.5, 1, 2, 4, 5,
+        // 5 s, at least half of each (8.875 s). Reset by each `Init` they
+        // would be at most 0.25 s each.
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(8_875), "{waited:?}");
     }
 
     #[test]
