@@ -33,7 +33,7 @@ pub const LONGEST_RETRY: Duration = Duration::from_secs(5);
 /// One is not enough: kube's watcher starts every re-list with an `Init`
 /// event before it sends the LIST, and kube's `StreamBackoff` resets on any
 /// event, so a LIST that keeps failing (403, 429, 5xx, no connection) would
-/// be retried every 0.25 s by each watch. A list that gets through brings
+/// be retried after at most 0.25 s, again and again, by each watch. A list that gets through brings
 /// at least `Init` and `InitDone`.
 #[derive(Debug, Clone)]
 pub struct WatchRetry {
@@ -135,12 +135,18 @@ mod tests {
         assert_eq!(step, LONGEST_RETRY);
     }
 
-    #[test]
-    fn a_list_that_got_through_starts_the_delays_over() {
+    /// A watch that has failed often enough to wait its longest.
+    fn retry_at_its_longest() -> WatchRetry {
         let mut retry = WatchRetry::new();
         for _ in 0..10 {
             retry.next();
         }
+        retry
+    }
+
+    #[test]
+    fn a_list_that_got_through_starts_the_delays_over() {
+        let mut retry = retry_at_its_longest();
         retry.reset();
         retry.reset();
         assert!(retry.next().unwrap() <= FIRST_RETRY);
@@ -148,10 +154,7 @@ mod tests {
 
     #[test]
     fn the_start_of_a_list_alone_does_not_start_the_delays_over() {
-        let mut retry = WatchRetry::new();
-        for _ in 0..10 {
-            retry.next();
-        }
+        let mut retry = retry_at_its_longest();
         retry.reset();
         assert!(retry.next().unwrap() >= LONGEST_RETRY / 2);
     }
