@@ -313,11 +313,25 @@ pub fn pod_controller_with(
     DeploymentController { stop }
 }
 
-/// A loopback port nothing listens on right now.
+/// A port for a test to listen on: no other test of this process got it,
+/// nothing listens on it on any address now, and it lies below the usual
+/// ephemeral range (32768 and up), so neither an outgoing connection nor
+/// another `bind(0)` can take it before the test binds it. Fleets bind the
+/// same port on several loopback addresses, which a port the kernel picked
+/// for 127.0.0.1 alone did not promise (a CI run failed on it).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::AtomicU32;
+    const LOWEST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    // Two test processes at once start far apart.
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOWEST + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOWEST}..{}", LOWEST + SPAN);
 }
