@@ -342,7 +342,14 @@ impl ClientRetries {
 /// account or kubeconfig) with [`CLIENT_RETRIES`] instead of kube's default
 /// retries.
 pub async fn operator_client() -> Result<Client, String> {
-    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    let config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    client_with_retries(config)
+}
+
+/// A client for `config` with the operator's retries ([`CLIENT_RETRIES`],
+/// none for a create). The tests that run the operator in their own process
+/// build its client with this too, so they retry as the binary does.
+pub fn client_with_retries(mut config: kube::Config) -> Result<Client, String> {
     config.default_retry = false;
     let retries = tower::retry::RetryLayer::new(NoCreateRetry(CLIENT_RETRIES.policy()?));
     // Retry needs a service it can clone; kube's stack is boxed, so it goes

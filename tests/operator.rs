@@ -12,25 +12,11 @@ use modeldeploy::operator::Stopped;
 use serde_json::json;
 use support::fake_apiserver::FakeApiServer;
 use support::story::{condition, create, deployments_of, events, status};
-use support::{deployment_controller, eventually, model_deployment, start_operator};
+use support::{
+    deployment_controller, eventually, model_deployment, reconciles_done, start_operator,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Waits until as many reconciles have finished (the duration histogram
-/// counts those) as had started when called. One object's reconciles run one
-/// at a time, so everything they write has then landed.
-async fn reconciles_done(op: &support::RunningOperator) {
-    let started = op.metrics.reconciles.get();
-    eventually("the reconciles under way to finish", WAIT, || {
-        let finished = op
-            .metrics
-            .duration
-            .with_label_values(&[] as &[&str])
-            .get_sample_count();
-        (finished >= started).then_some(())
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_deployment_update_and_delete() {

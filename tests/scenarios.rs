@@ -15,7 +15,7 @@ use statrs::distribution::{ContinuousCDF, Normal};
 use support::story::{
     Member, StatusLog, Story, WAIT, canary_spec, condition, event_message, events, ip_by_version,
 };
-use support::{PodHealth, eventually, free_port};
+use support::{PodHealth, eventually, free_port, reconciles_done};
 
 fn v2(behaviour: Behaviour) -> Behaviour {
     Behaviour {
@@ -158,6 +158,73 @@ async fn unhealthy_canary_is_rolled_back_at_once(name: &str, health: PodHealth) 
     .await;
     story.op.stop().await.unwrap();
     event_message(&event)
+}
+
+/// An events API that keeps refusing (503 on every create) holds no decision
+/// back: the crash-looping canary is rolled back and scaled away all the
+/// same. Once events are taken again, each event of the rollout is recorded,
+/// once, though the transitions that carried them were replaced meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_does_not_wait_for_an_events_api_that_keeps_refusing() {
+    let name = "unheard";
+    let port = free_port();
+    let story = Story::stable(
+        name,
+        port,
+        patient_spec(port),
+        &[
+            Member::new("127.0.0.2", Behaviour::default()),
+            Member::new("127.0.0.3", v2(Behaviour::default())),
+        ],
+        ip_by_version,
+        |d| {
+            if d["metadata"]["labels"]["modeldeploy.io/version"] == "2.0.0" {
+                PodHealth::CrashLoopBackOff
+            } else {
+                PodHealth::Ready
+            }
+        },
+    )
+    .await;
+    let recorded_before = story.server.list("events", "default").len();
+    story
+        .server
+        .fail_next(u32::MAX, Some("create"), Some("events"), 503);
+    story.release("2.0.0").await;
+    story
+        .until("rolled back", |s| s["phase"] == "RolledBack")
+        .await;
+    eventually(
+        "the canary scaled to zero, stable at full size",
+        WAIT,
+        || {
+            (story.replicas_of("2.0.0") == Some(0) && story.replicas_of("1.0.0") == Some(2))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        story.server.list("events", "default").len(),
+        recorded_before,
+        "no event got through the fault"
+    );
+
+    story.server.clear_faults();
+    story.event("RolledBack").await;
+    story.event("RolloutStarted").await;
+    let op = story.op;
+    reconciles_done(&op).await;
+    op.stop().await.unwrap();
+    let mut told: Vec<(String, String)> = story
+        .server
+        .list("events", "default")
+        .iter()
+        .map(|e| (e["reason"].as_str().unwrap().to_string(), event_message(e)))
+        .collect();
+    let all = told.len();
+    told.sort();
+    told.dedup();
+    assert_eq!(told.len(), all, "an event recorded twice: {told:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

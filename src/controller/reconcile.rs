@@ -45,16 +45,22 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
     let status = current_status(md, ctx);
-    // After a restart: what an earlier life wrote but may not have told.
-    announce(md, ctx, &status).await?;
+    // What could not be told before, or after a restart, what an earlier
+    // life wrote but may not have told. It never holds the decision back.
+    let mut telling = announce(md, ctx, &status, 0).await;
     let now = Timestamp::now();
     let valid = match validate(&md.spec).and_then(|v| gates::allowed(v, &ctx.webhook_allow)) {
         Ok(v) => v,
-        Err(invalid) => return refuse(md, ctx, &status, &invalid, now).await,
+        Err(invalid) => {
+            return refuse(md, ctx, &status, &invalid, now, telling)
+                .await
+                .map(|t| retry_telling(Action::await_change(), t));
+        }
     };
     if let Some(taken) = super::claim::name_taken(md, ctx, &valid).await? {
-        refuse(md, ctx, &status, &taken, now).await?;
-        return Ok(Action::requeue(super::claim::NAME_TAKEN_RECHECK));
+        let telling = refuse(md, ctx, &status, &taken, now, telling).await?;
+        let recheck = Action::requeue(super::claim::NAME_TAKEN_RECHECK);
+        return Ok(retry_telling(recheck, telling));
     }
     let seen = observe(md, ctx, &status, &valid, now).await;
     let decision = rollout::decide(&Input {
@@ -72,8 +78,8 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
     });
     apply_decision(md, ctx, &valid, &decision, &seen).await?;
     if decision.status != status {
-        write_status(md, ctx, &decision.status).await?;
-        announce(md, ctx, &decision.status).await?;
+        // Replaces what was told before: the new transition carries what was not.
+        telling = write_and_tell(md, ctx, &status, decision.status.clone()).await?;
     }
     set_phase_metric(ctx, md, &decision.status);
     if decision.status.canary.is_none() && decision.status.guard.is_none() {
@@ -83,7 +89,31 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
     if seen.capture == collect::Capture::Waiting {
         requeue = requeue.min(valid.analysis_interval);
     }
+    if let Telling::TryAgainIn(retry) = telling {
+        requeue = requeue.min(retry);
+    }
     Ok(Action::requeue(requeue))
+}
+
+/// Write `next` over `current` and tell its transition, carrying the events
+/// of `current`'s that are not told yet (see [`carry_untold`]).
+async fn write_and_tell(
+    md: &ModelDeployment,
+    ctx: &Context,
+    current: &ModelDeploymentStatus,
+    mut next: ModelDeploymentStatus,
+) -> Result<Telling> {
+    let carried = carry_untold(md, ctx, current, &mut next);
+    write_status(md, ctx, &next).await?;
+    Ok(announce(md, ctx, &next, carried).await)
+}
+
+/// `action`, or sooner if an event waits to be told.
+fn retry_telling(action: Action, telling: Telling) -> Action {
+    match telling {
+        Telling::Done => action,
+        Telling::TryAgainIn(retry) => Action::requeue(retry),
+    }
 }
 
 /// A deleted object's metric series and remembered writes go with it.
@@ -101,14 +131,16 @@ async fn refuse(
     status: &ModelDeploymentStatus,
     invalid: &crate::api::InvalidSpec,
     now: Timestamp,
-) -> Result<Action> {
+    telling: Telling,
+) -> Result<Telling> {
     let next = rollout::invalid_spec(status, invalid, md.meta().generation, now);
-    if next != *status {
-        write_status(md, ctx, &next).await?;
-        announce(md, ctx, &next).await?;
-    }
+    let telling = if next == *status {
+        telling
+    } else {
+        write_and_tell(md, ctx, status, next.clone()).await?
+    };
     set_phase_metric(ctx, md, &next);
-    Ok(Action::await_change())
+    Ok(telling)
 }
 
 /// Everything the decision reads from the cluster and the pods.

@@ -25,8 +25,8 @@ enum Recorded {
     /// An event of this name exists: an earlier life of the operator recorded it.
     Before,
     /// The API server could not take it now (no connection, 429, 5xx): try
-    /// again before anything newer is told.
-    Later(kube::Error),
+    /// again later.
+    Later,
     /// Refused for good (forbidden, invalid): logged, not tried again.
     Refused,
 }
@@ -65,30 +65,47 @@ pub(super) async fn report_undecodable(
 /// Record the events of the object's newest transition and send its
 /// notifications, once: right after this operator wrote the transition, or,
 /// after a restart, in case an earlier life stopped between writing it and
-/// telling it. Events found recorded already are not notified again. An event
-/// the API server cannot take now is an error, so the reconcile backs off and
-/// tells it before it can write a newer transition (which would replace this
-/// one in status, and its events with it).
+/// telling it. Events found recorded already are not notified again.
+///
+/// An event the API server cannot take now is tried again later
+/// ([`Telling::TryAgainIn`]), but never holds a decision back: a rollback
+/// must not wait for an events API that refuses. Its notification goes at
+/// the first try. Should a newer transition replace this one first,
+/// [`carry_untold`] moves the event into it, so the status write keeps it.
+/// `carried` counts the events at the front of the transition that came so
+/// from an older one (and were notified then).
 pub(super) async fn announce(
     md: &ModelDeployment,
     ctx: &Context,
     status: &ModelDeploymentStatus,
-) -> Result<()> {
+    carried: usize,
+) -> Telling {
     let Some(t) = &status.transition else {
-        return Ok(());
+        return Telling::Done;
     };
     let key = ObjectRef::from_obj(md);
     let uid = md.uid().unwrap_or_default();
-    let mut told = match lock(&ctx.announced).get(&key) {
-        Some(a) if a.uid == uid && a.sequence > t.sequence => return Ok(()),
-        Some(a) if a.uid == uid && a.sequence == t.sequence => a.told.clone(),
-        _ => vec![Told::Not; t.events.len()],
+    let (mut told, retries) = match lock(&ctx.announced).get(&key) {
+        Some(a) if a.uid == uid && a.sequence > t.sequence => return Telling::Done,
+        // Reconciles come with every pod change; the events API is asked at
+        // the retry's pace, not theirs.
+        Some(a) if a.uid == uid && a.sequence == t.sequence && a.next_try > Instant::now() => {
+            return Telling::TryAgainIn(a.next_try - Instant::now());
+        }
+        Some(a) if a.uid == uid && a.sequence == t.sequence => (a.told.clone(), a.retries),
+        _ => {
+            let mut told = vec![Told::Not; t.events.len()];
+            told.iter_mut()
+                .take(carried)
+                .for_each(|c| *c = Told::Unsure);
+            (told, 0)
+        }
     };
     told.resize(t.events.len(), Told::Not);
     if !recent(t, Timestamp::now()) {
         told.fill(Told::Yes);
     }
-    let mut later = None;
+    let mut untold = false;
     for (index, e) in t.events.iter().enumerate() {
         let tried = match told[index] {
             Told::Yes => continue,
@@ -96,26 +113,22 @@ pub(super) async fn announce(
             Told::Unsure => true,
         };
         let name = event_name(&md.name_any(), &uid, &format!("t{}-{index}", t.sequence));
-        told[index] =
-            match record(ctx, md.object_ref(&()), name, e.kind, &e.reason, &e.message).await {
-                Recorded::Now | Recorded::Refused => {
-                    follow_up(md, ctx, t, e);
-                    Told::Yes
-                }
-                // Ours, if this life tried before and lost the answer; else an
-                // earlier life's, which followed it up.
-                Recorded::Before => {
-                    if tried {
-                        follow_up(md, ctx, t, e);
-                    }
-                    Told::Yes
-                }
-                Recorded::Later(error) => {
-                    later.get_or_insert(error);
-                    Told::Unsure
-                }
-            };
+        let recorded = record(ctx, md.object_ref(&()), name, e.kind, &e.reason, &e.message).await;
+        // Followed up at the first try, whatever came of it, unless an
+        // earlier life had recorded it (and followed it up).
+        if !tried && !matches!(recorded, Recorded::Before) {
+            follow_up(md, ctx, t, e);
+        }
+        told[index] = match recorded {
+            Recorded::Now | Recorded::Refused | Recorded::Before => Told::Yes,
+            Recorded::Later => {
+                untold = true;
+                Told::Unsure
+            }
+        };
     }
+    let retries = if untold { retries.saturating_add(1) } else { 0 };
+    let delay = event_retry_delay(retries);
     let sequence = t.sequence;
     lock(&ctx.announced).insert(
         key,
@@ -123,12 +136,72 @@ pub(super) async fn announce(
             uid,
             sequence,
             told,
+            retries,
+            next_try: Instant::now() + if untold { delay } else { Duration::ZERO },
         },
     );
-    match later {
-        Some(error) => Err(error.into()),
-        None => Ok(()),
+    if untold {
+        Telling::TryAgainIn(delay)
+    } else {
+        Telling::Done
     }
+}
+
+/// Whether every event of the newest transition is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Telling {
+    Done,
+    /// Some event could not be recorded yet: reconcile again within this.
+    TryAgainIn(Duration),
+}
+
+/// 2 s, doubling per failed pass, at most a minute: an events API that
+/// refuses for long is asked about once a minute per object.
+fn event_retry_delay(retries: u32) -> Duration {
+    Duration::from_secs(1u64 << retries.clamp(1, 6)).min(Duration::from_secs(60))
+}
+
+/// The most events one transition carries; older carried ones go first.
+const MAX_TRANSITION_EVENTS: usize = 20;
+
+/// `next` with the events of `current`'s transition that the API server has
+/// not taken yet put in front of its own, if `next` has a newer transition
+/// (which replaces `current`'s in status). Returns how many were carried.
+pub(super) fn carry_untold(
+    md: &ModelDeployment,
+    ctx: &Context,
+    current: &ModelDeploymentStatus,
+    next: &mut ModelDeploymentStatus,
+) -> usize {
+    let (Some(old), Some(new)) = (&current.transition, &mut next.transition) else {
+        return 0;
+    };
+    if new.sequence <= old.sequence {
+        return 0;
+    }
+    let uid = md.uid().unwrap_or_default();
+    let untold: Vec<TransitionEvent> = match lock(&ctx.announced).get(&ObjectRef::from_obj(md)) {
+        Some(a) if a.uid == uid && a.sequence == old.sequence => old
+            .events
+            .iter()
+            .zip(&a.told)
+            .filter(|(_, told)| **told != Told::Yes)
+            .map(|(e, _)| e.clone())
+            .collect(),
+        _ => return 0,
+    };
+    let room = MAX_TRANSITION_EVENTS.saturating_sub(new.events.len());
+    let dropped = untold.len().saturating_sub(room);
+    if dropped > 0 {
+        warn!(
+            dropped,
+            "the API server took none of these events for several transitions; dropping the oldest"
+        );
+    }
+    let carried: Vec<TransitionEvent> = untold.into_iter().skip(dropped).collect();
+    let n = carried.len();
+    new.events.splice(0..0, carried);
+    n
 }
 
 /// How far this operator has told an object's newest transition.
@@ -138,12 +211,17 @@ pub(super) struct Announced {
     sequence: i64,
     /// Per event of the transition.
     told: Vec<Told>,
+    /// Passes in a row that left an event untold.
+    retries: u32,
+    /// Not asked again before this.
+    next_try: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Told {
     Not,
-    /// Asked, but the answer was lost: it may be recorded.
+    /// Tried and followed up, but not known to be recorded: the API server
+    /// could not take it, or took it and the answer was lost.
     Unsure,
     /// Recorded (or refused for good) and followed up.
     Yes,
@@ -232,7 +310,7 @@ async fn record(
         Err(kube::Error::Api(s)) if s.code == 409 => Recorded::Before,
         Err(e) if worth_retrying(&e) => {
             warn!(error = %e, reason, "cannot record event now; trying again");
-            Recorded::Later(e)
+            Recorded::Later
         }
         Err(e) => {
             warn!(error = %e, reason, "cannot record event");

@@ -326,13 +326,19 @@ impl ControlPlane {
     /// A client that authenticates as `service_account` in `namespace` with
     /// a TokenRequest-minted token (not admin): RBAC applies to it.
     pub async fn client_for(&self, namespace: &str, service_account: &str) -> kube::Client {
+        let config = self.config_for(namespace, service_account).await;
+        kube::Client::try_from(config).expect("service account client")
+    }
+
+    /// The client configuration of a service account (with a fresh token).
+    pub async fn config_for(&self, namespace: &str, service_account: &str) -> kube::Config {
         let token = self.token_for(namespace, service_account).await;
         let mut config = self.config.clone();
         config.auth_info = kube::config::AuthInfo {
             token: Some(token.into()),
             ..Default::default()
         };
-        kube::Client::try_from(config).expect("service account client")
+        config
     }
 
     /// Writes a kubeconfig for this API server that authenticates with

@@ -249,11 +249,15 @@ impl FakeApiServer {
         format!("http://{}", self.addr)
     }
 
-    pub fn client(&self) -> kube::Client {
+    pub fn config(&self) -> kube::Config {
         let mut config = kube::Config::new(self.url().parse().expect("url"));
         config.default_namespace = "default".into();
         config.read_timeout = Some(Duration::from_secs(300));
-        kube::Client::try_from(config).expect("client")
+        config
+    }
+
+    pub fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config()).expect("client")
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -293,6 +297,11 @@ impl FakeApiServer {
             resource: resource.map(String::from),
             code,
         });
+    }
+
+    /// Forget every injected fault not used up yet.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
     }
 
     pub fn set_delay(&self, d: Duration) {

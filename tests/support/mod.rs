@@ -115,8 +115,9 @@ pub fn start_operator_with(
     };
     let mut config = config;
     adjust(&mut config);
+    let client = operator::client_with_retries(server.config()).expect("operator client");
     let task = tokio::spawn(operator::run(
-        server.client(),
+        client,
         config,
         metrics.clone(),
         readiness.clone(),
@@ -334,4 +335,20 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in {LOWEST}..{}", LOWEST + SPAN);
+}
+
+/// Waits until as many reconciles have finished (the duration histogram
+/// counts those) as had started when called. One object's reconciles run one
+/// at a time, so everything they write has then landed.
+pub async fn reconciles_done(op: &RunningOperator) {
+    let started = op.metrics.reconciles.get();
+    eventually("the reconciles under way to finish", story::WAIT, || {
+        let finished = op
+            .metrics
+            .duration
+            .with_label_values(&[] as &[&str])
+            .get_sample_count();
+        (finished >= started).then_some(())
+    })
+    .await;
 }

@@ -445,7 +445,8 @@ impl Drop for RealOperator {
 /// the skip line when helm is missing.
 pub async fn in_process(cp: &ControlPlane, options: OperatorOptions) -> Option<RunningOperator> {
     let rbac = install_chart_rbac(cp, &options).await?;
-    let client = cp.client_for(&rbac.namespace, &rbac.service_account).await;
+    let config = cp.config_for(&rbac.namespace, &rbac.service_account).await;
+    let client = operator::client_with_retries(config).expect("operator client");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let readiness = Readiness::default();
     let metrics = Metrics::new();
