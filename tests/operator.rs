@@ -721,6 +721,49 @@ async fn a_name_taken_by_someone_elses_service_is_refused_not_taken_over() {
     op.stop().await.unwrap();
 }
 
+/// `x-stable` is both the Service of a ModelDeployment `x-stable` and the
+/// gatewayAPI router's stable Service of `x`: the second to come is refused,
+/// and the first keeps its Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_service_named_like_another_models_service_is_refused() {
+    let server = Arc::new(FakeApiServer::start().await);
+    let _dc = deployment_controller(&server, |_| true);
+    let op = start_operator(&server, "op-1", false);
+    create(&server, model_deployment("x-stable", "1.0.0", json!({}))).await;
+    eventually("x-stable Stable", WAIT, || {
+        (status(&server, "x-stable")["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let before = server.get("services", "default", "x-stable").unwrap();
+    create(
+        &server,
+        model_deployment(
+            "x",
+            "1.0.0",
+            json!({"spec": {"rollout": {"strategy": "canary", "steps": [{"setWeight": 50}],
+                "traffic": {"router": "gatewayAPI",
+                    "gatewayAPI": {"parentRefs": [{"name": "public"}]}}}}}),
+        ),
+    )
+    .await;
+    let s = eventually("x refused", WAIT, || {
+        let s = status(&server, "x");
+        let ready = condition(&s, "Ready")?;
+        (ready["reason"] == "InvalidSpec").then(|| s.clone())
+    })
+    .await;
+    let message = condition(&s, "Ready").unwrap()["message"].to_string();
+    assert!(message.contains("Service named x-stable"), "{message}");
+    reconciles_done(&op).await;
+    op.stop().await.unwrap();
+    let after = server.get("services", "default", "x-stable").unwrap();
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+    assert!(deployments_of(&server, "x").is_empty());
+}
+
 /// One disruption budget over the pods of every revision, one pod at a time
 /// by default; a spec that opts out has its budget deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -820,3 +820,130 @@ async fn a_name_taken_by_someone_elses_service_is_refused_and_nothing_runs() {
         NAME
     );
 }
+
+/// The gatewayAPI router's children are named after the model too: an
+/// HTTPRoute `scorer` and a Service `scorer-canary` of someone else's are
+/// each refused by name, under the chart's RBAC, and left exactly as they
+/// were; no pod runs until both names are free, then the route is ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_the_gateway_api_router_needs_are_not_taken_from_someone_else() {
+    let Some(cp) = support::envtest::control_plane() else {
+        return;
+    };
+    cp.install_crds().await;
+    if !cp.install_gateway_api().await {
+        return;
+    }
+    let ns = cp.namespace("claim-gw").await;
+    let admin = cp.admin().await;
+    let theirs_route = kube::api::DynamicObject::new(
+        NAME,
+        &kube::api::ApiResource::erase::<modeldeploy::routers::gateway_api::HTTPRoute>(&()),
+    )
+    .data(json!({"spec": {"hostnames": ["web.example"],
+        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}));
+    let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        &ns,
+        &kube::api::ApiResource::erase::<modeldeploy::routers::gateway_api::HTTPRoute>(&()),
+    );
+    let theirs_route = routes
+        .create(&PostParams::default(), &theirs_route)
+        .await
+        .unwrap();
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), &ns);
+    let canary_service = format!("{NAME}-canary");
+    let theirs_service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": {"name": canary_service, "labels": {"team": "web"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    }))
+    .unwrap();
+    let theirs_service = services
+        .create(&PostParams::default(), &theirs_service)
+        .await
+        .unwrap();
+    let Some(op) = support::real_operator::RealOperator::start(
+        cp,
+        support::real_operator::OperatorOptions::watching(&[&ns]),
+    )
+    .await
+    else {
+        return;
+    };
+    op.wait_ready(WAIT).await;
+    let api: Api<modeldeploy::api::ModelDeployment> = Api::namespaced(admin.clone(), &ns);
+    let md = serde_json::from_value(json!({
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": ns},
+        "spec": {"model": model("1.0.0", &[]), "replicas": 1,
+                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                               "limits": {"cpu": "1", "memory": "256Mi"}},
+                 "rollout": gateway(canary(errors_check(), two_steps()))}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &md).await.unwrap();
+    let refused = |what: String| {
+        let api = api.clone();
+        async move {
+            poll(&format!("InvalidSpec naming the {what}"), WAIT, || async {
+                let md = api.get(NAME).await.unwrap();
+                let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
+                let ready = s["conditions"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())?;
+                let message = ready["message"].as_str().unwrap_or_default().to_string();
+                (ready["reason"] == "InvalidSpec" && message.contains(&what)).then_some(message)
+            })
+            .await
+        }
+    };
+    let message = refused(format!("Service named {canary_service}")).await;
+    assert!(message.contains("metadata.name"), "{message}");
+    let live = services.get(&canary_service).await.unwrap();
+    assert_eq!(
+        live.metadata.resource_version, theirs_service.metadata.resource_version,
+        "their Service was written"
+    );
+    services
+        .delete(&canary_service, &Default::default())
+        .await
+        .unwrap();
+    let message = refused(format!("HTTPRoute named {NAME}")).await;
+    assert!(message.contains("metadata.name"), "{message}");
+    // Rechecks of the name change nothing.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let now = routes.get(NAME).await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version,
+        theirs_route.metadata.resource_version
+    );
+    assert!(now.metadata.owner_references.is_none(), "{now:?}");
+    assert!(
+        cp.kubelet().running(&ns).is_empty(),
+        "pods run for a refused model"
+    );
+
+    routes.delete(NAME, &Default::default()).await.unwrap();
+    poll("Stable once both names are free", WAIT, || async {
+        let md = api.get(NAME).await.unwrap();
+        let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
+        (s["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let pods = poll("one pod serving v1", WAIT, || async {
+        let pods = serving(cp, &ns);
+        (pods.len() == 1).then_some(pods)
+    })
+    .await;
+    assert_eq!(pods[0].image, image("1.0.0"));
+    let route = poll("our route", WAIT, || async {
+        routes.get_opt(NAME).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        route.metadata.owner_references.unwrap_or_default()[0].name,
+        NAME
+    );
+    assert_eq!(route.data["spec"]["hostnames"], json!(["scorer.example"]));
+}

@@ -118,6 +118,8 @@ pub struct Context {
     reported_undecodable: Mutex<HashMap<ObjectRef<Watched>, String>>,
     /// The newest transition told per object (by uid and number).
     announced: Mutex<HashMap<ObjectRef<ModelDeployment>, Announced>>,
+    /// Names of uncached children found free or the object's own.
+    claimed: Mutex<HashMap<ObjectRef<ModelDeployment>, claim::Claimed>>,
     /// Hosts webhook gates may call.
     webhook_allow: Vec<crate::api::gates::HostPattern>,
     /// The operator's own pods, which every `spec.networkPolicy` lets in.
@@ -189,6 +191,7 @@ impl Context {
             failures: Mutex::default(),
             reported_undecodable: Mutex::default(),
             announced: Mutex::default(),
+            claimed: Mutex::default(),
             webhook_allow: settings.webhook_allow.clone(),
             operator_peer: settings.operator_peer.clone(),
         }
@@ -230,6 +233,7 @@ fn forget_deleted(ctx: &Context, md: &Watched) {
     lock(&ctx.windows).remove(&key);
     lock(&ctx.written).remove(&key);
     lock(&ctx.announced).remove(&key);
+    lock(&ctx.claimed).remove(&key);
     lock(&ctx.failures).remove(&ObjectRef::new(&name).within(&ns));
     // Children are named after their object (`<name>`, `<name>-...`).
     lock(&ctx.applied).retain(|(_, child_ns, child), _| {
