@@ -321,6 +321,8 @@ impl World {
                         replicas: *replicas,
                         available_replicas: ready,
                         deadline_exceeded: false,
+                        // Counts come from the pods themselves here.
+                        lagging: false,
                     },
                 )
             })

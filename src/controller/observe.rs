@@ -75,6 +75,7 @@ fn size_of(d: &Deployment, o: &mut ObservedRevision) {
         });
     o.replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     o.available_replicas = status.and_then(|s| s.available_replicas).unwrap_or(0);
+    o.lagging = status.and_then(|s| s.observed_generation) < d.metadata.generation;
 }
 
 #[cfg(test)]
@@ -100,12 +101,20 @@ mod tests {
     }
 
     /// `kubectl annotate` (or a GitOps tool's tracking annotation) moves a
-    /// Deployment's generation; until its controller catches up, the pods
-    /// that serve are still all there.
+    /// Deployment's generation; until its controller catches up, status
+    /// still says the pods that serve are all there (`Ready` does not
+    /// flap), but nothing that removes pods elsewhere relies on the counts.
     #[test]
-    fn a_revision_whose_deployment_was_annotated_stays_available() {
+    fn a_revision_whose_deployment_its_controller_has_not_caught_up_with_is_reported_not_relied_on()
+    {
         let seen = revisions(&[deployment(2, 1, 3, 3)], &[]);
-        assert!(crate::rollout::available(seen.get("abc"), 3), "{seen:?}");
+        assert!(
+            crate::rollout::reported_available(seen.get("abc"), 3),
+            "{seen:?}"
+        );
+        assert!(!crate::rollout::available(seen.get("abc"), 3), "{seen:?}");
+        let caught_up = revisions(&[deployment(2, 2, 3, 3)], &[]);
+        assert!(crate::rollout::available(caught_up.get("abc"), 3));
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl Sim {
                         replicas: w.replicas,
                         available_replicas: if up { came_up } else { 0 },
                         deadline_exceeded: false,
+                        lagging: false,
                     },
                 )
             })
@@ -687,6 +688,52 @@ fn the_guard_rolls_back_to_the_previous_revision() {
     assert!(rb.reason.contains("guard"), "{}", rb.reason);
     // The bad revision keeps its pods until the restored one is available.
     assert_eq!(sim.sizes(), BTreeMap::from([(1, 10), (2, 10)]));
+    sim.t += 5;
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes()[&2], 0);
+    assert!(sim.status.draining.is_none());
+}
+
+/// The revision the guard restores was scaled to 0 and is asked for all its
+/// pods again at once: until its Deployment controller catches up, its
+/// status still shows the pods it had before. Those are not trusted: the bad
+/// revision keeps its pods until the restored one's are counted afresh.
+#[test]
+fn a_restored_revision_is_not_whole_on_counts_its_controller_has_not_caught_up_with() {
+    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
+    sim.spec = canary_spec("2.0.0", json!({}));
+    sim.tick(None, None, None);
+    while sim.status.phase != Some(Phase::Stable) {
+        sim.interval(CheckVerdict::Pass);
+    }
+    for _ in 0..4 {
+        sim.interval(CheckVerdict::Pass);
+    }
+    assert_eq!(sim.sizes()[&1], 0, "previous scaled down after the delay");
+    sim.interval(CheckVerdict::Fail);
+    sim.interval(CheckVerdict::Fail);
+    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    assert_eq!(sim.sizes(), BTreeMap::from([(1, 10), (2, 10)]));
+    let restored = sim.status.stable.as_ref().unwrap().hash.clone();
+    let stale = |sim: &mut Sim, available: i32, lagging: bool| {
+        let o = sim.observed.get_mut(&restored).unwrap();
+        o.replicas = 10;
+        o.available_replicas = available;
+        o.lagging = lagging;
+    };
+    // Scaled 10 -> 0 -> 10 before the controller saw either change.
+    stale(&mut sim, 10, true);
+    sim.t += 5;
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes()[&2], 10, "the bad revision's pods went first");
+    assert!(sim.status.draining.is_some());
+    // The controller caught up: the pods had gone.
+    stale(&mut sim, 0, false);
+    sim.t += 5;
+    sim.tick(None, None, None);
+    assert_eq!(sim.sizes()[&2], 10);
+    // Back at full size.
+    stale(&mut sim, 10, false);
     sim.t += 5;
     sim.tick(None, None, None);
     assert_eq!(sim.sizes()[&2], 0);

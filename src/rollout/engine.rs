@@ -9,7 +9,9 @@ use crate::api::{
     RevisionStatus, RolloutSpec,
 };
 
-use super::{Draft, EventKind, ROLLED_BACK, available, record_run, strategies, weights};
+use super::{
+    Draft, EventKind, ROLLED_BACK, available, record_run, reported_available, strategies, weights,
+};
 
 /// Move the rollout of `target` on as far as the observations allow: the
 /// steps every strategy shares (health, deadline, judgement, promotion,
@@ -65,7 +67,7 @@ fn unhealthy(d: &Draft<'_>, c: &CanaryStatus) -> Option<String> {
     let since_resize = d.elapsed_since(c.step_started_at.as_ref());
     let late = since_resize >= input.valid.progress_deadline
         || observed.is_some_and(|o| o.deadline_exceeded);
-    (!available(observed, size) && late).then(|| {
+    (!reported_available(observed, size) && late).then(|| {
         format!(
             "{size} canary pods were not available within the progress deadline of {}s",
             input.valid.progress_deadline.as_secs()

@@ -49,6 +49,10 @@ pub struct ObservedRevision {
     pub available_replicas: i32,
     /// The Deployment controller reports `ProgressDeadlineExceeded`.
     pub deadline_exceeded: bool,
+    /// The Deployment controller has not seen the Deployment's latest
+    /// change yet (`observedGeneration` < `generation`): its counts may be
+    /// of an earlier size.
+    pub lagging: bool,
 }
 
 /// Owned Deployments by revision hash.
@@ -152,14 +156,26 @@ fn elapsed(since: Option<&Time>, now: Timestamp) -> Duration {
         .unwrap_or_default()
 }
 
-/// The revision's Deployment asks for `replicas` pods and that many are
-/// available. Its `observedGeneration` is not consulted: a revision's
-/// template never changes once stored, so the only spec change the
-/// Deployment controller may not have seen yet is `replicas`, which this
-/// compares itself; and the generation also moves when anyone changes the
-/// Deployment's annotations, which changes nothing that runs (requiring it
-/// flapped `Ready` and wrote status at rest on a real API server).
+/// The revision's Deployment asks for `replicas` pods, that many are
+/// available, and its controller has seen its latest change. What acts on
+/// pods asks this: shifting traffic, promoting, and whether the pods of a
+/// revision that stops serving may go at once. Counts from before a change
+/// are not trusted there: a revision scaled to 0 and straight back (a
+/// rollback just after a promotion) still reports its old pods until the
+/// controller catches up.
 pub(crate) fn available(obs: Option<&ObservedRevision>, replicas: i32) -> bool {
+    reported_available(obs, replicas) && obs.is_some_and(|o| !o.lagging)
+}
+
+/// [`available`] without waiting for the controller to catch up: for what
+/// status says at rest and for giving up on a revision. The generation also
+/// moves when anyone changes a Deployment's annotations, which changes
+/// nothing that runs; requiring the controller to have seen that flapped
+/// `Ready` and wrote status at rest on a real API server, and could roll
+/// back a canary whose pods were all there. A revision's template never
+/// changes once stored, so `replicas`, compared here, is the only spec
+/// change the counts can be behind on.
+pub(crate) fn reported_available(obs: Option<&ObservedRevision>, replicas: i32) -> bool {
     obs.is_some_and(|o| o.replicas == replicas && o.available_replicas >= replicas)
 }
 
@@ -577,7 +593,7 @@ fn summarize_rolled_back(
 fn summarize_settled(d: &mut Draft<'_>, stable: &RevisionStatus) -> (Phase, String) {
     let replicas = d.input.spec.replicas;
     let stable_obs = d.input.observed.get(&stable.hash);
-    let stable_ready = available(stable_obs, replicas);
+    let stable_ready = reported_available(stable_obs, replicas);
     let first_revision = d.status.history.is_empty();
     if stable_ready || (d.input.status.phase == Some(Phase::Stable) && !first_revision) {
         if stable_ready && first_revision {
@@ -670,7 +686,7 @@ fn summarize_ready(d: &mut Draft<'_>, stable: &RevisionStatus) {
                 stable.revision
             ),
         )
-    } else if available(stable_obs, replicas) {
+    } else if reported_available(stable_obs, replicas) {
         (
             true,
             "Available",

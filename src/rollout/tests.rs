@@ -56,6 +56,7 @@ fn observe(decision: &Decision, available: &[&str]) -> Observed {
                     replicas: w.replicas,
                     available_replicas: if up { w.replicas } else { 0 },
                     deadline_exceeded: false,
+                    lagging: false,
                 },
             )
         })

@@ -81,8 +81,11 @@ pub fn draining_replicas(
     let Some(draining) = &status.draining else {
         return 0;
     };
+    // Counts the controller has not caught up with may be of pods that are
+    // gone (see `available`): none are counted until it has.
     let up = |hash: Option<&str>| {
         hash.and_then(|h| observed.get(h))
+            .filter(|o| !o.lagging)
             .map_or(0, |o| o.available_replicas)
     };
     let serving_up = up(status.stable.as_ref().map(|s| s.hash.as_str()))
