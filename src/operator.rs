@@ -193,10 +193,11 @@ where
 {
     controllers.readiness.standby();
     let readiness = controllers.readiness.clone();
-    let (mut leading, lease_task) = lease_manager(&controllers.client, le, identity)
-        .await?
-        .watch()
-        .await;
+    let manager = tokio::select! {
+        made = lease_manager(&controllers.client, le, identity) => made?,
+        _ = shutdown.clone() => return Ok(Stopped::Shutdown),
+    };
+    let (mut leading, lease_task) = manager.watch().await;
 
     info!(lease = %le.lease_name, identity = %identity, "waiting for the leader lease");
     let outcome = tokio::select! {
@@ -222,6 +223,12 @@ where
     Ok(outcome)
 }
 
+/// The lease manager, which reads the lease and creates it if missing. An
+/// answer the API server may give otherwise soon (no connection, 429, 5xx)
+/// is tried again, 1 s later and doubling up to 30 s, while this replica
+/// stays a standby: the client never retries a create itself, and exiting
+/// would put the pod in CrashLoopBackOff over one throttled request on a
+/// first install. Anything else (forbidden, invalid) is the error it is.
 async fn lease_manager(
     client: &Client,
     le: &LeaderElection,
@@ -230,19 +237,44 @@ async fn lease_manager(
     // The lease crate needs 0 < grace < duration.
     let duration = le.lease_duration.as_secs().max(2);
     let grace = (duration / 3).max(1);
-    LeaseManagerBuilder::new(client.clone(), &le.lease_name)
-        .with_namespace(&le.lease_namespace)
-        .with_identity(identity)
-        .with_duration(duration)
-        .with_grace(grace)
-        .build()
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot set up the leader lease {}/{}: {e}",
-                le.lease_namespace, le.lease_name
-            )
-        })
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let made = LeaseManagerBuilder::new(client.clone(), &le.lease_name)
+            .with_namespace(&le.lease_namespace)
+            .with_identity(identity)
+            .with_duration(duration)
+            .with_grace(grace)
+            .build()
+            .await;
+        let error = match made {
+            Ok(manager) => return Ok(manager),
+            Err(e) => e,
+        };
+        let what = format!(
+            "cannot set up the leader lease {}/{}: {error}",
+            le.lease_namespace, le.lease_name
+        );
+        if !lease_error_passes(&error) {
+            return Err(what);
+        }
+        warn!(error = %what, retry_in_s = delay.as_secs(), "trying again");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Whether asking again soon may get another answer.
+fn lease_error_passes(error: &kube_lease_manager::LeaseManagerError) -> bool {
+    match error {
+        kube_lease_manager::LeaseManagerError::KubeError(kube::Error::Api(s)) => {
+            s.code == 429 || s.code >= 500
+        }
+        kube_lease_manager::LeaseManagerError::KubeError(
+            kube::Error::SerdeError(_) | kube::Error::BuildRequest(_),
+        ) => false,
+        kube_lease_manager::LeaseManagerError::KubeError(_) => true,
+        _ => false,
+    }
 }
 
 /// True once this replica holds the lease; false if the lease watch stopped.

@@ -316,6 +316,40 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     standby.stop().await.unwrap();
 }
 
+/// The lease is created on a first install; a throttled or unavailable API
+/// server (two 503s on that create) makes the replica wait as a standby and
+/// ask again, not exit. A lease it may not create (403) is an error at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_create_answered_503_is_tried_again_and_403_is_an_error() {
+    let server = Arc::new(FakeApiServer::start().await);
+    server.fail_next(2, Some("create"), Some("leases"), 503);
+    let op = start_operator(&server, "op-a", true);
+    eventually("leading after the 503s", Duration::from_secs(60), || {
+        (op.readiness.state() == "ready").then_some(())
+    })
+    .await;
+    assert!(!op.task.is_finished());
+    assert_eq!(
+        server.counts()[&("create".to_string(), "leases".to_string())],
+        3,
+        "two refused creates and the one that made it"
+    );
+    assert_eq!(op.stop().await, Ok(Stopped::Shutdown));
+
+    let server = Arc::new(FakeApiServer::start().await);
+    server.fail_next(1, Some("create"), Some("leases"), 403);
+    let op = start_operator(&server, "op-b", true);
+    let outcome = tokio::time::timeout(Duration::from_secs(30), op.task)
+        .await
+        .expect("the operator stops on a forbidden lease")
+        .unwrap();
+    let error = outcome.unwrap_err();
+    assert!(
+        error.contains("leader lease default/modeldeploy-leader"),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_that_never_gets_ready_is_rolled_back() {
     let server = Arc::new(FakeApiServer::start().await);
