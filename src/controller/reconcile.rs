@@ -47,20 +47,22 @@ pub(super) async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Resu
     let status = current_status(md, ctx);
     // What could not be told before, or after a restart, what an earlier
     // life wrote but may not have told. It never holds the decision back.
-    let mut telling = announce(md, ctx, &status, 0).await;
+    let mut telling = announce(md, ctx, &status, &[]).await;
     let now = Timestamp::now();
     let valid = match validate(&md.spec).and_then(|v| gates::allowed(v, &ctx.webhook_allow)) {
         Ok(v) => v,
         Err(invalid) => {
             return refuse(md, ctx, &status, &invalid, now, telling)
                 .await
-                .map(|t| retry_telling(Action::await_change(), t));
+                .map(|t| retry_telling(None, t));
         }
     };
     if let Some(taken) = super::claim::name_taken(md, ctx, &valid).await? {
         let telling = refuse(md, ctx, &status, &taken, now, telling).await?;
-        let recheck = Action::requeue(super::claim::NAME_TAKEN_RECHECK);
-        return Ok(retry_telling(recheck, telling));
+        return Ok(retry_telling(
+            Some(super::claim::NAME_TAKEN_RECHECK),
+            telling,
+        ));
     }
     let seen = observe(md, ctx, &status, &valid, now).await;
     let decision = rollout::decide(&Input {
@@ -105,15 +107,21 @@ async fn write_and_tell(
 ) -> Result<Telling> {
     let carried = carry_untold(md, ctx, current, &mut next);
     write_status(md, ctx, &next).await?;
-    Ok(announce(md, ctx, &next, carried).await)
+    Ok(announce(md, ctx, &next, &carried).await)
 }
 
-/// `action`, or sooner if an event waits to be told.
-fn retry_telling(action: Action, telling: Telling) -> Action {
-    match telling {
-        Telling::Done => action,
-        Telling::TryAgainIn(retry) => Action::requeue(retry),
-    }
+/// Reconcile again after `recheck` (none: at the next change), or sooner if
+/// an event waits to be told.
+fn retry_telling(recheck: Option<Duration>, telling: Telling) -> Action {
+    let retry = match telling {
+        Telling::Done => None,
+        Telling::TryAgainIn(retry) => Some(retry),
+    };
+    recheck
+        .into_iter()
+        .chain(retry)
+        .min()
+        .map_or_else(Action::await_change, Action::requeue)
 }
 
 /// A deleted object's metric series and remembered writes go with it.

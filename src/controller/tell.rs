@@ -18,6 +18,11 @@ use crate::rollout::announce::{MAX_MESSAGE, truncate};
 /// recorded again: its events have expired either way.
 const EVENT_TTL: Duration = Duration::from_secs(3600);
 
+/// How long one event create may take before it is tried again later: an
+/// admission webhook on events that hangs must not hold a reconcile for the
+/// client's whole read timeout.
+const EVENT_CREATE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What became of one event.
 #[derive(Debug)]
 enum Recorded {
@@ -72,13 +77,13 @@ pub(super) async fn report_undecodable(
 /// must not wait for an events API that refuses. Its notification goes at
 /// the first try. Should a newer transition replace this one first,
 /// [`carry_untold`] moves the event into it, so the status write keeps it.
-/// `carried` counts the events at the front of the transition that came so
-/// from an older one (and were notified then).
+/// `carried` is how far the events at the front of the transition, which
+/// came so from an older one, were told then.
 pub(super) async fn announce(
     md: &ModelDeployment,
     ctx: &Context,
     status: &ModelDeploymentStatus,
-    carried: usize,
+    carried: &[Told],
 ) -> Telling {
     let Some(t) = &status.transition else {
         return Telling::Done;
@@ -94,10 +99,8 @@ pub(super) async fn announce(
         }
         Some(a) if a.uid == uid && a.sequence == t.sequence => (a.told.clone(), a.retries),
         _ => {
-            let mut told = vec![Told::Not; t.events.len()];
-            told.iter_mut()
-                .take(carried)
-                .for_each(|c| *c = Told::Unsure);
+            let mut told = carried.to_vec();
+            told.resize(t.events.len(), Told::Not);
             (told, 0)
         }
     };
@@ -121,11 +124,14 @@ pub(super) async fn announce(
         }
         told[index] = match recorded {
             Recorded::Now | Recorded::Refused | Recorded::Before => Told::Yes,
-            Recorded::Later => {
-                untold = true;
-                Told::Unsure
-            }
+            Recorded::Later => Told::Unsure,
         };
+        if told[index] == Told::Unsure {
+            // The rest waits for the next pass: an events API that hangs
+            // costs one create's timeout per pass, not one per event.
+            untold = true;
+            break;
+        }
     }
     let retries = if untold { retries.saturating_add(1) } else { 0 };
     let delay = event_retry_delay(retries);
@@ -166,30 +172,32 @@ const MAX_TRANSITION_EVENTS: usize = 20;
 
 /// `next` with the events of `current`'s transition that the API server has
 /// not taken yet put in front of its own, if `next` has a newer transition
-/// (which replaces `current`'s in status). Returns how many were carried.
+/// (which replaces `current`'s in status). Returns how far each carried
+/// event was told.
 pub(super) fn carry_untold(
     md: &ModelDeployment,
     ctx: &Context,
     current: &ModelDeploymentStatus,
     next: &mut ModelDeploymentStatus,
-) -> usize {
+) -> Vec<Told> {
     let (Some(old), Some(new)) = (&current.transition, &mut next.transition) else {
-        return 0;
+        return Vec::new();
     };
     if new.sequence <= old.sequence {
-        return 0;
+        return Vec::new();
     }
     let uid = md.uid().unwrap_or_default();
-    let untold: Vec<TransitionEvent> = match lock(&ctx.announced).get(&ObjectRef::from_obj(md)) {
-        Some(a) if a.uid == uid && a.sequence == old.sequence => old
-            .events
-            .iter()
-            .zip(&a.told)
-            .filter(|(_, told)| **told != Told::Yes)
-            .map(|(e, _)| e.clone())
-            .collect(),
-        _ => return 0,
-    };
+    let untold: Vec<(TransitionEvent, Told)> =
+        match lock(&ctx.announced).get(&ObjectRef::from_obj(md)) {
+            Some(a) if a.uid == uid && a.sequence == old.sequence => old
+                .events
+                .iter()
+                .zip(&a.told)
+                .filter(|(_, told)| **told != Told::Yes)
+                .map(|(e, told)| (e.clone(), *told))
+                .collect(),
+            _ => return Vec::new(),
+        };
     let room = MAX_TRANSITION_EVENTS.saturating_sub(new.events.len());
     let dropped = untold.len().saturating_sub(room);
     if dropped > 0 {
@@ -198,10 +206,10 @@ pub(super) fn carry_untold(
             "the API server took none of these events for several transitions; dropping the oldest"
         );
     }
-    let carried: Vec<TransitionEvent> = untold.into_iter().skip(dropped).collect();
-    let n = carried.len();
+    let (carried, told): (Vec<TransitionEvent>, Vec<Told>) =
+        untold.into_iter().skip(dropped).unzip();
     new.events.splice(0..0, carried);
-    n
+    told
 }
 
 /// How far this operator has told an object's newest transition.
@@ -305,7 +313,20 @@ async fn record(
         ..Default::default()
     };
     let api: Api<Event> = Api::namespaced(ctx.client.clone(), &ns);
-    match api.create(&PostParams::default(), &event).await {
+    let Ok(created) = tokio::time::timeout(
+        EVENT_CREATE_TIMEOUT,
+        api.create(&PostParams::default(), &event),
+    )
+    .await
+    else {
+        warn!(
+            reason,
+            timeout_s = EVENT_CREATE_TIMEOUT.as_secs(),
+            "cannot record event now (no answer); trying again"
+        );
+        return Recorded::Later;
+    };
+    match created {
         Ok(_) => Recorded::Now,
         Err(kube::Error::Api(s)) if s.code == 409 => Recorded::Before,
         Err(e) if worth_retrying(&e) => {
