@@ -107,12 +107,8 @@ const NAMES_ONLY: crate::routers::Split<'static> = crate::routers::Split {
     mirror_percent: 0,
 };
 
-/// The child of kind `K` named `name` when it is not `md`'s. One in the
-/// cache was made by this operator: it is another ModelDeployment's if one
-/// of another name controls it (`x-stable` is both the gatewayAPI Service of
-/// `x` and the Service of a ModelDeployment `x-stable`); one of this name is
-/// an earlier object of the name, on its way out with its owner. One not in
-/// the cache is read live.
+/// The child of kind `K` named `name` when it is not `md`'s: from the cache
+/// when it holds the name, else read live.
 async fn unless_ours<K: Writable>(
     md: &ModelDeployment,
     ctx: &Context,
@@ -121,15 +117,34 @@ async fn unless_ours<K: Writable>(
     name: &str,
     field: &str,
 ) -> Result<Option<crate::api::InvalidSpec>> {
-    let Some(cached) = cache.get(&ObjectRef::new(name).within(ns)) else {
-        return foreign::<K>(md, ctx, ns, name, field).await;
-    };
-    let other_model = cached.owner_references().iter().any(|o| {
-        o.controller == Some(true)
-            && o.kind == ModelDeployment::kind(&())
-            && o.name != md.name_any()
-    });
-    Ok(other_model.then(|| taken_message::<K>(ns, name, field)))
+    match cache.get(&ObjectRef::new(name).within(ns)) {
+        Some(cached) => Ok((!ours(&*cached, md)).then(|| taken_message::<K>(ns, name, field))),
+        None => foreign::<K>(md, ctx, ns, name, field).await,
+    }
+}
+
+/// Whether `md` may apply over `found`: it is controlled by `md`, or by an
+/// earlier ModelDeployment of the same name (deleted and made again while
+/// the garbage collector had not removed it yet), or by nothing but labelled
+/// as this model's by this operator (orphaned by `kubectl delete
+/// --cascade=orphan` and re-applied). Anything controlled by something else
+/// (`x-stable` is both the gatewayAPI Service of `x` and the Service of a
+/// ModelDeployment `x-stable`), or not made by this operator for this model,
+/// is someone else's.
+fn ours<K: Resource>(found: &K, md: &ModelDeployment) -> bool {
+    let name = md.name_any();
+    let controller = found
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    match controller {
+        Some(c) => c.kind == ModelDeployment::kind(&()) && c.name == name,
+        None => {
+            let label = |key: &str| found.labels().get(key).map(String::as_str);
+            label(labels::MANAGED_BY) == Some(crate::api::OPERATOR_NAME)
+                && label(labels::NAME) == Some(name.as_str())
+        }
+    }
 }
 
 fn taken_message<K: Writable>(ns: &str, name: &str, field: &str) -> crate::api::InvalidSpec {
@@ -161,8 +176,70 @@ async fn foreign<K: Writable>(
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if is_owned_by(&found, md) {
-        return Ok(None);
+    Ok((!ours(&found, md)).then(|| taken_message::<K>(ns, name, field)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn md() -> ModelDeployment {
+        serde_json::from_value(json!({
+            "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "x", "namespace": "ml", "uid": "uid-now"},
+            "spec": {"model": {"version": "1", "image": "i:1"},
+                     "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}
+        }))
+        .unwrap()
     }
-    Ok(Some(taken_message::<K>(ns, name, field)))
+
+    fn service(owner: Option<(&str, &str, &str)>, labels: serde_json::Value) -> Service {
+        let owners: Vec<_> = owner
+            .into_iter()
+            .map(|(kind, name, uid)| {
+                json!({"apiVersion": "v1", "kind": kind, "name": name, "uid": uid,
+                       "controller": true})
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "x-stable", "namespace": "ml", "labels": labels,
+                         "ownerReferences": owners}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_child_is_ours_when_this_model_or_an_earlier_one_of_its_name_made_it() {
+        let mine = json!({labels::MANAGED_BY: "modeldeploy", labels::NAME: "x"});
+        let md = md();
+        assert!(ours(
+            &service(Some(("ModelDeployment", "x", "uid-now")), json!({})),
+            &md
+        ));
+        // Deleted and made again: the old one's children are on their way out.
+        assert!(ours(
+            &service(Some(("ModelDeployment", "x", "uid-before")), json!({})),
+            &md
+        ));
+        // Orphaned (`--cascade=orphan`), then applied again.
+        assert!(ours(&service(None, mine.clone()), &md));
+    }
+
+    #[test]
+    fn a_child_of_another_controller_or_without_our_labels_is_someone_elses() {
+        let md = md();
+        assert!(!ours(
+            &service(Some(("ModelDeployment", "x-stable", "uid-2")), json!({})),
+            &md
+        ));
+        let mine = json!({labels::MANAGED_BY: "modeldeploy", labels::NAME: "x"});
+        assert!(!ours(
+            &service(Some(("Deployment", "x", "uid-3")), mine),
+            &md
+        ));
+        assert!(!ours(&service(None, json!({"team": "web"})), &md));
+        let other_model = json!({labels::MANAGED_BY: "modeldeploy", labels::NAME: "y"});
+        assert!(!ours(&service(None, other_model), &md));
+    }
 }
