@@ -263,16 +263,16 @@ async fn lease_manager(
     }
 }
 
-/// Whether asking again soon may get another answer.
+/// Whether asking again soon may get another answer: a refusal for now or
+/// the connection failing, not the client's own configuration (credentials,
+/// TLS), which asking again does not mend.
 fn lease_error_passes(error: &kube_lease_manager::LeaseManagerError) -> bool {
+    let kube_lease_manager::LeaseManagerError::KubeError(error) = error else {
+        return false;
+    };
     match error {
-        kube_lease_manager::LeaseManagerError::KubeError(kube::Error::Api(s)) => {
-            s.code == 429 || s.code >= 500
-        }
-        kube_lease_manager::LeaseManagerError::KubeError(
-            kube::Error::SerdeError(_) | kube::Error::BuildRequest(_),
-        ) => false,
-        kube_lease_manager::LeaseManagerError::KubeError(_) => true,
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
         _ => false,
     }
 }

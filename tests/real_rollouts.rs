@@ -718,6 +718,88 @@ async fn a_model_at_rest_is_reconciled_without_status_writes() {
     );
 }
 
+/// A Service of someone else's named `name`.
+fn someone_elses_service(name: &str) -> k8s_openapi::api::core::v1::Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"team": "web"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    }))
+    .unwrap()
+}
+
+/// The operator binary under the chart's RBAC watching `ns`, and `NAME` at
+/// v1 created there with `rollout` (none for `Value::Null`). `None` after
+/// the skip line when a tool is missing.
+async fn operator_and_model(
+    cp: &'static ControlPlane,
+    ns: &str,
+    rollout: Value,
+) -> Option<(
+    support::real_operator::RealOperator,
+    Api<modeldeploy::api::ModelDeployment>,
+)> {
+    let op = support::real_operator::RealOperator::start(
+        cp,
+        support::real_operator::OperatorOptions::watching(&[ns]),
+    )
+    .await?;
+    op.wait_ready(WAIT).await;
+    let api: Api<modeldeploy::api::ModelDeployment> = Api::namespaced(cp.admin().await, ns);
+    let mut spec = json!({"model": model("1.0.0", &[]), "replicas": 1,
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                      "limits": {"cpu": "1", "memory": "256Mi"}}});
+    if !rollout.is_null() {
+        spec["rollout"] = rollout;
+    }
+    let md = serde_json::from_value(json!({
+        "apiVersion": "modeldeploy.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME, "namespace": ns},
+        "spec": spec
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &md).await.unwrap();
+    Some((op, api))
+}
+
+/// Waits for `Ready` to be InvalidSpec with a message naming `what`; returns it.
+async fn refused_naming(api: &Api<modeldeploy::api::ModelDeployment>, what: &str) -> String {
+    poll(&format!("InvalidSpec naming the {what}"), WAIT, || async {
+        let md = api.get(NAME).await.unwrap();
+        let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
+        let ready = s["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())?;
+        let message = ready["message"].as_str().unwrap_or_default().to_string();
+        (ready["reason"] == "InvalidSpec" && message.contains(what)).then_some(message)
+    })
+    .await
+}
+
+/// Waits for `NAME` to be Stable with one pod serving v1.
+async fn stable_with_one_v1_pod(
+    cp: &ControlPlane,
+    ns: &str,
+    api: &Api<modeldeploy::api::ModelDeployment>,
+) {
+    poll("Stable once the name is free", WAIT, || async {
+        let md = api.get(NAME).await.unwrap();
+        let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
+        (s["phase"] == "Stable").then_some(())
+    })
+    .await;
+    let pods = poll("one pod serving v1", WAIT, || async {
+        let pods = serving(cp, ns);
+        (pods.len() == 1).then_some(pods)
+    })
+    .await;
+    assert_eq!(pods[0].image, image("1.0.0"));
+    assert_eq!(
+        pods[0].env.get("MODEL_VERSION").map(String::as_str),
+        Some("1.0.0")
+    );
+}
+
 /// A Service of someone else's already named like the model: the operator
 /// refuses with the field named, under the chart's RBAC, runs no pod and
 /// leaves the Service as it was; once the name is free it deploys and the
@@ -731,50 +813,15 @@ async fn a_name_taken_by_someone_elses_service_is_refused_and_nothing_runs() {
     let ns = cp.namespace("claim").await;
     let admin = cp.admin().await;
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), &ns);
-    let theirs: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
-        "metadata": {"name": NAME, "labels": {"team": "web"}},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
-    }))
-    .unwrap();
     let theirs = services
-        .create(&PostParams::default(), &theirs)
+        .create(&PostParams::default(), &someone_elses_service(NAME))
         .await
         .unwrap();
-    let Some(op) = support::real_operator::RealOperator::start(
-        cp,
-        support::real_operator::OperatorOptions::watching(&[&ns]),
-    )
-    .await
-    else {
+    let Some((_op, api)) = operator_and_model(cp, &ns, Value::Null).await else {
         return;
     };
-    op.wait_ready(WAIT).await;
-    let api: Api<modeldeploy::api::ModelDeployment> = Api::namespaced(admin.clone(), &ns);
-    let md = serde_json::from_value(json!({
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": NAME, "namespace": ns},
-        "spec": {"model": model("1.0.0", &[]), "replicas": 1,
-                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                               "limits": {"cpu": "1", "memory": "256Mi"}}}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &md).await.unwrap();
-    let ready = |md: &modeldeploy::api::ModelDeployment| {
-        let s = serde_json::to_value(md.status.clone().unwrap_or_default()).unwrap();
-        s["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
-    };
-    let condition = poll("InvalidSpec naming the Service", WAIT, || async {
-        ready(&api.get(NAME).await.unwrap()).filter(|c| c["reason"] == "InvalidSpec")
-    })
-    .await;
-    let message = condition["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("metadata.name") && message.contains(&format!("Service named {NAME}")),
-        "{message}"
-    );
+    let message = refused_naming(&api, &format!("Service named {NAME}")).await;
+    assert!(message.contains("metadata.name"), "{message}");
     // Another reconcile or two (it rechecks the name) change nothing.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let now = services.get(NAME).await.unwrap();
@@ -798,22 +845,7 @@ async fn a_name_taken_by_someone_elses_service_is_refused_and_nothing_runs() {
     );
 
     services.delete(NAME, &Default::default()).await.unwrap();
-    poll("Stable once the name is free", WAIT, || async {
-        let md = api.get(NAME).await.unwrap();
-        let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
-        (s["phase"] == "Stable").then_some(())
-    })
-    .await;
-    let pods = poll("one pod serving v1", WAIT, || async {
-        let pods = serving(cp, &ns);
-        (pods.len() == 1).then_some(pods)
-    })
-    .await;
-    assert_eq!(pods[0].image, image("1.0.0"));
-    assert_eq!(
-        pods[0].env.get("MODEL_VERSION").map(String::as_str),
-        Some("1.0.0")
-    );
+    stable_with_one_v1_pod(cp, &ns, &api).await;
     let service = services.get(NAME).await.unwrap();
     assert_eq!(
         service.metadata.owner_references.unwrap_or_default()[0].name,
@@ -836,69 +868,31 @@ async fn names_the_gateway_api_router_needs_are_not_taken_from_someone_else() {
     }
     let ns = cp.namespace("claim-gw").await;
     let admin = cp.admin().await;
-    let theirs_route = kube::api::DynamicObject::new(
-        NAME,
-        &kube::api::ApiResource::erase::<modeldeploy::routers::gateway_api::HTTPRoute>(&()),
-    )
-    .data(json!({"spec": {"hostnames": ["web.example"],
-        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}));
-    let routes: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        admin.clone(),
-        &ns,
-        &kube::api::ApiResource::erase::<modeldeploy::routers::gateway_api::HTTPRoute>(&()),
-    );
+    let route_resource =
+        kube::api::ApiResource::erase::<modeldeploy::routers::gateway_api::HTTPRoute>(&());
+    let routes: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(admin.clone(), &ns, &route_resource);
+    let theirs_route = kube::api::DynamicObject::new(NAME, &route_resource)
+        .data(json!({"spec": {"hostnames": ["web.example"],
+            "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}));
     let theirs_route = routes
         .create(&PostParams::default(), &theirs_route)
         .await
         .unwrap();
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(admin.clone(), &ns);
     let canary_service = format!("{NAME}-canary");
-    let theirs_service: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
-        "metadata": {"name": canary_service, "labels": {"team": "web"}},
-        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
-    }))
-    .unwrap();
     let theirs_service = services
-        .create(&PostParams::default(), &theirs_service)
+        .create(
+            &PostParams::default(),
+            &someone_elses_service(&canary_service),
+        )
         .await
         .unwrap();
-    let Some(op) = support::real_operator::RealOperator::start(
-        cp,
-        support::real_operator::OperatorOptions::watching(&[&ns]),
-    )
-    .await
-    else {
+    let rollout = gateway(canary(errors_check(), two_steps()));
+    let Some((_op, api)) = operator_and_model(cp, &ns, rollout).await else {
         return;
     };
-    op.wait_ready(WAIT).await;
-    let api: Api<modeldeploy::api::ModelDeployment> = Api::namespaced(admin.clone(), &ns);
-    let md = serde_json::from_value(json!({
-        "apiVersion": "modeldeploy.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": NAME, "namespace": ns},
-        "spec": {"model": model("1.0.0", &[]), "replicas": 1,
-                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                               "limits": {"cpu": "1", "memory": "256Mi"}},
-                 "rollout": gateway(canary(errors_check(), two_steps()))}
-    }))
-    .unwrap();
-    api.create(&PostParams::default(), &md).await.unwrap();
-    let refused = |what: String| {
-        let api = api.clone();
-        async move {
-            poll(&format!("InvalidSpec naming the {what}"), WAIT, || async {
-                let md = api.get(NAME).await.unwrap();
-                let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
-                let ready = s["conditions"]
-                    .as_array()
-                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())?;
-                let message = ready["message"].as_str().unwrap_or_default().to_string();
-                (ready["reason"] == "InvalidSpec" && message.contains(&what)).then_some(message)
-            })
-            .await
-        }
-    };
-    let message = refused(format!("Service named {canary_service}")).await;
+    let message = refused_naming(&api, &format!("Service named {canary_service}")).await;
     assert!(message.contains("metadata.name"), "{message}");
     let live = services.get(&canary_service).await.unwrap();
     assert_eq!(
@@ -909,7 +903,7 @@ async fn names_the_gateway_api_router_needs_are_not_taken_from_someone_else() {
         .delete(&canary_service, &Default::default())
         .await
         .unwrap();
-    let message = refused(format!("HTTPRoute named {NAME}")).await;
+    let message = refused_naming(&api, &format!("HTTPRoute named {NAME}")).await;
     assert!(message.contains("metadata.name"), "{message}");
     // Rechecks of the name change nothing.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
@@ -925,18 +919,7 @@ async fn names_the_gateway_api_router_needs_are_not_taken_from_someone_else() {
     );
 
     routes.delete(NAME, &Default::default()).await.unwrap();
-    poll("Stable once both names are free", WAIT, || async {
-        let md = api.get(NAME).await.unwrap();
-        let s = serde_json::to_value(md.status.unwrap_or_default()).unwrap();
-        (s["phase"] == "Stable").then_some(())
-    })
-    .await;
-    let pods = poll("one pod serving v1", WAIT, || async {
-        let pods = serving(cp, &ns);
-        (pods.len() == 1).then_some(pods)
-    })
-    .await;
-    assert_eq!(pods[0].image, image("1.0.0"));
+    stable_with_one_v1_pod(cp, &ns, &api).await;
     let route = poll("our route", WAIT, || async {
         routes.get_opt(NAME).await.unwrap()
     })

@@ -69,12 +69,23 @@ fn patient_spec(port: u16) -> Value {
     }})
 }
 
-/// v2's pods report `health`; the rollback must come from the pods check
-/// alone, and the status write that says RolledBack takes the canary's
-/// traffic away in the same update. Returns the RolledBack event's message.
-async fn unhealthy_canary_is_rolled_back_at_once(name: &str, health: PodHealth) -> String {
+/// Waits for the canary's Deployment at 0 replicas and stable's at 2.
+async fn canary_gone_stable_whole(story: &Story) {
+    eventually(
+        "the canary scaled to zero, stable at full size",
+        WAIT,
+        || {
+            (story.replicas_of("2.0.0") == Some(0) && story.replicas_of("1.0.0") == Some(2))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// v1 Stable under [`patient_spec`]; v2's pods will report `health`.
+async fn stable_with_unhealthy_v2(name: &str, health: PodHealth) -> Story {
     let port = free_port();
-    let story = Story::stable(
+    Story::stable(
         name,
         port,
         patient_spec(port),
@@ -91,7 +102,14 @@ async fn unhealthy_canary_is_rolled_back_at_once(name: &str, health: PodHealth) 
             }
         },
     )
-    .await;
+    .await
+}
+
+/// v2's pods report `health`; the rollback must come from the pods check
+/// alone, and the status write that says RolledBack takes the canary's
+/// traffic away in the same update. Returns the RolledBack event's message.
+async fn unhealthy_canary_is_rolled_back_at_once(name: &str, health: PodHealth) -> String {
+    let story = stable_with_unhealthy_v2(name, health).await;
     let log = StatusLog::start(&story.server, name);
     story.release("2.0.0").await;
     let s = story
@@ -147,15 +165,7 @@ async fn unhealthy_canary_is_rolled_back_at_once(name: &str, health: PodHealth) 
 
     let event = story.event("RolledBack").await;
     assert_eq!(event["type"], "Warning");
-    eventually(
-        "the canary scaled to zero, stable at full size",
-        WAIT,
-        || {
-            (story.replicas_of("2.0.0") == Some(0) && story.replicas_of("1.0.0") == Some(2))
-                .then_some(())
-        },
-    )
-    .await;
+    canary_gone_stable_whole(&story).await;
     story.op.stop().await.unwrap();
     event_message(&event)
 }
@@ -166,26 +176,7 @@ async fn unhealthy_canary_is_rolled_back_at_once(name: &str, health: PodHealth) 
 /// once, though the transitions that carried them were replaced meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_does_not_wait_for_an_events_api_that_keeps_refusing() {
-    let name = "unheard";
-    let port = free_port();
-    let story = Story::stable(
-        name,
-        port,
-        patient_spec(port),
-        &[
-            Member::new("127.0.0.2", Behaviour::default()),
-            Member::new("127.0.0.3", v2(Behaviour::default())),
-        ],
-        ip_by_version,
-        |d| {
-            if d["metadata"]["labels"]["modeldeploy.io/version"] == "2.0.0" {
-                PodHealth::CrashLoopBackOff
-            } else {
-                PodHealth::Ready
-            }
-        },
-    )
-    .await;
+    let story = stable_with_unhealthy_v2("unheard", PodHealth::CrashLoopBackOff).await;
     let recorded_before = story.server.list("events", "default").len();
     story
         .server
@@ -194,15 +185,7 @@ async fn a_rollback_does_not_wait_for_an_events_api_that_keeps_refusing() {
     story
         .until("rolled back", |s| s["phase"] == "RolledBack")
         .await;
-    eventually(
-        "the canary scaled to zero, stable at full size",
-        WAIT,
-        || {
-            (story.replicas_of("2.0.0") == Some(0) && story.replicas_of("1.0.0") == Some(2))
-                .then_some(())
-        },
-    )
-    .await;
+    canary_gone_stable_whole(&story).await;
     assert_eq!(
         story.server.list("events", "default").len(),
         recorded_before,

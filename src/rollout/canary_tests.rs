@@ -666,8 +666,9 @@ fn a_new_version_mid_rollout_restarts_it() {
     );
 }
 
-#[test]
-fn the_guard_rolls_back_to_the_previous_revision() {
+/// v2 promoted, v1 scaled down after the delay, then two failed guard
+/// checks: rolled back to v1.
+fn rolled_back_by_the_guard() -> Sim {
     let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
     sim.spec = canary_spec("2.0.0", json!({}));
     sim.tick(None, None, None);
@@ -682,6 +683,12 @@ fn the_guard_rolls_back_to_the_previous_revision() {
     assert_eq!(sim.status.phase, Some(Phase::Stable));
     sim.interval(CheckVerdict::Fail);
     assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    sim
+}
+
+#[test]
+fn the_guard_rolls_back_to_the_previous_revision() {
+    let mut sim = rolled_back_by_the_guard();
     assert_eq!(sim.status.stable.as_ref().unwrap().revision, 1);
     assert_eq!(sim.status.rolled_back.as_ref().unwrap().revision, 2);
     let rb = sim.status.history.last().unwrap();
@@ -700,19 +707,7 @@ fn the_guard_rolls_back_to_the_previous_revision() {
 /// revision keeps its pods until the restored one's are counted afresh.
 #[test]
 fn a_restored_revision_is_not_whole_on_counts_its_controller_has_not_caught_up_with() {
-    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
-    sim.spec = canary_spec("2.0.0", json!({}));
-    sim.tick(None, None, None);
-    while sim.status.phase != Some(Phase::Stable) {
-        sim.interval(CheckVerdict::Pass);
-    }
-    for _ in 0..4 {
-        sim.interval(CheckVerdict::Pass);
-    }
-    assert_eq!(sim.sizes()[&1], 0, "previous scaled down after the delay");
-    sim.interval(CheckVerdict::Fail);
-    sim.interval(CheckVerdict::Fail);
-    assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+    let mut sim = rolled_back_by_the_guard();
     assert_eq!(sim.sizes(), BTreeMap::from([(1, 10), (2, 10)]));
     let restored = sim.status.stable.as_ref().unwrap().hash.clone();
     let stale = |sim: &mut Sim, available: i32, lagging: bool| {
@@ -738,6 +733,31 @@ fn a_restored_revision_is_not_whole_on_counts_its_controller_has_not_caught_up_w
     sim.tick(None, None, None);
     assert_eq!(sim.sizes()[&2], 0);
     assert!(sim.status.draining.is_none());
+}
+
+/// Rolled back by the guard while the previous revision still has all its
+/// pods (within scaleDownDelay): they count at once, unless its Deployment
+/// controller has not caught up with a change yet (its counts may be of
+/// pods that are gone); then the bad revision keeps its pods until it has.
+#[test]
+fn a_revision_restored_within_the_scale_down_delay_counts_only_once_its_controller_caught_up() {
+    let kept = || json!({"rollout": {"scaleDownDelay": "10m"}});
+    for lagging in [false, true] {
+        let mut sim = Sim::settled(canary_spec("1.0.0", kept()));
+        sim.spec = canary_spec("2.0.0", kept());
+        sim.tick(None, None, None);
+        while sim.status.phase != Some(Phase::Stable) {
+            sim.interval(CheckVerdict::Pass);
+        }
+        sim.interval(CheckVerdict::Fail);
+        let previous = sim.status.previous.as_ref().unwrap().hash.clone();
+        assert_eq!(sim.sizes()[&1], 10, "still within scaleDownDelay");
+        sim.observed.get_mut(&previous).unwrap().lagging = lagging;
+        sim.interval(CheckVerdict::Fail);
+        assert_eq!(sim.status.phase, Some(Phase::RolledBack));
+        assert_eq!(sim.status.draining.is_some(), lagging, "lagging: {lagging}");
+        assert_eq!(sim.sizes()[&2], if lagging { 10 } else { 0 });
+    }
 }
 
 #[test]
