@@ -264,8 +264,9 @@ async fn lease_manager(
 }
 
 /// Whether asking again soon may get another answer: a refusal for now or
-/// the connection failing, not the client's own configuration (credentials,
-/// TLS), which asking again does not mend.
+/// the connection failing. A TLS handshake that fails (a wrong CA) comes as
+/// a connection error too and is asked again, logged each time; a request
+/// the client cannot even build is not.
 fn lease_error_passes(error: &kube_lease_manager::LeaseManagerError) -> bool {
     let kube_lease_manager::LeaseManagerError::KubeError(error) = error else {
         return false;

@@ -191,12 +191,28 @@ async fn a_rollback_does_not_wait_for_an_events_api_that_keeps_refusing() {
         recorded_before,
         "no event got through the fault"
     );
+    // What the rollback tells besides the event does not wait for it.
+    eventually("the rollback counted", WAIT, || {
+        let counted = story
+            .op
+            .metrics
+            .rollbacks
+            .with_label_values(&["default", "unheard"])
+            .get();
+        (counted == 1).then_some(())
+    })
+    .await;
 
     story.server.clear_faults();
     story.event("RolledBack").await;
     story.event("RolloutStarted").await;
     let op = story.op;
     reconciles_done(&op).await;
+    let rollbacks = op
+        .metrics
+        .rollbacks
+        .with_label_values(&["default", "unheard"]);
+    assert_eq!(rollbacks.get(), 1, "counted once");
     op.stop().await.unwrap();
     let mut told: Vec<(String, String)> = story
         .server

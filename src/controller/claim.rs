@@ -138,7 +138,11 @@ fn ours<K: Resource>(found: &K, md: &ModelDeployment) -> bool {
         .iter()
         .find(|o| o.controller == Some(true));
     match controller {
-        Some(c) => c.kind == ModelDeployment::kind(&()) && c.name == name,
+        Some(c) => {
+            c.kind == ModelDeployment::kind(&())
+                && c.api_version.split('/').next() == Some(ModelDeployment::group(&()).as_ref())
+                && c.name == name
+        }
         None => {
             let label = |key: &str| found.labels().get(key).map(String::as_str);
             label(labels::MANAGED_BY) == Some(crate::api::OPERATOR_NAME)
@@ -184,6 +188,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const OURS: &str = "modeldeploy.io/v1alpha1";
+
     fn md() -> ModelDeployment {
         serde_json::from_value(json!({
             "apiVersion": "modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
@@ -194,11 +200,12 @@ mod tests {
         .unwrap()
     }
 
-    fn service(owner: Option<(&str, &str, &str)>, labels: serde_json::Value) -> Service {
+    /// A Service controlled by `owner` (api version, kind, name, uid).
+    fn service(owner: Option<(&str, &str, &str, &str)>, labels: serde_json::Value) -> Service {
         let owners: Vec<_> = owner
             .into_iter()
-            .map(|(kind, name, uid)| {
-                json!({"apiVersion": "v1", "kind": kind, "name": name, "uid": uid,
+            .map(|(api_version, kind, name, uid)| {
+                json!({"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
                        "controller": true})
             })
             .collect();
@@ -214,12 +221,15 @@ mod tests {
         let mine = json!({labels::MANAGED_BY: "modeldeploy", labels::NAME: "x"});
         let md = md();
         assert!(ours(
-            &service(Some(("ModelDeployment", "x", "uid-now")), json!({})),
+            &service(Some((OURS, "ModelDeployment", "x", "uid-now")), json!({})),
             &md
         ));
         // Deleted and made again: the old one's children are on their way out.
         assert!(ours(
-            &service(Some(("ModelDeployment", "x", "uid-before")), json!({})),
+            &service(
+                Some((OURS, "ModelDeployment", "x", "uid-before")),
+                json!({})
+            ),
             &md
         ));
         // Orphaned (`--cascade=orphan`), then applied again.
@@ -230,16 +240,27 @@ mod tests {
     fn a_child_of_another_controller_or_without_our_labels_is_someone_elses() {
         let md = md();
         assert!(!ours(
-            &service(Some(("ModelDeployment", "x-stable", "uid-2")), json!({})),
+            &service(
+                Some((OURS, "ModelDeployment", "x-stable", "uid-2")),
+                json!({})
+            ),
             &md
         ));
         let mine = json!({labels::MANAGED_BY: "modeldeploy", labels::NAME: "x"});
         assert!(!ours(
-            &service(Some(("Deployment", "x", "uid-3")), mine),
+            &service(Some(("apps/v1", "Deployment", "x", "uid-3")), mine),
             &md
         ));
         assert!(!ours(&service(None, json!({"team": "web"})), &md));
         let other_model = json!({labels::MANAGED_BY: "modeldeploy", labels::NAME: "y"});
         assert!(!ours(&service(None, other_model), &md));
+        // Another vendor's kind of the same name.
+        assert!(!ours(
+            &service(
+                Some(("other.example/v1", "ModelDeployment", "x", "uid-4")),
+                json!({})
+            ),
+            &md
+        ));
     }
 }

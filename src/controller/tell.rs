@@ -133,6 +133,14 @@ pub(super) async fn announce(
             break;
         }
     }
+    // What the rest tells (a rollback's notification, its counter) does not
+    // wait for the events API: followed up now, recorded when it can be.
+    for (e, told) in t.events.iter().zip(told.iter_mut()) {
+        if *told == Told::Not {
+            follow_up(md, ctx, t, e);
+            *told = Told::Unsure;
+        }
+    }
     let retries = if untold { retries.saturating_add(1) } else { 0 };
     let delay = event_retry_delay(retries);
     let sequence = t.sequence;
