@@ -73,12 +73,13 @@ pub(super) async fn report_undecodable(
 /// telling it. Events found recorded already are not notified again.
 ///
 /// An event the API server cannot take now is tried again later
-/// ([`Telling::TryAgainIn`]), but never holds a decision back: a rollback
-/// must not wait for an events API that refuses. Its notification goes at
-/// the first try. Should a newer transition replace this one first,
-/// [`carry_untold`] moves the event into it, so the status write keeps it.
-/// `carried` is how far the events at the front of the transition, which
-/// came so from an older one, were told then.
+/// ([`Telling::TryAgainIn`]); a pass holds the reconcile for at most one
+/// create that gets no answer ([`EVENT_CREATE_TIMEOUT`]), so a rollback does
+/// not wait for an events API that refuses. What an event tells besides
+/// itself goes out all the same. Should a newer transition replace this one
+/// first, [`carry_untold`] moves the event into it, so the status write
+/// keeps it. `carried` is how far the events at the front of the
+/// transition, which came so from an older one, were told then.
 pub(super) async fn announce(
     md: &ModelDeployment,
     ctx: &Context,
@@ -90,24 +91,67 @@ pub(super) async fn announce(
     };
     let key = ObjectRef::from_obj(md);
     let uid = md.uid().unwrap_or_default();
-    let (mut told, retries) = match lock(&ctx.announced).get(&key) {
-        Some(a) if a.uid == uid && a.sequence > t.sequence => return Telling::Done,
+    let (mut told, retries) = match told_so_far(ctx, &key, &uid, t, carried) {
+        Ok(so_far) => so_far,
+        Err(nothing_to_do_now) => return nothing_to_do_now,
+    };
+    let untold = tell_pass(md, ctx, &uid, t, &mut told).await;
+    let retries = if untold { retries.saturating_add(1) } else { 0 };
+    let delay = event_retry_delay(retries);
+    let sequence = t.sequence;
+    lock(&ctx.announced).insert(
+        key,
+        Announced {
+            uid,
+            sequence,
+            told,
+            retries,
+            next_try: Instant::now() + if untold { delay } else { Duration::ZERO },
+        },
+    );
+    if untold {
+        Telling::TryAgainIn(delay)
+    } else {
+        Telling::Done
+    }
+}
+
+/// How far `t`'s events are told, and the failed passes in a row; or what
+/// to answer without a pass (a newer transition is told already, or the
+/// next retry is not due).
+fn told_so_far(
+    ctx: &Context,
+    key: &ObjectRef<ModelDeployment>,
+    uid: &str,
+    t: &Transition,
+    carried: &[Told],
+) -> std::result::Result<(Vec<Told>, u32), Telling> {
+    let (mut told, retries) = match lock(&ctx.announced).get(key) {
+        Some(a) if a.uid == uid && a.sequence > t.sequence => return Err(Telling::Done),
         // Reconciles come with every pod change; the events API is asked at
         // the retry's pace, not theirs.
         Some(a) if a.uid == uid && a.sequence == t.sequence && a.next_try > Instant::now() => {
-            return Telling::TryAgainIn(a.next_try - Instant::now());
+            return Err(Telling::TryAgainIn(a.next_try - Instant::now()));
         }
         Some(a) if a.uid == uid && a.sequence == t.sequence => (a.told.clone(), a.retries),
-        _ => {
-            let mut told = carried.to_vec();
-            told.resize(t.events.len(), Told::Not);
-            (told, 0)
-        }
+        _ => (carried.to_vec(), 0),
     };
     told.resize(t.events.len(), Told::Not);
     if !recent(t, Timestamp::now()) {
         told.fill(Told::Yes);
     }
+    Ok((told, retries))
+}
+
+/// One pass over `t`'s untold events, in order, stopping at the first the
+/// API server does not take; returns whether one is left untold.
+async fn tell_pass(
+    md: &ModelDeployment,
+    ctx: &Context,
+    uid: &str,
+    t: &Transition,
+    told: &mut [Told],
+) -> bool {
     let mut untold = false;
     for (index, e) in t.events.iter().enumerate() {
         let tried = match told[index] {
@@ -115,7 +159,7 @@ pub(super) async fn announce(
             Told::Not => false,
             Told::Unsure => true,
         };
-        let name = event_name(&md.name_any(), &uid, &format!("t{}-{index}", t.sequence));
+        let name = event_name(&md.name_any(), uid, &format!("t{}-{index}", t.sequence));
         let recorded = record(ctx, md.object_ref(&()), name, e.kind, &e.reason, &e.message).await;
         // Followed up at the first try, whatever came of it, unless an
         // earlier life had recorded it (and followed it up).
@@ -141,24 +185,7 @@ pub(super) async fn announce(
             *told = Told::Unsure;
         }
     }
-    let retries = if untold { retries.saturating_add(1) } else { 0 };
-    let delay = event_retry_delay(retries);
-    let sequence = t.sequence;
-    lock(&ctx.announced).insert(
-        key,
-        Announced {
-            uid,
-            sequence,
-            told,
-            retries,
-            next_try: Instant::now() + if untold { delay } else { Duration::ZERO },
-        },
-    );
-    if untold {
-        Telling::TryAgainIn(delay)
-    } else {
-        Telling::Done
-    }
+    untold
 }
 
 /// Whether every event of the newest transition is told.
