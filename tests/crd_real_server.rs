@@ -494,16 +494,7 @@ async fn the_operator_reconciles_a_gateway_api_model_deployment_without_failures
     })
     .await;
     // Counted when it starts; its writes are in once it is timed, at the end.
-    let started = operator.metrics.reconciles.get();
-    poll("that reconcile to finish", WAIT, || async {
-        let finished = operator
-            .metrics
-            .duration
-            .with_label_values(&[] as &[&str])
-            .get_sample_count();
-        (finished >= started).then_some(())
-    })
-    .await;
+    support::reconciles_finished(&operator.metrics, WAIT).await;
     let after = routes.get(&name).await.unwrap();
     assert_eq!(
         after.resource_version(),

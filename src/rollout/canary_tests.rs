@@ -666,15 +666,22 @@ fn a_new_version_mid_rollout_restarts_it() {
     );
 }
 
-/// v2 promoted, v1 scaled down after the delay, then two failed guard
-/// checks: rolled back to v1.
-fn rolled_back_by_the_guard() -> Sim {
-    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
-    sim.spec = canary_spec("2.0.0", json!({}));
+/// v1 at rest, then v2 released with every analysis passing until it is
+/// promoted (Stable); both specs merged with `extra`.
+fn promoted(extra: Value) -> Sim {
+    let mut sim = Sim::settled(canary_spec("1.0.0", extra.clone()));
+    sim.spec = canary_spec("2.0.0", extra);
     sim.tick(None, None, None);
     while sim.status.phase != Some(Phase::Stable) {
         sim.interval(CheckVerdict::Pass);
     }
+    sim
+}
+
+/// v2 promoted, v1 scaled down after the delay, then two failed guard
+/// checks: rolled back to v1.
+fn rolled_back_by_the_guard() -> Sim {
+    let mut sim = promoted(json!({}));
     for _ in 0..4 {
         sim.interval(CheckVerdict::Pass);
     }
@@ -741,14 +748,8 @@ fn a_restored_revision_is_not_whole_on_counts_its_controller_has_not_caught_up_w
 /// pods that are gone); then the bad revision keeps its pods until it has.
 #[test]
 fn a_revision_restored_within_the_scale_down_delay_counts_only_once_its_controller_caught_up() {
-    let kept = || json!({"rollout": {"scaleDownDelay": "10m"}});
     for lagging in [false, true] {
-        let mut sim = Sim::settled(canary_spec("1.0.0", kept()));
-        sim.spec = canary_spec("2.0.0", kept());
-        sim.tick(None, None, None);
-        while sim.status.phase != Some(Phase::Stable) {
-            sim.interval(CheckVerdict::Pass);
-        }
+        let mut sim = promoted(json!({"rollout": {"scaleDownDelay": "10m"}}));
         sim.interval(CheckVerdict::Fail);
         let previous = sim.status.previous.as_ref().unwrap().hash.clone();
         assert_eq!(sim.sizes()[&1], 10, "still within scaleDownDelay");
@@ -762,12 +763,7 @@ fn a_revision_restored_within_the_scale_down_delay_counts_only_once_its_controll
 
 #[test]
 fn the_guard_ends_after_its_window() {
-    let mut sim = Sim::settled(canary_spec("1.0.0", json!({})));
-    sim.spec = canary_spec("2.0.0", json!({}));
-    sim.tick(None, None, None);
-    while sim.status.phase != Some(Phase::Stable) {
-        sim.interval(CheckVerdict::Pass);
-    }
+    let mut sim = promoted(json!({}));
     for _ in 0..25 {
         sim.interval(CheckVerdict::Pass);
     }

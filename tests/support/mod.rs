@@ -341,10 +341,14 @@ pub fn free_port() -> u16 {
 /// counts those) as had started when called. One object's reconciles run one
 /// at a time, so everything they write has then landed.
 pub async fn reconciles_done(op: &RunningOperator) {
-    let started = op.metrics.reconciles.get();
-    eventually("the reconciles under way to finish", story::WAIT, || {
-        let finished = op
-            .metrics
+    reconciles_finished(&op.metrics, story::WAIT).await;
+}
+
+/// [`reconciles_done`] for any operator's metrics, waiting up to `within`.
+pub async fn reconciles_finished(metrics: &Metrics, within: Duration) {
+    let started = metrics.reconciles.get();
+    eventually("the reconciles under way to finish", within, || {
+        let finished = metrics
             .duration
             .with_label_values(&[] as &[&str])
             .get_sample_count();
